@@ -1,0 +1,519 @@
+//! Node identity: a composite ML-DSA-65 + Ed25519 signing key and an X-Wing
+//! key, stored in a versioned, PEM-armoured key file.
+//!
+//! Key file body (inside `-----BEGIN WEFT NODE KEY-----`), version 1:
+//!
+//! ```text
+//! version (1) = 0x01 | suite (1) = 0x01 | signing seeds (64) | kem seed (32) | node id (32)
+//! ```
+//!
+//! Suite 1 is ML-DSA-65+Ed25519 (composite) with X-Wing. The trailing node id
+//! is recomputed on load, which catches a corrupted seed: the file would
+//! otherwise silently load as a different node.
+
+use std::fmt;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use aws_lc_rs::digest;
+
+use crate::kem::{self, DecapsulationKey, EncapsulationKey};
+use crate::sign::{self, CompositePublicKey, CompositeSigningKey};
+
+/// PEM label of node key files.
+pub const KEY_FILE_LABEL: &str = "WEFT NODE KEY";
+/// Current key file version.
+pub const KEY_FILE_VERSION: u8 = 1;
+/// Algorithm suite 1: composite ML-DSA-65+Ed25519 signatures, X-Wing KEM.
+pub const SUITE_MLDSA65_ED25519_XWING: u8 = 1;
+/// Largest key file we are willing to read; real ones are ~250 bytes.
+pub const MAX_KEY_FILE_LEN: u64 = 16 * 1024;
+const BODY_LEN: usize = 2 + sign::PRIVATE_KEY_LEN + kem::DECAPSULATION_KEY_LEN + NodeId::LEN;
+
+/// Errors loading, parsing or writing identities and key files.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reading or writing the file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The key file can be read by group or others.
+    #[error(
+        "key file {path} has mode {mode:04o}; it must not be readable by group or others: run `chmod 600 {path}`"
+    )]
+    Permissions {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file is larger than any key file.
+    #[error("key file is {len} bytes; a weft key file is at most {MAX_KEY_FILE_LEN} bytes")]
+    TooLarge {
+        /// Size of the file.
+        len: u64,
+    },
+    /// Refusing to overwrite an existing file.
+    #[error("{path} already exists; choose another path or remove it first")]
+    Exists {
+        /// The file.
+        path: String,
+    },
+    /// Not PEM, or a PEM block that cannot be decoded.
+    #[error("key file is not valid PEM: {0}")]
+    NotPem(String),
+    /// A PEM block with the wrong label.
+    #[error("key file holds a \"{found}\" PEM block; expected \"{KEY_FILE_LABEL}\"")]
+    WrongLabel {
+        /// The label found.
+        found: String,
+    },
+    /// The body is shorter or longer than the version requires.
+    #[error("key file body is {got} bytes; version {version} requires {expected} (file truncated or corrupted)")]
+    BadLength {
+        /// Version byte read.
+        version: u8,
+        /// Required length.
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+    /// A version this build does not understand.
+    #[error("key file version {0} is not supported; this weft reads version {KEY_FILE_VERSION}")]
+    UnsupportedVersion(u8),
+    /// An algorithm suite this build does not understand.
+    #[error("key file uses algorithm suite {0}, which this weft does not know")]
+    UnknownSuite(u8),
+    /// The stored node id does not match the keys.
+    #[error("key file is corrupted: stored node id {stored} does not match its keys ({computed})")]
+    Corrupted {
+        /// Node id stored in the file.
+        stored: NodeId,
+        /// Node id computed from the keys.
+        computed: NodeId,
+    },
+    /// Key material was rejected.
+    #[error("key file holds invalid key material: {0}")]
+    Key(#[from] sign::SignatureError),
+    /// KEM key generation failed.
+    #[error("X-Wing key: {0}")]
+    Kem(#[from] kem::KemError),
+    /// A node id string is malformed.
+    #[error("node id {input:?} is not valid: {reason}")]
+    BadNodeId {
+        /// The input string.
+        input: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// A node's identifier: SHA-256 of its composite public key, shown in
+/// lowercase base32 without padding (52 characters).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub [u8; 32]);
+
+impl NodeId {
+    /// Length in bytes.
+    pub const LEN: usize = 32;
+
+    /// The node id of a composite public key.
+    pub fn of(public_key: &CompositePublicKey) -> Self {
+        let d = digest::digest(&digest::SHA256, public_key.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(d.as_ref());
+        Self(id)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = data_encoding::BASE32_NOPAD.encode(&self.0);
+        s.make_ascii_lowercase();
+        f.write_str(&s)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = IdentityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason| IdentityError::BadNodeId {
+            input: s.chars().take(80).collect(),
+            reason,
+        };
+        if s.len() != 52 {
+            return Err(bad("expected 52 lowercase base32 characters"));
+        }
+        if !s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')) {
+            return Err(bad("not lowercase base32 (a-z, 2-7)"));
+        }
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(s.to_ascii_uppercase().as_bytes())
+            .map_err(|_| bad("not canonical base32"))?;
+        let id: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| bad("does not decode to 32 bytes"))?;
+        // Reject non-canonical encodings (non-zero padding bits).
+        if NodeId(id).to_string() != s {
+            return Err(bad("non-canonical encoding"));
+        }
+        Ok(NodeId(id))
+    }
+}
+
+/// The public half of a node identity.
+#[derive(Clone, Debug)]
+pub struct NodePublicIdentity {
+    /// Composite signature verification key.
+    pub signing: CompositePublicKey,
+    /// X-Wing encapsulation key for end-to-end sessions.
+    pub kem: EncapsulationKey,
+}
+
+impl NodePublicIdentity {
+    /// The node id.
+    pub fn node_id(&self) -> NodeId {
+        NodeId::of(&self.signing)
+    }
+
+    /// SHA-256 over the signing key and the KEM key, in lowercase hex: the
+    /// fingerprint an operator compares out of band.
+    pub fn fingerprint(&self) -> String {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(self.signing.as_bytes());
+        ctx.update(&self.kem.to_bytes());
+        format!("sha256:{}", sign::hex(ctx.finish().as_ref()))
+    }
+}
+
+/// A node's private identity.
+pub struct NodeIdentity {
+    signing: CompositeSigningKey,
+    kem: DecapsulationKey,
+    id: NodeId,
+}
+
+impl NodeIdentity {
+    /// Generates a new identity from the system RNG.
+    pub fn generate() -> Result<Self, IdentityError> {
+        let signing = CompositeSigningKey::generate()?;
+        let kem = DecapsulationKey::generate()?;
+        let id = NodeId::of(signing.public_key());
+        Ok(Self { signing, kem, id })
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The composite signing key.
+    pub fn signing_key(&self) -> &CompositeSigningKey {
+        &self.signing
+    }
+
+    /// The X-Wing decapsulation key.
+    pub fn kem_key(&self) -> &DecapsulationKey {
+        &self.kem
+    }
+
+    /// The public identity.
+    pub fn public(&self) -> NodePublicIdentity {
+        NodePublicIdentity {
+            signing: self.signing.public_key().clone(),
+            kem: self.kem.encapsulation_key(),
+        }
+    }
+
+    /// Encodes the key file (PEM text).
+    pub fn to_key_file(&self) -> String {
+        let mut body = Vec::with_capacity(BODY_LEN);
+        body.push(KEY_FILE_VERSION);
+        body.push(SUITE_MLDSA65_ED25519_XWING);
+        body.extend_from_slice(&self.signing.to_bytes());
+        body.extend_from_slice(self.kem.seed());
+        body.extend_from_slice(&self.id.0);
+        let text = pem::encode(&pem::Pem::new(KEY_FILE_LABEL, body.clone()));
+        body.fill(0);
+        text
+    }
+
+    /// Parses a key file. Total: any input yields a value or an error naming
+    /// the problem, never a panic.
+    pub fn from_key_file(text: &[u8]) -> Result<Self, IdentityError> {
+        if text.len() as u64 > MAX_KEY_FILE_LEN {
+            return Err(IdentityError::TooLarge {
+                len: text.len() as u64,
+            });
+        }
+        let block = pem::parse(text).map_err(|e| IdentityError::NotPem(e.to_string()))?;
+        if block.tag() != KEY_FILE_LABEL {
+            return Err(IdentityError::WrongLabel {
+                found: block.tag().chars().take(64).collect(),
+            });
+        }
+        let body = block.contents();
+        let Some(&version) = body.first() else {
+            return Err(IdentityError::BadLength {
+                version: KEY_FILE_VERSION,
+                expected: BODY_LEN,
+                got: 0,
+            });
+        };
+        if version != KEY_FILE_VERSION {
+            return Err(IdentityError::UnsupportedVersion(version));
+        }
+        if body.len() != BODY_LEN {
+            return Err(IdentityError::BadLength {
+                version,
+                expected: BODY_LEN,
+                got: body.len(),
+            });
+        }
+        let suite = body[1];
+        if suite != SUITE_MLDSA65_ED25519_XWING {
+            return Err(IdentityError::UnknownSuite(suite));
+        }
+        let (signing_seeds, rest) = body[2..].split_at(sign::PRIVATE_KEY_LEN);
+        let (kem_seed, stored_id) = rest.split_at(kem::DECAPSULATION_KEY_LEN);
+        let signing = CompositeSigningKey::from_bytes(signing_seeds)?;
+        let kem = DecapsulationKey::from_bytes(kem_seed)?;
+        let id = NodeId::of(signing.public_key());
+        let mut stored = [0u8; 32];
+        stored.copy_from_slice(stored_id);
+        if stored != id.0 {
+            return Err(IdentityError::Corrupted {
+                stored: NodeId(stored),
+                computed: id,
+            });
+        }
+        Ok(Self { signing, kem, id })
+    }
+
+    /// Loads a key file, refusing one readable by group or others (as ssh does).
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        let text = read_secret_file(path, MAX_KEY_FILE_LEN)?;
+        Self::from_key_file(&text)
+    }
+
+    /// Writes the key file atomically with mode 0600. Refuses to replace an
+    /// existing file unless `overwrite` is set.
+    pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), IdentityError> {
+        write_secret_file(path, self.to_key_file().as_bytes(), overwrite)
+    }
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError {
+    let path = path.display().to_string();
+    move |source| IdentityError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Reads a secret file of at most `max_len` bytes, refusing it when group
+/// or others may read it.
+pub fn read_secret_file(path: &Path, max_len: u64) -> Result<Vec<u8>, IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = fs::File::open(path).map_err(io_err("cannot open", path))?;
+    let meta = file.metadata().map_err(io_err("cannot stat", path))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::Permissions {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    if meta.len() > max_len {
+        return Err(IdentityError::TooLarge { len: meta.len() });
+    }
+    let mut buf = Vec::new();
+    file.take(max_len + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err("cannot read", path))?;
+    if buf.len() as u64 > max_len {
+        return Err(IdentityError::TooLarge {
+            len: buf.len() as u64,
+        });
+    }
+    Ok(buf)
+}
+
+/// Writes `contents` to `path` atomically (temporary file in the same
+/// directory, fsync, rename, fsync of the directory) with mode 0600.
+pub fn write_secret_file(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), IdentityError> {
+    write_file_atomic(path, contents, 0o600, overwrite)
+}
+
+/// Writes `contents` to `path` atomically with the given permission bits.
+pub fn write_file_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    overwrite: bool,
+) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".weft-tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io_err("cannot create a temporary file in", dir))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io_err("cannot write", tmp.path()))?;
+    if overwrite {
+        tmp.persist(path)
+            .map_err(|e| io_err("cannot rename into", path)(e.error))?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::Exists {
+                    path: path.display().to_string(),
+                }
+            } else {
+                io_err("cannot rename into", path)(e.error)
+            }
+        })?;
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("cannot sync directory", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn node_id_is_sha256_of_public_key_in_base32() {
+        let id = NodeIdentity::generate().unwrap();
+        let s = id.node_id().to_string();
+        assert_eq!(s.len(), 52);
+        assert!(s.chars().all(|c| matches!(c, 'a'..='z' | '2'..='7')));
+        let expected = digest::digest(&digest::SHA256, id.signing_key().public_key().as_bytes());
+        assert_eq!(&id.node_id().0[..], expected.as_ref());
+        assert_eq!(s.parse::<NodeId>().unwrap(), id.node_id());
+        assert!("A".repeat(52).parse::<NodeId>().is_err());
+        assert!("abc".parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn save_load_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let id = NodeIdentity::generate().unwrap();
+        id.save(&path, false).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = NodeIdentity::load(&path).unwrap();
+        assert_eq!(loaded.node_id(), id.node_id());
+        assert_eq!(loaded.public().fingerprint(), id.public().fingerprint());
+        // No clobbering without consent.
+        assert!(matches!(
+            id.save(&path, false),
+            Err(IdentityError::Exists { .. })
+        ));
+        NodeIdentity::generate().unwrap().save(&path, true).unwrap();
+        assert_ne!(NodeIdentity::load(&path).unwrap().node_id(), id.node_id());
+        // Only the key file remains: no temporary files left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn refuses_group_or_world_readable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        NodeIdentity::generate().unwrap().save(&path, false).unwrap();
+        for mode in [0o640, 0o604, 0o644, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = NodeIdentity::load(&path).unwrap_err();
+            assert!(matches!(err, IdentityError::Permissions { mode: m, .. } if m == mode));
+            assert!(err.to_string().contains("chmod 600"));
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_files_naming_the_problem() {
+        let good = NodeIdentity::generate().unwrap().to_key_file();
+        let block = pem::parse(&good).unwrap();
+        let body = block.contents().to_vec();
+        let rewrap = |tag: &str, body: Vec<u8>| pem::encode(&pem::Pem::new(tag, body));
+
+        assert!(matches!(
+            NodeIdentity::from_key_file(b"hello"),
+            Err(IdentityError::NotPem(_))
+        ));
+        // Truncated PEM text.
+        assert!(matches!(
+            NodeIdentity::from_key_file(&good.as_bytes()[..good.len() / 2]),
+            Err(IdentityError::NotPem(_))
+        ));
+        assert!(matches!(
+            NodeIdentity::from_key_file(rewrap("PRIVATE KEY", body.clone()).as_bytes()),
+            Err(IdentityError::WrongLabel { .. })
+        ));
+        // Truncated body.
+        let err = NodeIdentity::from_key_file(
+            rewrap(KEY_FILE_LABEL, body[..body.len() - 1].to_vec()).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, IdentityError::BadLength { got, .. } if got == BODY_LEN - 1));
+        assert!(matches!(
+            NodeIdentity::from_key_file(rewrap(KEY_FILE_LABEL, vec![]).as_bytes()),
+            Err(IdentityError::BadLength { got: 0, .. })
+        ));
+        let mut v2 = body.clone();
+        v2[0] = 2;
+        assert!(matches!(
+            NodeIdentity::from_key_file(rewrap(KEY_FILE_LABEL, v2).as_bytes()),
+            Err(IdentityError::UnsupportedVersion(2))
+        ));
+        let mut suite = body.clone();
+        suite[1] = 9;
+        assert!(matches!(
+            NodeIdentity::from_key_file(rewrap(KEY_FILE_LABEL, suite).as_bytes()),
+            Err(IdentityError::UnknownSuite(9))
+        ));
+        // A flipped seed bit is caught by the stored node id.
+        let mut flipped = body.clone();
+        flipped[5] ^= 1;
+        assert!(matches!(
+            NodeIdentity::from_key_file(rewrap(KEY_FILE_LABEL, flipped).as_bytes()),
+            Err(IdentityError::Corrupted { .. })
+        ));
+        let huge = vec![b'a'; MAX_KEY_FILE_LEN as usize + 1];
+        assert!(matches!(
+            NodeIdentity::from_key_file(&huge),
+            Err(IdentityError::TooLarge { .. })
+        ));
+    }
+}
