@@ -12,13 +12,12 @@
 //! otherwise silently load as a different node.
 
 use std::fmt;
-use std::fs;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 
 use aws_lc_rs::digest;
 
+use crate::files::{FileError, read_secret_file, write_secret_file};
 use crate::kem::{self, DecapsulationKey, EncapsulationKey};
 use crate::sign::{self, CompositePublicKey, CompositeSigningKey};
 
@@ -35,37 +34,14 @@ const BODY_LEN: usize = 2 + sign::PRIVATE_KEY_LEN + kem::DECAPSULATION_KEY_LEN +
 /// Errors loading, parsing or writing identities and key files.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// Reading or writing the file failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What we were doing.
-        action: &'static str,
-        /// The file.
-        path: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The key file can be read by group or others.
-    #[error(
-        "key file {path} has mode {mode:04o}; it must not be readable by group or others: run `chmod 600 {path}`"
-    )]
-    Permissions {
-        /// The file.
-        path: String,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The file is larger than any key file.
+    /// Reading or writing the key file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The key text is larger than any key file.
     #[error("key file is {len} bytes; a weft key file is at most {MAX_KEY_FILE_LEN} bytes")]
     TooLarge {
-        /// Size of the file.
+        /// Size of the input.
         len: u64,
-    },
-    /// Refusing to overwrite an existing file.
-    #[error("{path} already exists; choose another path or remove it first")]
-    Exists {
-        /// The file.
-        path: String,
     },
     /// Not PEM, or a PEM block that cannot be decoded.
     #[error("key file is not valid PEM: {0}")]
@@ -313,7 +289,7 @@ impl NodeIdentity {
     /// Writes the key file atomically with mode 0600. Refuses to replace an
     /// existing file unless `overwrite` is set.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), IdentityError> {
-        write_secret_file(path, self.to_key_file().as_bytes(), overwrite)
+        Ok(write_secret_file(path, self.to_key_file().as_bytes(), overwrite)?)
     }
 }
 
@@ -325,92 +301,10 @@ impl fmt::Debug for NodeIdentity {
     }
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError {
-    let path = path.display().to_string();
-    move |source| IdentityError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-/// Reads a secret file of at most `max_len` bytes, refusing it when group
-/// or others may read it.
-pub fn read_secret_file(path: &Path, max_len: u64) -> Result<Vec<u8>, IdentityError> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = fs::File::open(path).map_err(io_err("cannot open", path))?;
-    let meta = file.metadata().map_err(io_err("cannot stat", path))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(IdentityError::Permissions {
-            path: path.display().to_string(),
-            mode,
-        });
-    }
-    if meta.len() > max_len {
-        return Err(IdentityError::TooLarge { len: meta.len() });
-    }
-    let mut buf = Vec::new();
-    file.take(max_len + 1)
-        .read_to_end(&mut buf)
-        .map_err(io_err("cannot read", path))?;
-    if buf.len() as u64 > max_len {
-        return Err(IdentityError::TooLarge {
-            len: buf.len() as u64,
-        });
-    }
-    Ok(buf)
-}
-
-/// Writes `contents` to `path` atomically (temporary file in the same
-/// directory, fsync, rename, fsync of the directory) with mode 0600.
-pub fn write_secret_file(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), IdentityError> {
-    write_file_atomic(path, contents, 0o600, overwrite)
-}
-
-/// Writes `contents` to `path` atomically with the given permission bits.
-pub fn write_file_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    overwrite: bool,
-) -> Result<(), IdentityError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".weft-tmp-")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(io_err("cannot create a temporary file in", dir))?;
-    tmp.write_all(contents)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io_err("cannot write", tmp.path()))?;
-    if overwrite {
-        tmp.persist(path)
-            .map_err(|e| io_err("cannot rename into", path)(e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                IdentityError::Exists {
-                    path: path.display().to_string(),
-                }
-            } else {
-                io_err("cannot rename into", path)(e.error)
-            }
-        })?;
-    }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot sync directory", dir))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -440,7 +334,7 @@ mod tests {
         // No clobbering without consent.
         assert!(matches!(
             id.save(&path, false),
-            Err(IdentityError::Exists { .. })
+            Err(IdentityError::File(FileError::Exists { .. }))
         ));
         NodeIdentity::generate().unwrap().save(&path, true).unwrap();
         assert_ne!(NodeIdentity::load(&path).unwrap().node_id(), id.node_id());
@@ -456,7 +350,9 @@ mod tests {
         for mode in [0o640, 0o604, 0o644, 0o660] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let err = NodeIdentity::load(&path).unwrap_err();
-            assert!(matches!(err, IdentityError::Permissions { mode: m, .. } if m == mode));
+            assert!(
+                matches!(err, IdentityError::File(FileError::Permissions { mode: m, .. }) if m == mode)
+            );
             assert!(err.to_string().contains("chmod 600"));
         }
     }

@@ -12,10 +12,15 @@
 //! No function here panics on input: every decoder is total and returns an
 //! error that names what was wrong.
 
+pub mod bench;
+pub mod ca;
+pub mod files;
 pub mod identity;
 pub mod kem;
 pub mod sign;
 pub mod spiffe;
+pub mod svid;
+pub mod tls;
 
 pub use identity::{NodeId, NodeIdentity, NodePublicIdentity};
 pub use spiffe::{SpiffeId, TrustDomain};
