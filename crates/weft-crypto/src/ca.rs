@@ -536,3 +536,27 @@ fn random_serial() -> Result<Vec<u8>, CaError> {
     serial[0] = (serial[0] & 0x7f) | 0x40;
     Ok(serial.to_vec())
 }
+
+/// Verifies the X.509-SVID in `svid_file` (PEM, leaf first) against the CA
+/// in `ca_dir` (its `bundle.pem`) at the current time: chain, validity
+/// window, the X509-SVID profile and the given revoked serials.
+pub fn verify_svid_file(
+    ca_dir: &Path,
+    svid_file: &Path,
+    revoked: &crate::svid::RevokedSerials,
+) -> Result<crate::svid::VerifiedSvid, CaError> {
+    let bundle_path = ca_dir.join(layout::BUNDLE);
+    let bundle_pem = read_public_file(&bundle_path, MAX_PEM_FILE_LEN)?;
+    let bundle = TrustBundle::from_pem(&bundle_pem).map_err(|e| CaError::BadFile {
+        path: bundle_path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let svid_pem = read_public_file(svid_file, MAX_PEM_FILE_LEN)?;
+    let chain = crate::svid::certs_from_pem(&svid_pem)?;
+    let verifier = crate::svid::SvidVerifier::new(bundle, revoked.clone());
+    Ok(verifier.verify(
+        &chain,
+        rustls_pki_types::UnixTime::now(),
+        crate::svid::Usage::Client,
+    )?)
+}
