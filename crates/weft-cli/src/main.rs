@@ -1,1 +1,406 @@
-fn main() {}
+//! `weft`: the command-line front end. Each subcommand parses its arguments,
+//! calls one crate API and prints the result; no logic lives here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use weft_crypto::ca::{self, CertificateAuthority, SvidAlgorithm, Validity};
+use weft_crypto::svid::RevokedSerials;
+use weft_crypto::{NodeIdentity, SpiffeId, TrustDomain, bench, sign};
+
+/// weft: a self-healing, post-quantum mesh platform.
+///
+/// Node agents form an encrypted overlay; a control plane enrolls and
+/// revokes them; an autonomic loop detects faults and repairs them. This
+/// build holds the post-quantum identity core: node identities, the
+/// trust-domain CA with X.509-SVIDs, and the crypto benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WEFT_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax: `info`, `weft_crypto=debug`, ...).
+    #[arg(long, global = true, default_value = "warn", env = "WEFT_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and inspect node identities (ML-DSA-65+Ed25519 and X-Wing keys).
+    #[command(subcommand)]
+    Id(IdCommand),
+    /// Run a trust-domain certificate authority: create it, issue and verify X.509-SVIDs.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Measure a subsystem against a baseline in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum IdCommand {
+    /// Generate a new node identity and write its key file (mode 0600, atomically).
+    New {
+        /// Where to write the key file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file at --out.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a key file's node id, algorithms and public key fingerprint.
+    Show {
+        /// The key file (must not be readable by group or others).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a CA for a trust domain: an ML-DSA-65 root and an ECDSA P-256 compat root.
+    Init {
+        /// Trust domain name, e.g. `mesh.example.org` (lower-case letters, digits, `.`, `-`, `_`).
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: String,
+        /// Directory to write the CA into (created if missing; an existing CA is never overwritten).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// CA lifetime, e.g. `365d`, `8760h`.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue an X.509-SVID: writes svid.pem, svid.key (0600) and bundle.pem into --out.
+    Issue {
+        /// The CA directory made by `weft ca init`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// SPIFFE ID for the certificate, e.g. `spiffe://mesh.example.org/node/a`.
+        #[arg(long, value_name = "ID")]
+        spiffe_id: String,
+        /// SVID lifetime, e.g. `1h`, `30m`.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Directory for svid.pem, svid.key and bundle.pem (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Issue an ECDSA P-256 SVID under the compat root, for tools that
+        /// cannot verify ML-DSA yet. weft components refuse such SVIDs.
+        #[arg(long)]
+        compat: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify an X.509-SVID: chain, validity window and the X509-SVID profile.
+    /// Exits non-zero with the exact reason when it is not valid.
+    Verify {
+        /// The CA directory made by `weft ca init`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// PEM file holding the SVID (leaf first).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Treat this serial number (hex) as revoked; repeatable.
+        #[arg(long, value_name = "HEX")]
+        revoked: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// X-Wing, composite signatures vs their components, and mTLS handshakes per second.
+    Crypto(CryptoBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct CryptoBenchArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Rounds per operation (each round yields one sample; medians are reported).
+    #[arg(long, default_value_t = bench::BenchConfig::default().rounds)]
+    rounds: usize,
+    /// Operations per round.
+    #[arg(long, default_value_t = bench::BenchConfig::default().batch)]
+    batch: usize,
+    /// Loopback mTLS handshakes to time.
+    #[arg(long, default_value_t = bench::BenchConfig::default().handshakes)]
+    handshakes: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; use a number with a unit, e.g. 90s, 30m, 1h, 365d"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log-level {filter:?}; try `info` or `warn`"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = init_logging(cli.log_format, &cli.log_level).and_then(|()| run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what failed, with the value, and the cause chain.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Id(IdCommand::New { out, force, json }) => id_new(&out, force, json),
+        Command::Id(IdCommand::Show { file, json }) => id_show(&file, json),
+        Command::Ca(CaCommand::Init {
+            trust_domain,
+            out,
+            ttl,
+            json,
+        }) => ca_init(&trust_domain, &out, ttl, json),
+        Command::Ca(CaCommand::Issue {
+            ca,
+            spiffe_id,
+            ttl,
+            out,
+            compat,
+            json,
+        }) => ca_issue(&ca, &spiffe_id, ttl, &out, compat, json),
+        Command::Ca(CaCommand::Verify {
+            ca,
+            file,
+            revoked,
+            json,
+        }) => ca_verify(&ca, &file, &revoked, json),
+        Command::Bench(BenchCommand::Crypto(args)) => bench_crypto(&args),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn id_new(out: &Path, force: bool, json: bool) -> Result<()> {
+    let id = NodeIdentity::generate().context("cannot generate a node identity")?;
+    id.save(out, force)
+        .with_context(|| format!("cannot write key file {}", out.display()))?;
+    if json {
+        print_json(&json!({ "node_id": id.node_id().to_string(), "key_file": out }))
+    } else {
+        println!("node id  {}", id.node_id());
+        println!("key file {} (mode 0600)", out.display());
+        Ok(())
+    }
+}
+
+fn id_show(file: &Path, json: bool) -> Result<()> {
+    let id = NodeIdentity::load(file)
+        .with_context(|| format!("cannot load key file {}", file.display()))?;
+    let public = id.public();
+    let signature = sign::ALGORITHM;
+    let kem = "X-Wing (X25519+ML-KEM-768)";
+    if json {
+        print_json(&json!({
+            "node_id": id.node_id().to_string(),
+            "signature_algorithm": signature,
+            "kem_algorithm": kem,
+            "fingerprint": public.fingerprint(),
+            "key_file_version": weft_crypto::identity::KEY_FILE_VERSION,
+        }))
+    } else {
+        println!("node id      {}", id.node_id());
+        println!("signature    {signature}");
+        println!("kem          {kem}");
+        println!("fingerprint  {}", public.fingerprint());
+        Ok(())
+    }
+}
+
+fn ca_init(trust_domain: &str, out: &Path, ttl: Duration, json: bool) -> Result<()> {
+    let td = TrustDomain::new(trust_domain)
+        .with_context(|| format!("invalid --trust-domain {trust_domain:?}"))?;
+    let ca = CertificateAuthority::init(&td, ttl).context("cannot create the CA")?;
+    ca.save(out)
+        .with_context(|| format!("cannot write the CA into {}", out.display()))?;
+    if json {
+        print_json(&json!({
+            "trust_domain": td.to_string(),
+            "dir": out,
+            "roots": ["ML-DSA-65", "ECDSA-P256-SHA256 (compat)"],
+            "bundle": out.join(ca::layout::BUNDLE),
+        }))
+    } else {
+        println!("trust domain {td}");
+        println!(
+            "CA written to {} (ca.key and compat-ca.key are 0600)",
+            out.display()
+        );
+        println!("trust bundle {}", out.join(ca::layout::BUNDLE).display());
+        Ok(())
+    }
+}
+
+fn ca_issue(
+    ca_dir: &Path,
+    id: &str,
+    ttl: Duration,
+    out: &Path,
+    compat: bool,
+    json: bool,
+) -> Result<()> {
+    let id = SpiffeId::parse(id).with_context(|| format!("invalid --spiffe-id {id:?}"))?;
+    let ca = CertificateAuthority::load(ca_dir)
+        .with_context(|| format!("cannot load the CA in {}", ca_dir.display()))?;
+    let alg = if compat {
+        SvidAlgorithm::EcdsaP256
+    } else {
+        SvidAlgorithm::MlDsa65
+    };
+    let validity = Validity::starting_now(ttl).context("invalid --ttl")?;
+    let svid = ca
+        .issue(&id, alg, validity)
+        .with_context(|| format!("cannot issue an SVID for {id}"))?;
+    svid.save(out, &ca.bundle_pem())
+        .with_context(|| format!("cannot write the SVID into {}", out.display()))?;
+    let serial = hex(&svid.serial);
+    let not_after = rfc3339(svid.not_after);
+    if json {
+        print_json(&json!({
+            "spiffe_id": id.to_string(),
+            "algorithm": alg.to_string(),
+            "serial": serial,
+            "not_after": not_after,
+            "dir": out,
+        }))
+    } else {
+        println!("issued     {id}");
+        println!("algorithm  {alg}");
+        println!("serial     {serial}");
+        println!("not after  {not_after}");
+        println!(
+            "files      {}/{{svid.pem,svid.key,bundle.pem}}",
+            out.display()
+        );
+        Ok(())
+    }
+}
+
+fn ca_verify(ca_dir: &Path, file: &Path, revoked_hex: &[String], json: bool) -> Result<()> {
+    let revoked = RevokedSerials::default();
+    for s in revoked_hex {
+        let serial = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(s.replace(':', "").as_bytes())
+            .map_err(|_| anyhow::anyhow!("invalid --revoked {s:?}: expected hex digits"))?;
+        revoked.revoke(&serial);
+    }
+    let verified = ca::verify_svid_file(ca_dir, file, &revoked)
+        .with_context(|| format!("{} is not a valid X.509-SVID", file.display()))?;
+    let not_after = time::OffsetDateTime::from_unix_timestamp(verified.not_after)
+        .map(rfc3339)
+        .unwrap_or_else(|_| verified.not_after.to_string());
+    if json {
+        print_json(&json!({
+            "valid": true,
+            "spiffe_id": verified.spiffe_id.to_string(),
+            "serial": hex(&verified.serial),
+            "not_after": not_after,
+        }))
+    } else {
+        println!("valid X.509-SVID for {}", verified.spiffe_id);
+        println!("serial     {}", hex(&verified.serial));
+        println!("not after  {not_after}");
+        Ok(())
+    }
+}
+
+fn bench_crypto(args: &CryptoBenchArgs) -> Result<()> {
+    if args.rounds == 0 || args.batch == 0 || args.handshakes == 0 {
+        bail!("--rounds, --batch and --handshakes must be at least 1");
+    }
+    let cfg = bench::BenchConfig {
+        rounds: args.rounds,
+        batch: args.batch,
+        handshakes: args.handshakes,
+    };
+    let r = bench::run(cfg).context("crypto bench failed")?;
+    if args.json {
+        return print_json(&serde_json::to_value(&r)?);
+    }
+    let us = |ns: f64| format!("{:>10.1} µs", ns / 1000.0);
+    println!("operation                      median");
+    println!("xwing encapsulate           {}", us(r.xwing_encaps_ns));
+    println!("xwing decapsulate           {}", us(r.xwing_decaps_ns));
+    println!("ML-DSA-65 sign              {}", us(r.mldsa65_sign_ns));
+    println!("Ed25519 sign                {}", us(r.ed25519_sign_ns));
+    println!("composite sign              {}", us(r.composite_sign_ns));
+    println!("ML-DSA-65 verify            {}", us(r.mldsa65_verify_ns));
+    println!("Ed25519 verify              {}", us(r.ed25519_verify_ns));
+    println!("composite verify            {}", us(r.composite_verify_ns));
+    println!();
+    println!(
+        "composite sign overhead     {:>10.3}  (target <= 1.10)",
+        r.composite_sign_overhead_ratio
+    );
+    println!(
+        "composite verify overhead   {:>10.3}  (target <= 1.10)",
+        r.composite_verify_overhead_ratio
+    );
+    println!(
+        "mTLS handshakes/s           {:>10.0}  (X25519MLKEM768, ML-DSA-65, loopback)",
+        r.mtls_handshakes_per_sec
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}

@@ -18,7 +18,9 @@ use crate::kem::DecapsulationKey;
 use crate::sign::{CompositeSigningKey, MLDSA65_SIGNATURE_LEN};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::{RevokedSerials, SvidVerifier, spiffe_id_from_der};
-use crate::tls::{SpiffePeerVerifier, SvidCredentials, any_in_trust_domain, client_config, server_config};
+use crate::tls::{
+    SpiffePeerVerifier, SvidCredentials, any_in_trust_domain, client_config, server_config,
+};
 
 /// Results of `weft bench crypto`. Times are medians in nanoseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +101,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Times `batch` calls of `op` and returns nanoseconds per call.
-fn time_batch(batch: usize, mut op: impl FnMut() -> Result<(), BenchError>) -> Result<f64, BenchError> {
+fn time_batch(
+    batch: usize,
+    mut op: impl FnMut() -> Result<(), BenchError>,
+) -> Result<f64, BenchError> {
     let start = Instant::now();
     for _ in 0..batch {
         op()?;
@@ -137,20 +142,30 @@ pub fn run(cfg: BenchConfig) -> Result<CryptoBench, BenchError> {
     for _ in 0..rounds {
         let mut sig_buf = vec![0u8; MLDSA65_SIGNATURE_LEN];
         samples[0].push(time_batch(batch, || {
-            mldsa.sign(&msg, &mut sig_buf).map(drop).map_err(op("ML-DSA-65 sign"))
+            mldsa
+                .sign(&msg, &mut sig_buf)
+                .map(drop)
+                .map_err(op("ML-DSA-65 sign"))
         })?);
         samples[1].push(time_batch(batch, || {
             std::hint::black_box(ed.sign(&msg));
             Ok(())
         })?);
         samples[2].push(time_batch(batch, || {
-            composite.sign(&msg, ctx).map(drop).map_err(op("composite sign"))
+            composite
+                .sign(&msg, ctx)
+                .map(drop)
+                .map_err(op("composite sign"))
         })?);
         samples[3].push(time_batch(batch, || {
-            mldsa_pub.verify_sig(&msg, &mldsa_sig).map_err(op("ML-DSA-65 verify"))
+            mldsa_pub
+                .verify_sig(&msg, &mldsa_sig)
+                .map_err(op("ML-DSA-65 verify"))
         })?);
         samples[4].push(time_batch(batch, || {
-            ed_pub.verify_sig(&msg, ed_sig.as_ref()).map_err(op("Ed25519 verify"))
+            ed_pub
+                .verify_sig(&msg, ed_sig.as_ref())
+                .map_err(op("Ed25519 verify"))
         })?);
         samples[5].push(time_batch(batch, || {
             composite

@@ -20,14 +20,16 @@ use std::time::Duration;
 
 use aws_lc_rs::signature::{KeyPair as _, ML_DSA_65_SIGNING, PqdsaKeyPair};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ML_DSA_65, PublicKeyData,
-    SanType, SerialNumber, SignatureAlgorithm, SigningKey,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ML_DSA_65, PublicKeyData, SanType,
+    SerialNumber, SignatureAlgorithm, SigningKey,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::files::{FileError, read_public_file, read_secret_file, write_file_atomic, write_secret_file};
+use crate::files::{
+    FileError, read_public_file, read_secret_file, write_file_atomic, write_secret_file,
+};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::{SvidError, TrustBundle};
 
@@ -138,7 +140,11 @@ impl CertKey {
     }
 
     /// Parses a PKCS#8 PEM key of algorithm `alg`.
-    pub fn from_pkcs8_pem(pem_text: &[u8], alg: SvidAlgorithm, path: &str) -> Result<Self, CaError> {
+    pub fn from_pkcs8_pem(
+        pem_text: &[u8],
+        alg: SvidAlgorithm,
+        path: &str,
+    ) -> Result<Self, CaError> {
         let bad = |problem: String| CaError::BadFile {
             path: path.to_owned(),
             problem,
@@ -279,14 +285,24 @@ impl IssuedSvid {
     /// Writes `svid.pem`, `svid.key` (0600) and `bundle.pem` into `dir`,
     /// replacing earlier ones (an SVID is meant to be renewed in place).
     pub fn save(&self, dir: &Path, bundle_pem: &str) -> Result<(), CaError> {
-        std::fs::create_dir_all(dir).map_err(|source| FileError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| FileError::Io {
             action: "cannot create directory",
             path: dir.display().to_string(),
-            source,
+            error,
         })?;
         write_secret_file(&dir.join(layout::SVID_KEY), self.key_pem.as_bytes(), true)?;
-        write_file_atomic(&dir.join(layout::SVID_CERT), self.cert_pem.as_bytes(), 0o644, true)?;
-        write_file_atomic(&dir.join(layout::BUNDLE), bundle_pem.as_bytes(), 0o644, true)?;
+        write_file_atomic(
+            &dir.join(layout::SVID_CERT),
+            self.cert_pem.as_bytes(),
+            0o644,
+            true,
+        )?;
+        write_file_atomic(
+            &dir.join(layout::BUNDLE),
+            bundle_pem.as_bytes(),
+            0o644,
+            true,
+        )?;
         Ok(())
     }
 }
@@ -332,12 +348,17 @@ impl CertificateAuthority {
     /// Writes the CA into `dir` (created if missing). Refuses to overwrite an
     /// existing CA: replacing a root silently would orphan every SVID.
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
-        std::fs::create_dir_all(dir).map_err(|source| FileError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| FileError::Io {
             action: "cannot create directory",
             path: dir.display().to_string(),
-            source,
+            error,
         })?;
-        for name in [layout::CA_KEY, layout::COMPAT_KEY, layout::CA_CERT, layout::COMPAT_CERT] {
+        for name in [
+            layout::CA_KEY,
+            layout::COMPAT_KEY,
+            layout::CA_CERT,
+            layout::COMPAT_CERT,
+        ] {
             if dir.join(name).exists() {
                 return Err(FileError::Exists {
                     path: dir.join(name).display().to_string(),
@@ -345,52 +366,70 @@ impl CertificateAuthority {
                 .into());
             }
         }
-        write_secret_file(&dir.join(layout::CA_KEY), self.mldsa.key.to_pkcs8_pem()?.as_bytes(), false)?;
+        write_secret_file(
+            &dir.join(layout::CA_KEY),
+            self.mldsa.key.to_pkcs8_pem()?.as_bytes(),
+            false,
+        )?;
         write_secret_file(
             &dir.join(layout::COMPAT_KEY),
             self.compat.key.to_pkcs8_pem()?.as_bytes(),
             false,
         )?;
-        write_file_atomic(&dir.join(layout::CA_CERT), self.mldsa.cert_pem.as_bytes(), 0o644, false)?;
+        write_file_atomic(
+            &dir.join(layout::CA_CERT),
+            self.mldsa.cert_pem.as_bytes(),
+            0o644,
+            false,
+        )?;
         write_file_atomic(
             &dir.join(layout::COMPAT_CERT),
             self.compat.cert_pem.as_bytes(),
             0o644,
             false,
         )?;
-        write_file_atomic(&dir.join(layout::BUNDLE), self.bundle_pem().as_bytes(), 0o644, true)?;
+        write_file_atomic(
+            &dir.join(layout::BUNDLE),
+            self.bundle_pem().as_bytes(),
+            0o644,
+            true,
+        )?;
         Ok(())
     }
 
     /// Loads a CA directory written by [`save`](Self::save). Both roots must
     /// be valid CA certificates of the same trust domain; keys must be 0600.
     pub fn load(dir: &Path) -> Result<Self, CaError> {
-        let load_root = |cert_name: &str, key_name: &str, alg| -> Result<(Root, TrustDomain), CaError> {
-            let cert_path = dir.join(cert_name);
-            let cert_pem = read_public_file(&cert_path, MAX_PEM_FILE_LEN)?;
-            let bundle = TrustBundle::from_pem(&cert_pem).map_err(|e| CaError::BadFile {
-                path: cert_path.display().to_string(),
-                problem: e.to_string(),
-            })?;
-            let key_path = dir.join(key_name);
-            let key_pem = read_secret_file(&key_path, MAX_PEM_FILE_LEN)?;
-            let key = CertKey::from_pkcs8_pem(&key_pem, alg, &key_path.display().to_string())?;
-            let cert_pem = String::from_utf8(cert_pem).map_err(|_| CaError::BadFile {
-                path: cert_path.display().to_string(),
-                problem: "not UTF-8 text".into(),
-            })?;
-            if !bundle.holds_public_key(key.der_bytes()) {
-                return Err(CaError::Inconsistent(format!(
-                    "{} does not match the certificate in {}",
-                    key_path.display(),
-                    cert_path.display()
-                )));
-            }
-            Ok((Root { cert_pem, key }, bundle.trust_domain().clone()))
-        };
+        let load_root =
+            |cert_name: &str, key_name: &str, alg| -> Result<(Root, TrustDomain), CaError> {
+                let cert_path = dir.join(cert_name);
+                let cert_pem = read_public_file(&cert_path, MAX_PEM_FILE_LEN)?;
+                let bundle = TrustBundle::from_pem(&cert_pem).map_err(|e| CaError::BadFile {
+                    path: cert_path.display().to_string(),
+                    problem: e.to_string(),
+                })?;
+                let key_path = dir.join(key_name);
+                let key_pem = read_secret_file(&key_path, MAX_PEM_FILE_LEN)?;
+                let key = CertKey::from_pkcs8_pem(&key_pem, alg, &key_path.display().to_string())?;
+                let cert_pem = String::from_utf8(cert_pem).map_err(|_| CaError::BadFile {
+                    path: cert_path.display().to_string(),
+                    problem: "not UTF-8 text".into(),
+                })?;
+                if !bundle.holds_public_key(key.der_bytes()) {
+                    return Err(CaError::Inconsistent(format!(
+                        "{} does not match the certificate in {}",
+                        key_path.display(),
+                        cert_path.display()
+                    )));
+                }
+                Ok((Root { cert_pem, key }, bundle.trust_domain().clone()))
+            };
         let (mldsa, td) = load_root(layout::CA_CERT, layout::CA_KEY, SvidAlgorithm::MlDsa65)?;
-        let (compat, td2) =
-            load_root(layout::COMPAT_CERT, layout::COMPAT_KEY, SvidAlgorithm::EcdsaP256)?;
+        let (compat, td2) = load_root(
+            layout::COMPAT_CERT,
+            layout::COMPAT_KEY,
+            SvidAlgorithm::EcdsaP256,
+        )?;
         if td != td2 {
             return Err(CaError::Inconsistent(format!(
                 "{} is for trust domain {td} but {} is for {td2}",
@@ -491,6 +530,13 @@ impl CertificateAuthority {
         ];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(public_key, &issuer)?;
+        tracing::info!(
+            spiffe_id = %id,
+            serial = %crate::sign::hex(&serial),
+            algorithm = %alg,
+            not_after = %validity.not_after,
+            "issued X.509-SVID"
+        );
         Ok((cert, serial))
     }
 }
@@ -513,7 +559,9 @@ fn ca_params(
     params.not_after = validity.not_after;
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "weft");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "weft");
     params
         .distinguished_name
         .push(DnType::CommonName, format!("weft {td} CA ({alg})"));

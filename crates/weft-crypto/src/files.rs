@@ -8,14 +8,15 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The OS refused an operation.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What we were doing.
         action: &'static str,
         /// The file.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, deliberately not a `source`, so
+        /// error chains do not print it twice).
+        error: std::io::Error,
     },
     /// A secret file can be read by group or others.
     #[error(
@@ -47,10 +48,10 @@ pub enum FileError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
     let path = path.display().to_string();
-    move |source| FileError::Io {
+    move |error| FileError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 

@@ -53,7 +53,9 @@ pub enum IdentityError {
         found: String,
     },
     /// The body is shorter or longer than the version requires.
-    #[error("key file body is {got} bytes; version {version} requires {expected} (file truncated or corrupted)")]
+    #[error(
+        "key file body is {got} bytes; version {version} requires {expected} (file truncated or corrupted)"
+    )]
     BadLength {
         /// Version byte read.
         version: u8,
@@ -289,7 +291,11 @@ impl NodeIdentity {
     /// Writes the key file atomically with mode 0600. Refuses to replace an
     /// existing file unless `overwrite` is set.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), IdentityError> {
-        Ok(write_secret_file(path, self.to_key_file().as_bytes(), overwrite)?)
+        Ok(write_secret_file(
+            path,
+            self.to_key_file().as_bytes(),
+            overwrite,
+        )?)
     }
 }
 
@@ -346,7 +352,10 @@ mod tests {
     fn refuses_group_or_world_readable_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
-        NodeIdentity::generate().unwrap().save(&path, false).unwrap();
+        NodeIdentity::generate()
+            .unwrap()
+            .save(&path, false)
+            .unwrap();
         for mode in [0o640, 0o604, 0o644, 0o660] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let err = NodeIdentity::load(&path).unwrap_err();

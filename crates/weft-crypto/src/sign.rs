@@ -166,7 +166,11 @@ impl CompositeSigningKey {
     }
 
     /// Signs `message` under `context` (at most 255 bytes, may be empty).
-    pub fn sign(&self, message: &[u8], context: &[u8]) -> Result<CompositeSignature, SignatureError> {
+    pub fn sign(
+        &self,
+        message: &[u8],
+        context: &[u8],
+    ) -> Result<CompositeSignature, SignatureError> {
         let (repr, len) = message_representative(message, context)?;
         let repr = &repr[..len];
         let mut bytes = [0u8; SIGNATURE_LEN];
@@ -211,12 +215,11 @@ struct ParsedComposite {
 impl CompositePublicKey {
     /// Decodes `mldsa_pk || ed25519_pk`, rejecting wrong lengths and invalid keys.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignatureError> {
-        let bytes: [u8; PUBLIC_KEY_LEN] =
-            bytes.try_into().map_err(|_| SignatureError::Length {
-                what: "composite public key",
-                expected: PUBLIC_KEY_LEN,
-                got: bytes.len(),
-            })?;
+        let bytes: [u8; PUBLIC_KEY_LEN] = bytes.try_into().map_err(|_| SignatureError::Length {
+            what: "composite public key",
+            expected: PUBLIC_KEY_LEN,
+            got: bytes.len(),
+        })?;
         let mldsa = ParsedPublicKey::new(&ML_DSA_65, &bytes[..MLDSA65_PUBLIC_KEY_LEN])
             .map_err(|_| SignatureError::BadMldsaKey)?;
         let ed25519 = ParsedPublicKey::new(&ED25519, &bytes[MLDSA65_PUBLIC_KEY_LEN..])
@@ -309,7 +312,9 @@ mod tests {
     fn round_trip_and_encodings() {
         let key = CompositeSigningKey::generate().unwrap();
         let sig = key.sign(b"hello mesh", b"ctx").unwrap();
-        key.public_key().verify(b"hello mesh", b"ctx", &sig).unwrap();
+        key.public_key()
+            .verify(b"hello mesh", b"ctx", &sig)
+            .unwrap();
 
         let again = CompositeSigningKey::from_bytes(&key.to_bytes()).unwrap();
         assert_eq!(again.public_key(), key.public_key());
@@ -356,12 +361,18 @@ mod tests {
         for i in 0..msg.len() {
             let mut m = msg.clone();
             m[i] ^= 0x80;
-            assert!(key.public_key().verify(&m, &ctx, &sig).is_err(), "msg byte {i}");
+            assert!(
+                key.public_key().verify(&m, &ctx, &sig).is_err(),
+                "msg byte {i}"
+            );
         }
         for i in 0..ctx.len() {
             let mut c = ctx.clone();
             c[i] ^= 0x80;
-            assert!(key.public_key().verify(&msg, &c, &sig).is_err(), "ctx byte {i}");
+            assert!(
+                key.public_key().verify(&msg, &c, &sig).is_err(),
+                "ctx byte {i}"
+            );
         }
         assert!(key.public_key().verify(&msg, b"", &sig).is_err());
         assert!(key.public_key().verify(&msg[1..], &ctx, &sig).is_err());

@@ -73,7 +73,9 @@ pub enum SvidError {
     #[error("leaf certificate lacks keyUsage digitalSignature, which an X509-SVID leaf requires")]
     LeafNoDigitalSignature,
     /// A leaf allowed to sign certificates or CRLs.
-    #[error("leaf certificate has keyUsage keyCertSign or cRLSign, which an X509-SVID leaf must not have")]
+    #[error(
+        "leaf certificate has keyUsage keyCertSign or cRLSign, which an X509-SVID leaf must not have"
+    )]
     LeafCanSign,
     /// A CA certificate that is not a CA.
     #[error("CA certificate {index} is not a CA: {reason}")]
@@ -104,7 +106,7 @@ pub enum SvidError {
 
 fn parse_cert(der: &[u8], index: usize) -> Result<X509Certificate<'_>, SvidError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(SvidError::Malformed {
             index,
             reason: "trailing bytes after the certificate".into(),
@@ -173,7 +175,10 @@ pub fn spiffe_id_from_der(der: &[u8]) -> Result<SpiffeId, SvidError> {
 fn rfc3339(ts: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("unix {ts}"))
 }
 
@@ -219,7 +224,10 @@ impl TrustBundle {
             let td = id.trust_domain();
             match &trust_domain {
                 Some(seen) if *seen != td => {
-                    return Err(SvidError::MixedTrustDomains(seen.to_string(), td.to_string()));
+                    return Err(SvidError::MixedTrustDomains(
+                        seen.to_string(),
+                        td.to_string(),
+                    ));
                 }
                 _ => trust_domain = Some(td),
             }

@@ -31,12 +31,12 @@ pub enum TlsError {
     #[error(transparent)]
     File(#[from] FileError),
     /// A certificate file does not parse.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Certificate {
         /// The file.
         path: String,
         /// Why.
-        source: SvidError,
+        error: SvidError,
     },
     /// The key file does not hold a usable key.
     #[error("{path}: {problem}")]
@@ -88,9 +88,9 @@ impl SvidCredentials {
         let cert_pem = read_public_file(&cert_path, MAX_PEM_FILE_LEN)?;
         let key_pem = read_secret_file(&key_path, MAX_PEM_FILE_LEN)?;
         Self::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
-            CredError::Cert(source) => TlsError::Certificate {
+            CredError::Cert(error) => TlsError::Certificate {
                 path: cert_path.display().to_string(),
-                source,
+                error,
             },
             CredError::Key(problem) => TlsError::Key {
                 path: key_path.display().to_string(),

@@ -1,18 +1,22 @@
 //! The trust-domain CA on disk and the X509-SVID checks of `weft ca verify`.
 
+#![allow(clippy::unwrap_used, clippy::panic)] // test code: a failed setup step should fail the test
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, IsCa, Issuer, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyUsagePurpose, SanType};
 use rustls_pki_types::UnixTime;
 use time::OffsetDateTime;
-use weft_crypto::ca::{CaError, CertKey, CertificateAuthority, SvidAlgorithm, Validity, layout, verify_svid_file};
+use weft_crypto::ca::{
+    CaError, CertKey, CertificateAuthority, SvidAlgorithm, Validity, layout, verify_svid_file,
+};
 use weft_crypto::files::FileError;
-use weft_crypto::svid::{RevokedSerials, SvidError, SvidVerifier, TrustBundle, Usage, certs_from_pem};
+use weft_crypto::svid::{
+    RevokedSerials, SvidError, SvidVerifier, TrustBundle, Usage, certs_from_pem,
+};
 use weft_crypto::{SpiffeId, TrustDomain};
 
 fn td() -> TrustDomain {
@@ -36,7 +40,10 @@ fn ca_directory_round_trip_and_file_modes() {
     assert_eq!(mode(&dir.path().join(layout::COMPAT_KEY)), 0o600);
     // Never overwrite an existing CA.
     let again = CertificateAuthority::init(&td(), Duration::from_secs(86400)).unwrap();
-    assert!(matches!(again.save(dir.path()), Err(CaError::File(FileError::Exists { .. }))));
+    assert!(matches!(
+        again.save(dir.path()),
+        Err(CaError::File(FileError::Exists { .. }))
+    ));
 
     let loaded = CertificateAuthority::load(dir.path()).unwrap();
     assert_eq!(loaded.trust_domain(), &td());
@@ -60,7 +67,11 @@ fn ca_directory_round_trip_and_file_modes() {
     }
 
     // A readable CA key is refused, naming the fix.
-    fs::set_permissions(dir.path().join(layout::CA_KEY), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(
+        dir.path().join(layout::CA_KEY),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let err = CertificateAuthority::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
@@ -98,18 +109,25 @@ impl Forge {
         let v = hour();
         params.not_before = v.not_before;
         params.not_after = v.not_after;
-        params.subject_alt_names =
-            vec![SanType::URI("spiffe://mesh.test/node/a".try_into().unwrap())];
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://mesh.test/node/a".try_into().unwrap(),
+        )];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         edit(&mut params);
         let leaf_key = CertKey::generate(SvidAlgorithm::MlDsa65).unwrap();
-        params.signed_by(&leaf_key, &issuer).unwrap().pem().into_bytes()
+        params
+            .signed_by(&leaf_key, &issuer)
+            .unwrap()
+            .pem()
+            .into_bytes()
     }
 
     fn verify(&self, pem: &[u8]) -> Result<(), SvidError> {
         let verifier = SvidVerifier::new(self.ca.bundle().unwrap(), RevokedSerials::default());
-        verifier.verify(&certs_from_pem(pem)?, UnixTime::now(), Usage::Client).map(drop)
+        verifier
+            .verify(&certs_from_pem(pem)?, UnixTime::now(), Usage::Client)
+            .map(drop)
     }
 }
 
@@ -119,22 +137,31 @@ fn each_x509_svid_rule_is_enforced_with_its_reason() {
     assert_eq!(f.verify(&f.leaf(|_| {})), Ok(()));
 
     let two = f.leaf(|p| {
-        p.subject_alt_names.push(SanType::URI("spiffe://mesh.test/node/b".try_into().unwrap()))
+        p.subject_alt_names.push(SanType::URI(
+            "spiffe://mesh.test/node/b".try_into().unwrap(),
+        ))
     });
     assert_eq!(f.verify(&two), Err(SvidError::UriSanCount(2)));
 
-    let none = f.leaf(|p| p.subject_alt_names = vec![SanType::DnsName("a.test".try_into().unwrap())]);
+    let none =
+        f.leaf(|p| p.subject_alt_names = vec![SanType::DnsName("a.test".try_into().unwrap())]);
     assert_eq!(f.verify(&none), Err(SvidError::UriSanCount(0)));
 
     let bad_id = f.leaf(|p| {
         p.subject_alt_names = vec![SanType::URI("spiffe://mesh.test/a//b".try_into().unwrap())]
     });
-    assert!(matches!(f.verify(&bad_id), Err(SvidError::BadSpiffeId { .. })));
+    assert!(matches!(
+        f.verify(&bad_id),
+        Err(SvidError::BadSpiffeId { .. })
+    ));
 
     let other_td = f.leaf(|p| {
         p.subject_alt_names = vec![SanType::URI("spiffe://other.test/a".try_into().unwrap())]
     });
-    assert!(matches!(f.verify(&other_td), Err(SvidError::WrongTrustDomain { .. })));
+    assert!(matches!(
+        f.verify(&other_td),
+        Err(SvidError::WrongTrustDomain { .. })
+    ));
 
     let ca_leaf = f.leaf(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
     assert_eq!(f.verify(&ca_leaf), Err(SvidError::LeafIsCa));
@@ -143,7 +170,10 @@ fn each_x509_svid_rule_is_enforced_with_its_reason() {
     assert_eq!(f.verify(&no_ds), Err(SvidError::LeafNoDigitalSignature));
 
     let signer = f.leaf(|p| {
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+        ]
     });
     assert_eq!(f.verify(&signer), Err(SvidError::LeafCanSign));
 
@@ -157,7 +187,10 @@ fn each_x509_svid_rule_is_enforced_with_its_reason() {
         p.not_before = now + time::Duration::days(1);
         p.not_after = now + time::Duration::days(2);
     });
-    assert!(matches!(f.verify(&future), Err(SvidError::NotYetValid { .. })));
+    assert!(matches!(
+        f.verify(&future),
+        Err(SvidError::NotYetValid { .. })
+    ));
 }
 
 #[test]
@@ -170,7 +203,10 @@ fn foreign_tampered_and_revoked_certificates_are_refused() {
     let err = f.verify(svid.cert_pem.as_bytes()).unwrap_err();
     // Same subject name, other key: webpki finds the "issuer" but its
     // signature does not verify.
-    assert!(matches!(&err, SvidError::Chain(m) if m.contains("does not verify")), "{err}");
+    assert!(
+        matches!(&err, SvidError::Chain(m) if m.contains("does not verify")),
+        "{err}"
+    );
 
     // A flipped bit in the CA signature.
     let svid = f.ca.issue(&id, SvidAlgorithm::MlDsa65, hour()).unwrap();
@@ -186,10 +222,20 @@ fn foreign_tampered_and_revoked_certificates_are_refused() {
     // Revoked serial.
     let revoked = RevokedSerials::default();
     let verifier = SvidVerifier::new(f.ca.bundle().unwrap(), revoked.clone());
-    verifier.verify(&[svid.cert_der.clone()], UnixTime::now(), Usage::Client).unwrap();
+    verifier
+        .verify(
+            std::slice::from_ref(&svid.cert_der),
+            UnixTime::now(),
+            Usage::Client,
+        )
+        .unwrap();
     revoked.revoke(&svid.serial);
     assert!(matches!(
-        verifier.verify(&[svid.cert_der.clone()], UnixTime::now(), Usage::Client),
+        verifier.verify(
+            std::slice::from_ref(&svid.cert_der),
+            UnixTime::now(),
+            Usage::Client
+        ),
         Err(SvidError::Revoked(_))
     ));
 }
@@ -202,6 +248,12 @@ fn a_bundle_must_hold_ca_certificates() {
         TrustBundle::from_pem(&leaf),
         Err(SvidError::NotACa { index: 0, .. })
     ));
-    assert_eq!(TrustBundle::from_pem(b"").unwrap_err(), SvidError::NoCertificate);
-    assert!(TrustBundle::from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+    assert_eq!(
+        TrustBundle::from_pem(b"").unwrap_err(),
+        SvidError::NoCertificate
+    );
+    assert!(
+        TrustBundle::from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .is_err()
+    );
 }

@@ -1,6 +1,8 @@
 //! rustls server and client over loopback, both holding SVIDs from a weft
 //! CA, X25519MLKEM768 only, each authorizing the other by SPIFFE ID.
 
+#![allow(clippy::unwrap_used, clippy::panic)] // test code: a failed setup step should fail the test
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +39,12 @@ impl Domain {
         SpiffeId::from_parts(&self.td, path).unwrap()
     }
 
-    fn creds_with(&self, path: &str, alg: SvidAlgorithm, validity: Validity) -> (SvidCredentials, Vec<u8>) {
+    fn creds_with(
+        &self,
+        path: &str,
+        alg: SvidAlgorithm,
+        validity: Validity,
+    ) -> (SvidCredentials, Vec<u8>) {
         let svid = self.ca.issue(&self.id(path), alg, validity).unwrap();
         let creds =
             SvidCredentials::from_pem(svid.cert_pem.as_bytes(), svid.key_pem.as_bytes()).unwrap();
@@ -91,14 +98,20 @@ fn refuses_a_certificate_of_another_trust_domain() {
         client(&d, &other.creds("/node/x")),
     )
     .unwrap_err();
-    assert!(err.contains("WrongTrustDomain") || err.contains("not issued by"), "{err}");
+    assert!(
+        err.contains("WrongTrustDomain") || err.contains("not issued by"),
+        "{err}"
+    );
     // And a server of another trust domain is refused by the client.
     let err = loopback_mtls_handshake(
         server(&other, &other.creds("/control")),
         client(&d, &d.creds("/node/a")),
     )
     .unwrap_err();
-    assert!(err.contains("client: ") && err.contains("WrongTrustDomain"), "{err}");
+    assert!(
+        err.contains("client: ") && err.contains("WrongTrustDomain"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,7 +125,10 @@ fn refuses_an_expired_certificate() {
     let (creds, _) = d.creds_with("/node/old", SvidAlgorithm::MlDsa65, expired);
     let err =
         loopback_mtls_handshake(server(&d, &d.creds("/control")), client(&d, &creds)).unwrap_err();
-    assert!(err.starts_with("server:") && err.contains("Expired"), "{err}");
+    assert!(
+        err.starts_with("server:") && err.contains("Expired"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -124,7 +140,10 @@ fn refuses_a_revoked_serial() {
     loopback_mtls_handshake(srv.clone(), cli.clone()).unwrap();
     d.revoked.revoke(&serial);
     let err = loopback_mtls_handshake(srv, cli).unwrap_err();
-    assert!(err.starts_with("server:") && err.contains("Revoked"), "{err}");
+    assert!(
+        err.starts_with("server:") && err.contains("Revoked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -143,7 +162,12 @@ fn refuses_a_client_offering_only_classical_groups() {
         .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
         .unwrap();
     let err = loopback_mtls_handshake(server(&d, &d.creds("/control")), Arc::new(cli)).unwrap_err();
-    assert!(err.contains("PeerIncompatible") || err.contains("NoKxGroupsInCommon") || err.contains("HandshakeFailure"), "{err}");
+    assert!(
+        err.contains("PeerIncompatible")
+            || err.contains("NoKxGroupsInCommon")
+            || err.contains("HandshakeFailure"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,16 +175,17 @@ fn refuses_a_classical_compat_svid_between_components() {
     let d = Domain::new("mesh.test");
     let (compat, _) = d.creds_with("/tool/curl", SvidAlgorithm::EcdsaP256, valid_now());
     // The compat key cannot sign an ML-DSA-65 handshake: refused.
-    assert!(loopback_mtls_handshake(server(&d, &d.creds("/control")), client(&d, &compat)).is_err());
+    assert!(
+        loopback_mtls_handshake(server(&d, &d.creds("/control")), client(&d, &compat)).is_err()
+    );
 }
 
 #[test]
 fn policy_refuses_an_unlisted_spiffe_id() {
     let d = Domain::new("mesh.test");
     let srv_creds = d.creds("/control");
-    let strict = Arc::new(
-        server_config(&srv_creds, d.verifier(only(vec![d.id("/node/a")]))).unwrap(),
-    );
+    let strict =
+        Arc::new(server_config(&srv_creds, d.verifier(only(vec![d.id("/node/a")]))).unwrap());
     loopback_mtls_handshake(strict.clone(), client(&d, &d.creds("/node/a"))).unwrap();
     let err = loopback_mtls_handshake(strict, client(&d, &d.creds("/node/b"))).unwrap_err();
     assert!(err.contains("Unauthorized"), "{err}");

@@ -1,0 +1,274 @@
+//! The `weft` binary end to end: identities, the CA, errors, the bench.
+
+#![allow(clippy::unwrap_used, clippy::panic)] // test code: a failed setup step should fail the test
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn weft(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WEFT_LOG")
+        .env_remove("WEFT_LOG_FORMAT")
+        .output()
+        .unwrap()
+}
+
+fn ok_json(args: &[&str], dir: &Path) -> serde_json::Value {
+    let out = weft(args, dir);
+    assert!(
+        out.status.success(),
+        "weft {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A failure exits non-zero with exactly one line on stderr.
+fn one_line_error(args: &[&str], dir: &Path) -> String {
+    let out = weft(args, dir);
+    assert!(!out.status.success(), "weft {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn id_new_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = ok_json(&["id", "new", "--out", "node.key", "--json"], dir.path());
+    let shown = ok_json(&["id", "show", "node.key", "--json"], dir.path());
+    assert_eq!(made["node_id"], shown["node_id"]);
+    assert_eq!(shown["node_id"].as_str().unwrap().len(), 52);
+    assert_eq!(shown["signature_algorithm"], "id-MLDSA65-Ed25519-SHA512");
+    assert!(
+        shown["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    let err = one_line_error(&["id", "new", "--out", "node.key"], dir.path());
+    assert!(err.contains("already exists"), "{err}");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("node.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let err = one_line_error(&["id", "show", "node.key"], dir.path());
+    assert!(err.contains("chmod 600"), "{err}");
+
+    std::fs::write(dir.path().join("junk.key"), "not a key").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("junk.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let err = one_line_error(&["id", "show", "junk.key"], dir.path());
+    assert!(err.contains("not valid PEM"), "{err}");
+}
+
+#[test]
+fn ca_init_issue_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "mesh.test",
+            "--out",
+            "ca",
+            "--json",
+        ],
+        d,
+    );
+    let issued = ok_json(
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://mesh.test/node/a",
+            "--ttl",
+            "10m",
+            "--out",
+            "a",
+            "--json",
+        ],
+        d,
+    );
+    assert_eq!(issued["algorithm"], "ML-DSA-65");
+    let compat = ok_json(
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://mesh.test/prom",
+            "--compat",
+            "--out",
+            "p",
+            "--json",
+        ],
+        d,
+    );
+    assert_eq!(compat["algorithm"], "ECDSA-P256-SHA256");
+    for f in ["a/svid.key", "p/svid.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let v = ok_json(&["ca", "verify", "--ca", "ca", "a/svid.pem", "--json"], d);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["spiffe_id"], "spiffe://mesh.test/node/a");
+    assert_eq!(v["serial"], issued["serial"]);
+
+    // Rejections name the reason.
+    let serial = issued["serial"].as_str().unwrap();
+    let err = one_line_error(
+        &[
+            "ca",
+            "verify",
+            "--ca",
+            "ca",
+            "a/svid.pem",
+            "--revoked",
+            serial,
+        ],
+        d,
+    );
+    assert!(err.contains("revoked"), "{err}");
+    let err = one_line_error(&["ca", "verify", "--ca", "ca", "ca/ca.pem"], d);
+    assert!(err.contains("cA=false"), "{err}");
+    ok_json(
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "other.test",
+            "--out",
+            "other",
+            "--json",
+        ],
+        d,
+    );
+    let err = one_line_error(&["ca", "verify", "--ca", "other", "a/svid.pem"], d);
+    assert!(err.contains("trust domain"), "{err}");
+    let err = one_line_error(
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://mesh.test/a/",
+            "--out",
+            "x",
+        ],
+        d,
+    );
+    assert!(err.contains("must not end with '/'"), "{err}");
+    let err = one_line_error(
+        &["ca", "init", "--trust-domain", "mesh.test", "--out", "ca"],
+        d,
+    );
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn bench_crypto_json_has_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = ok_json(
+        &[
+            "bench",
+            "crypto",
+            "--json",
+            "--rounds",
+            "3",
+            "--batch",
+            "2",
+            "--handshakes",
+            "3",
+        ],
+        dir.path(),
+    );
+    for key in [
+        "xwing_encaps_ns",
+        "xwing_decaps_ns",
+        "composite_sign_ns",
+        "composite_verify_ns",
+        "mldsa65_sign_ns",
+        "mldsa65_verify_ns",
+        "ed25519_sign_ns",
+        "ed25519_verify_ns",
+        "composite_sign_overhead_ratio",
+        "composite_verify_overhead_ratio",
+        "mtls_handshakes_per_sec",
+    ] {
+        let v = r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {r}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+}
+
+#[test]
+fn json_logs_and_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    ok_json(
+        &["ca", "init", "--trust-domain", "t", "--out", "ca", "--json"],
+        dir.path(),
+    );
+    let out = weft(
+        &[
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://t/x",
+            "--out",
+            "x",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stderr).unwrap();
+    let log: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(log["fields"]["message"], "issued X.509-SVID");
+    assert_eq!(log["fields"]["spiffe_id"], "spiffe://t/x");
+
+    let out = weft(&["--help"], dir.path());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for cmd in ["id", "ca", "bench", "--log-format"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    // A bad duration is a usage error (clap exits 2) naming the value.
+    let out = weft(
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "t",
+            "--out",
+            "c",
+            "--ttl",
+            "soon",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
+}
