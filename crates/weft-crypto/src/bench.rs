@@ -69,7 +69,7 @@ impl Default for BenchConfig {
     fn default() -> Self {
         Self {
             rounds: 41,
-            batch: 16,
+            batch: 32,
             handshakes: 300,
         }
     }
@@ -252,7 +252,7 @@ pub fn loopback_mtls_handshake(
     let timeout = Some(Duration::from_secs(10));
     let server_side = std::thread::spawn(move || -> Result<String, String> {
         let (tcp, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        tcp.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+        configure_socket(&tcp, timeout)?;
         let conn = rustls::ServerConnection::new(server).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut ping = [0u8; 4];
@@ -264,7 +264,7 @@ pub fn loopback_mtls_handshake(
     });
     let client_result = (|| -> Result<(String, String), String> {
         let tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-        tcp.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+        configure_socket(&tcp, timeout)?;
         let name = rustls_pki_types::ServerName::try_from("weft").map_err(|e| e.to_string())?;
         let conn = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -291,6 +291,15 @@ pub fn loopback_mtls_handshake(
         (Err(e), _) => Err(format!("server: {e}")),
         (_, Err(e)) => Err(format!("client: {e}")),
     }
+}
+
+/// Read timeout so a stuck peer fails the handshake instead of hanging,
+/// and no Nagle delay: TLS flights are small writes that would otherwise
+/// wait for delayed ACKs (~40 ms each on Linux loopback).
+fn configure_socket(tcp: &TcpStream, timeout: Option<Duration>) -> Result<(), String> {
+    tcp.set_read_timeout(timeout)
+        .and_then(|()| tcp.set_nodelay(true))
+        .map_err(|e| format!("socket options: {e}"))
 }
 
 fn peer_id(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Result<String, String> {
