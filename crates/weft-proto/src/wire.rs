@@ -66,7 +66,7 @@ impl Metric {
     }
 
     /// `self + cost`, saturating below infinity.
-    pub fn add(self, cost: u16) -> Metric {
+    pub fn plus(self, cost: u16) -> Metric {
         if self.is_infinite() || cost == u16::MAX {
             return Metric::INFINITY;
         }
@@ -820,8 +820,8 @@ mod tests {
         assert!(Seqno(0).is_newer_than(Seqno(u16::MAX)));
         assert!(Seqno(0x7fff).is_newer_than(Seqno(0)));
         assert!(!Seqno(0x8000).is_newer_than(Seqno(0)));
-        assert_eq!(Metric(10).add(5), Metric(15));
-        assert_eq!(Metric::INFINITY.add(1), Metric::INFINITY);
-        assert_eq!(Metric(u16::MAX - 2).add(10), Metric(u16::MAX - 1));
+        assert_eq!(Metric(10).plus(5), Metric(15));
+        assert_eq!(Metric::INFINITY.plus(1), Metric::INFINITY);
+        assert_eq!(Metric(u16::MAX - 2).plus(10), Metric(u16::MAX - 1));
     }
 }
