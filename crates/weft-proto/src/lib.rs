@@ -5,5 +5,9 @@
 //! carry out the outputs.
 //!
 //! - [`wire`]: the versioned, bounded binary encoding of mesh messages.
+//! - [`liveness`]: hellos, the loss-adaptive dead-neighbour detector, link cost.
+//! - [`time`]: the driver-supplied clock.
 
+pub mod liveness;
+pub mod time;
 pub mod wire;

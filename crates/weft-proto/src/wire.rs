@@ -144,22 +144,26 @@ impl RevocationList {
     }
 }
 
+/// A liveness probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Per-link hello counter (loss is counted from its gaps).
+    pub seq: u16,
+    /// The sender's current hello interval, milliseconds.
+    pub interval_ms: u16,
+    /// Sender's clock when sending, microseconds (wrapping).
+    pub ts_us: u32,
+    /// `ts_us` of the last hello received from the peer, 0 if none.
+    pub echo_ts_us: u32,
+    /// Microseconds between receiving that hello and sending this one.
+    pub echo_delay_us: u32,
+}
+
 /// A mesh message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Liveness probe, sent periodically on every link by both ends.
-    Hello {
-        /// Per-link hello counter (loss is counted from its gaps).
-        seq: u16,
-        /// The sender's current hello interval, milliseconds.
-        interval_ms: u16,
-        /// Sender's clock when sending, microseconds (wrapping).
-        ts_us: u32,
-        /// `ts_us` of the last hello received from the peer, 0 if none.
-        echo_ts_us: u32,
-        /// Microseconds between receiving that hello and sending this one.
-        echo_delay_us: u32,
-    },
+    Hello(Hello),
     /// Routes (full table at link-up, changes afterwards).
     Update(Vec<RouteEntry>),
     /// Ask the origin (relayed hop by hop) for a seqno at least `seqno`.
@@ -221,7 +225,7 @@ impl Message {
     /// Short name for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Message::Hello { .. } => "hello",
+            Message::Hello(_) => "hello",
             Message::Update(_) => "update",
             Message::SeqnoRequest { .. } => "seqno_request",
             Message::AnnouncementRequest { .. } => "announcement_request",
@@ -234,7 +238,7 @@ impl Message {
 
     fn type_byte(&self) -> u8 {
         match self {
-            Message::Hello { .. } => ty::HELLO,
+            Message::Hello(_) => ty::HELLO,
             Message::Update(_) => ty::UPDATE,
             Message::SeqnoRequest { .. } => ty::SEQNO_REQUEST,
             Message::AnnouncementRequest { .. } => ty::ANNOUNCEMENT_REQUEST,
@@ -248,7 +252,7 @@ impl Message {
     /// Body length in bytes (without the frame header).
     pub fn body_len(&self) -> usize {
         match self {
-            Message::Hello { .. } => 2 + 2 + 4 + 4 + 4,
+            Message::Hello(_) => 2 + 2 + 4 + 4 + 4,
             Message::Update(entries) => 2 + entries.len() * ROUTE_ENTRY_LEN,
             Message::SeqnoRequest { .. } => 32 + 2 + 1,
             Message::AnnouncementRequest { .. } => 32 + 2,
@@ -279,13 +283,13 @@ impl Message {
         out.push(self.type_byte());
         out.extend_from_slice(&body_len_u16.to_be_bytes());
         match self {
-            Message::Hello {
+            Message::Hello(Hello {
                 seq,
                 interval_ms,
                 ts_us,
                 echo_ts_us,
                 echo_delay_us,
-            } => {
+            }) => {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&interval_ms.to_be_bytes());
                 out.extend_from_slice(&ts_us.to_be_bytes());
@@ -523,13 +527,13 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
     let msg = match kind {
         ty::HELLO => {
             expect_len("hello", body, 16)?;
-            Message::Hello {
+            Message::Hello(Hello {
                 seq: r.u16(),
                 interval_ms: r.u16(),
                 ts_us: r.u32(),
                 echo_ts_us: r.u32(),
                 echo_delay_us: r.u32(),
-            }
+            })
         }
         ty::UPDATE => {
             let count = usize::from(Reader { buf: body }.u16());
@@ -674,13 +678,13 @@ mod tests {
                 any::<u32>()
             )
                 .prop_map(|(seq, interval_ms, ts_us, echo_ts_us, echo_delay_us)| {
-                    Message::Hello {
+                    Message::Hello(Hello {
                         seq,
                         interval_ms,
                         ts_us,
                         echo_ts_us,
                         echo_delay_us,
-                    }
+                    })
                 }),
             proptest::collection::vec(entry, 0..40).prop_map(Message::Update),
             (node(), any::<u16>(), any::<u8>()).prop_map(|(origin, s, hop_count)| {
