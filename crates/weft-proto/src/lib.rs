@@ -6,8 +6,10 @@
 //!
 //! - [`wire`]: the versioned, bounded binary encoding of mesh messages.
 //! - [`liveness`]: hellos, the loss-adaptive dead-neighbour detector, link cost.
+//! - [`route`]: the route table with Babel's feasibility condition.
 //! - [`time`]: the driver-supplied clock.
 
 pub mod liveness;
+pub mod route;
 pub mod time;
 pub mod wire;
