@@ -9,9 +9,9 @@
 //! This module is pure data: no time, no I/O. The node feeds it updates
 //! and link changes and reads back what changed.
 
-use std::collections::HashMap;
-
 use weft_crypto::NodeId;
+
+use crate::DetMap;
 
 use crate::wire::{Metric, Seqno};
 
@@ -85,9 +85,9 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     me: NodeId,
-    destinations: HashMap<NodeId, Destination>,
-    fds: HashMap<NodeId, FeasibilityDistance>,
-    costs: HashMap<LinkId, u16>,
+    destinations: DetMap<NodeId, Destination>,
+    fds: DetMap<NodeId, FeasibilityDistance>,
+    costs: DetMap<LinkId, u16>,
 }
 
 impl RouteTable {
@@ -95,9 +95,9 @@ impl RouteTable {
     pub fn new(me: NodeId) -> Self {
         Self {
             me,
-            destinations: HashMap::new(),
-            fds: HashMap::new(),
-            costs: HashMap::new(),
+            destinations: DetMap::default(),
+            fds: DetMap::default(),
+            costs: DetMap::default(),
         }
     }
 

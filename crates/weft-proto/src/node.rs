@@ -1,0 +1,1028 @@
+//! One mesh node as a sans-IO state machine: liveness on every link,
+//! routing with feasibility, signed origins, revocation gossip and
+//! datagram forwarding.
+//!
+//! Drivers call [`Node::handle`] for each input and
+//! [`Node::handle_timeout`] when [`Node::next_deadline`] passes, always with
+//! the current [`Time`], then drain [`Node::poll_output`]. Links are assumed
+//! authenticated (the peer's NodeId is given at link-up) and reliable and
+//! ordered (QUIC streams): the transport below makes them so.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use weft_crypto::NodeId;
+use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey, SignatureError};
+
+use crate::DetMap;
+use crate::liveness::{LinkHealth, LinkLiveness, LivenessConfig};
+use crate::origin::{
+    Accepted, Arrival, Directory, OriginPolicy, OriginStore, Refusal, SignatureCheck,
+    sign_announcement,
+};
+use crate::route::{Change, LinkId, RouteTable};
+use crate::time::Time;
+use crate::wire::{
+    Announcement, Decoded, Hello, MAX_UPDATE_ENTRIES, Message, Metric, RevocationList, RouteEntry,
+    Seqno, WireError, decode_frame,
+};
+
+/// Node settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Liveness detector.
+    pub liveness: LivenessConfig,
+    /// Announcement acceptance.
+    pub origin: OriginPolicy,
+    /// Hop limit of datagrams this node originates.
+    pub hop_limit: u8,
+    /// Hop count of seqno requests this node originates.
+    pub seqno_request_hops: u8,
+    /// Relative change of a link cost below which routes are not reselected
+    /// (damps route flapping on noisy RTT).
+    pub cost_hysteresis: f64,
+    /// Unix milliseconds at [`Time::ZERO`]: the node's wall clock, for
+    /// announcement timestamps.
+    pub unix_ms_at_zero: u64,
+    /// Boot epoch, persisted and incremented by the driver at every start.
+    pub epoch: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            liveness: LivenessConfig::default(),
+            origin: OriginPolicy::default(),
+            hop_limit: 64,
+            seqno_request_hops: 64,
+            cost_hysteresis: 0.25,
+            unix_ms_at_zero: 0,
+            epoch: 1,
+        }
+    }
+}
+
+/// What the driver feeds in.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// The transport established an authenticated link to `peer`.
+    LinkUp {
+        /// The link.
+        link: LinkId,
+        /// The peer's authenticated node id.
+        peer: NodeId,
+    },
+    /// The transport lost the link.
+    LinkDown {
+        /// The link.
+        link: LinkId,
+    },
+    /// Bytes arrived on a link's reliable stream (any number of frames,
+    /// possibly ending in part of one).
+    Received {
+        /// The link.
+        link: LinkId,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// One unreliable datagram arrived on a link (exactly one frame).
+    ReceivedDatagram {
+        /// The link.
+        link: LinkId,
+        /// The frame.
+        bytes: &'a [u8],
+    },
+    /// The local application sends a datagram.
+    Send {
+        /// Destination.
+        dst: NodeId,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// What the driver must do or may observe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send bytes on a link.
+    Transmit {
+        /// The link.
+        link: LinkId,
+        /// Encoded frame.
+        bytes: Vec<u8>,
+        /// Whether the transport must deliver it reliably and in order (a
+        /// QUIC stream). Hellos and datagrams are unreliable (QUIC DATAGRAM
+        /// frames): a lost hello is information, and a retransmitted one
+        /// would hide loss from the detector.
+        reliable: bool,
+    },
+    /// Close a link (dead, revoked or misbehaving peer).
+    Close {
+        /// The link.
+        link: LinkId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Something happened.
+    Event(Event),
+}
+
+/// Why a link must be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The liveness detector declared the neighbour dead.
+    Dead,
+    /// The peer is revoked.
+    Revoked,
+    /// The peer sent bytes that do not decode.
+    Malformed,
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// No route to the destination.
+    NoRoute,
+    /// Hop limit reached zero.
+    HopLimit,
+    /// Source or destination is revoked.
+    Revoked,
+}
+
+/// Observable events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A neighbour's first hello arrived.
+    NeighbourUp {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// A neighbour was declared dead (or its link went down).
+    NeighbourDead {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// A route was selected for a destination that had none.
+    RouteAdded {
+        /// Destination.
+        dst: NodeId,
+        /// Next hop.
+        via: NodeId,
+        /// Metric.
+        metric: Metric,
+    },
+    /// The selected route changed.
+    RouteChanged {
+        /// Destination.
+        dst: NodeId,
+        /// Next hop.
+        via: NodeId,
+        /// Metric.
+        metric: Metric,
+    },
+    /// No route remains.
+    RouteLost {
+        /// Destination.
+        dst: NodeId,
+    },
+    /// A datagram for this node.
+    Delivered {
+        /// Sender.
+        src: NodeId,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// A datagram was dropped here.
+    Dropped {
+        /// Sender.
+        src: NodeId,
+        /// Destination.
+        dst: NodeId,
+        /// Why.
+        reason: DropReason,
+    },
+    /// A datagram this node sent could not be delivered.
+    Unreachable {
+        /// The destination.
+        dst: NodeId,
+        /// The node that reported it.
+        reporter: NodeId,
+    },
+    /// An announcement was refused.
+    AnnouncementRefused {
+        /// Its origin.
+        origin: NodeId,
+        /// Why.
+        reason: Refusal,
+    },
+    /// A newer revocation list was accepted.
+    RevocationApplied {
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// Counters a node keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames and bytes sent, by message kind.
+    pub sent: BTreeMap<&'static str, (u64, u64)>,
+    /// Frames received that did not decode.
+    pub malformed: u64,
+    /// Revocation lists refused (bad signature or stale).
+    pub revocations_refused: u64,
+    /// Own announcements that could not be signed.
+    pub signing_failures: u64,
+    /// Messages that could not be encoded (over a protocol limit).
+    pub encode_failures: u64,
+}
+
+struct Link {
+    peer: NodeId,
+    live: LinkLiveness,
+    /// Cost last given to the route table.
+    cost: u16,
+    /// Bytes received that do not yet form a whole frame.
+    rx_buf: Vec<u8>,
+    /// (origin, seqno) announcements the peer is known to hold.
+    peer_has: HashSet<(NodeId, u16)>,
+    /// (origin, seqno) announcements requested from this peer.
+    requested: HashSet<(NodeId, u16)>,
+    /// Route entries to send at the next flush.
+    pending: Vec<RouteEntry>,
+    /// Announcements to send at the next flush (before the entries).
+    pending_ann: Vec<NodeId>,
+}
+
+/// Limit on buffered partial frames per link.
+const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
+
+/// One mesh node.
+pub struct Node {
+    id: NodeId,
+    key: Arc<CompositeSigningKey>,
+    cfg: NodeConfig,
+    seqno: Seqno,
+    links: BTreeMap<LinkId, Link>,
+    table: RouteTable,
+    origins: OriginStore,
+    authority: CompositePublicKey,
+    check: Arc<dyn SignatureCheck>,
+    revocation: Option<RevocationList>,
+    /// Updates waiting for their origin's announcement: origin -> (link, entry).
+    waiting: DetMap<NodeId, Vec<(LinkId, RouteEntry)>>,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("links", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node with identity `key`, trusting `directory` for enrolled keys
+    /// and `authority` for revocation lists.
+    pub fn new(
+        key: Arc<CompositeSigningKey>,
+        cfg: NodeConfig,
+        directory: Arc<dyn Directory>,
+        authority: CompositePublicKey,
+        check: Arc<dyn SignatureCheck>,
+    ) -> Result<Self, SignatureError> {
+        let id = NodeId::of(key.public_key());
+        let mut origins = OriginStore::new(directory, check.clone(), cfg.origin);
+        let own = sign_announcement(&key, Seqno(0), cfg.epoch, cfg.unix_ms_at_zero)?;
+        // Our own announcement is held like any other, so neighbours can fetch it.
+        let _ = origins.offer(&own, Arrival::Fetched, cfg.unix_ms_at_zero);
+        Ok(Self {
+            id,
+            key,
+            seqno: Seqno(0),
+            links: BTreeMap::new(),
+            table: RouteTable::new(id),
+            origins,
+            authority,
+            check,
+            revocation: None,
+            waiting: DetMap::default(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            cfg,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The route table.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The peer on a link.
+    pub fn peer(&self, link: LinkId) -> Option<NodeId> {
+        self.links.get(&link).map(|l| l.peer)
+    }
+
+    /// Health of a link.
+    pub fn link_health(&self, link: LinkId) -> Option<LinkHealth> {
+        self.links.get(&link).map(|l| l.live.health())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Refusals of announcements by reason.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.origins.refused(reason)
+    }
+
+    /// The next output to carry out.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.links
+            .values()
+            .map(|l| l.live.next_deadline(&self.cfg.liveness))
+            .min()
+    }
+
+    fn unix_ms(&self, now: Time) -> u64 {
+        self.cfg.unix_ms_at_zero.saturating_add(now.0 / 1000)
+    }
+
+    /// Handles one input at `now`.
+    pub fn handle(&mut self, now: Time, input: Input<'_>) {
+        match input {
+            Input::LinkUp { link, peer } => self.link_up(now, link, peer),
+            Input::LinkDown { link } => self.link_down(link),
+            Input::Received { link, bytes } => self.received(now, link, bytes),
+            Input::ReceivedDatagram { link, bytes } => self.received_datagram(now, link, bytes),
+            Input::Send { dst, payload } => {
+                let hop_limit = self.cfg.hop_limit;
+                self.forward(self.id, dst, hop_limit.saturating_add(1), payload);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Sends due hellos and declares silent neighbours dead.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let cfg = self.cfg.liveness.clone();
+        let mut dead = Vec::new();
+        let mut hellos = Vec::new();
+        for (&id, link) in &mut self.links {
+            if link.live.check_dead(now, &cfg) {
+                dead.push(id);
+                continue;
+            }
+            if let Some(h) = link.live.poll_hello(now, &cfg) {
+                hellos.push((id, h));
+            }
+        }
+        for (link, h) in hellos {
+            self.send(link, &Message::Hello(h));
+        }
+        for link in dead {
+            self.out.push_back(Output::Close {
+                link,
+                reason: CloseReason::Dead,
+            });
+            self.link_down(link);
+        }
+        self.flush(now);
+    }
+
+    fn link_up(&mut self, now: Time, link: LinkId, peer: NodeId) {
+        if self.origins.is_revoked(&peer) {
+            self.out.push_back(Output::Close {
+                link,
+                reason: CloseReason::Revoked,
+            });
+            return;
+        }
+        let seed = link.0 ^ u64::from_le_bytes(self.id.0[..8].try_into().unwrap_or([0; 8]));
+        self.links.insert(
+            link,
+            Link {
+                peer,
+                live: LinkLiveness::new(now, &self.cfg.liveness, seed),
+                cost: u16::MAX,
+                rx_buf: Vec::new(),
+                peer_has: HashSet::new(),
+                requested: HashSet::new(),
+                pending: Vec::new(),
+                pending_ann: Vec::new(),
+            },
+        );
+        self.table.set_link_cost(link, u16::MAX);
+        // The full table, once: our own route, every selected route, and
+        // the revocation list if we hold one.
+        if let Some(list) = self.revocation.clone() {
+            self.send(link, &Message::Revocation(list));
+        }
+        let mut entries = vec![RouteEntry {
+            origin: self.id,
+            seqno: self.seqno,
+            metric: Metric(0),
+        }];
+        let mut routes: Vec<_> = self
+            .table
+            .selected_routes()
+            .map(|(d, s)| RouteEntry {
+                origin: *d,
+                seqno: s.seqno,
+                metric: s.metric,
+            })
+            .collect();
+        routes.sort_by_key(|e| e.origin);
+        entries.extend(routes);
+        for e in entries {
+            self.queue_entry(link, e);
+        }
+        // The first hello goes out at once.
+        self.handle_timeout_for(now, link);
+    }
+
+    fn handle_timeout_for(&mut self, now: Time, link: LinkId) {
+        let cfg = self.cfg.liveness.clone();
+        if let Some(h) = self
+            .links
+            .get_mut(&link)
+            .and_then(|l| l.live.poll_hello(now, &cfg))
+        {
+            self.send(link, &Message::Hello(h));
+        }
+    }
+
+    fn link_down(&mut self, link: LinkId) {
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        self.event(Event::NeighbourDead { peer: l.peer });
+        let changes = self.table.remove_link(link);
+        self.waiting
+            .values_mut()
+            .for_each(|v| v.retain(|(via, _)| *via != link));
+        self.apply_changes(changes);
+    }
+
+    fn received(&mut self, now: Time, link: LinkId, bytes: &[u8]) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        l.rx_buf.extend_from_slice(bytes);
+        let mut buf = std::mem::take(&mut l.rx_buf);
+        let mut at = 0;
+        let mut malformed: Option<WireError> = None;
+        let mut messages = Vec::new();
+        while at < buf.len() {
+            match decode_frame(&buf[at..]) {
+                Ok(Decoded::Message(m, used)) => {
+                    messages.push(m);
+                    at += used;
+                }
+                Ok(Decoded::NeedMore) => break,
+                Err(e) => {
+                    malformed = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.drain(..at);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.rx_buf = buf;
+        }
+        for m in messages {
+            self.on_message(now, link, m);
+        }
+        let overflow = self
+            .links
+            .get(&link)
+            .is_some_and(|l| l.rx_buf.len() > MAX_RX_BUFFER);
+        if malformed.is_some() || overflow {
+            self.stats.malformed += 1;
+            self.out.push_back(Output::Close {
+                link,
+                reason: CloseReason::Malformed,
+            });
+            self.link_down(link);
+        }
+    }
+
+    fn received_datagram(&mut self, now: Time, link: LinkId, bytes: &[u8]) {
+        if !self.links.contains_key(&link) {
+            return;
+        }
+        match crate::wire::decode_exact(bytes) {
+            // Only hellos and datagrams travel unreliably; anything else
+            // here is a confused or hostile peer, ignored and counted.
+            Ok(m @ (Message::Hello(_) | Message::Datagram { .. })) => self.on_message(now, link, m),
+            Ok(_) | Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    fn on_message(&mut self, now: Time, link: LinkId, msg: Message) {
+        match msg {
+            Message::Hello(h) => self.on_hello(now, link, &h),
+            Message::Update(entries) => {
+                for e in entries {
+                    self.on_entry(link, e);
+                }
+            }
+            Message::SeqnoRequest {
+                origin,
+                seqno,
+                hop_count,
+            } => self.on_seqno_request(now, link, origin, seqno, hop_count),
+            Message::AnnouncementRequest { origin, seqno } => {
+                if let Some(a) = self.origins.held(&origin)
+                    && (a.seqno == seqno || a.seqno.is_newer_than(seqno))
+                {
+                    let a = a.clone();
+                    if let Some(l) = self.links.get_mut(&link) {
+                        l.peer_has.insert((a.origin, a.seqno.0));
+                    }
+                    self.send(link, &Message::Announcement(a));
+                }
+            }
+            Message::Announcement(a) => self.on_announcement(now, link, a),
+            Message::Revocation(list) => self.on_revocation(link, list),
+            Message::Datagram {
+                src,
+                dst,
+                hop_limit,
+                payload,
+            } => self.forward(src, dst, hop_limit, payload),
+            Message::Unreachable { reporter, src, dst } => {
+                if src == self.id {
+                    self.event(Event::Unreachable { dst, reporter });
+                } else if let Some(sel) = self.table.selected(&src) {
+                    self.send(sel.via, &Message::Unreachable { reporter, src, dst });
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, now: Time, link: LinkId, h: &Hello) {
+        let cfg = self.cfg.liveness.clone();
+        let hysteresis = self.cfg.cost_hysteresis;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let was = l.live.health();
+        l.live.on_hello(now, &cfg, h);
+        let cost = l.live.cost();
+        let old = l.cost;
+        let peer = l.peer;
+        let significant = old == u16::MAX
+            || (f64::from(cost) - f64::from(old)).abs() > hysteresis * f64::from(old);
+        if significant {
+            l.cost = cost;
+        }
+        if was == LinkHealth::Pending {
+            self.event(Event::NeighbourUp { peer });
+        }
+        if significant {
+            let changes = self.table.set_link_cost(link, cost);
+            self.apply_changes(changes);
+        }
+    }
+
+    fn on_entry(&mut self, link: LinkId, e: RouteEntry) {
+        if e.origin == self.id {
+            return;
+        }
+        if self.origins.is_revoked(&e.origin) {
+            return;
+        }
+        if !e.metric.is_infinite() {
+            // A route with a seqno newer than the verified announcement needs
+            // the announcement first: ask the sender for it, hold the entry.
+            let held = self.origins.held(&e.origin).map(|a| a.seqno);
+            let needs = held.is_none_or(|s| e.seqno.is_newer_than(s));
+            if needs {
+                self.waiting.entry(e.origin).or_default().push((link, e));
+                if let Some(l) = self.links.get_mut(&link)
+                    && l.requested.insert((e.origin, e.seqno.0))
+                {
+                    self.send(
+                        link,
+                        &Message::AnnouncementRequest {
+                            origin: e.origin,
+                            seqno: e.seqno,
+                        },
+                    );
+                }
+                return;
+            }
+        }
+        if let Some(l) = self.links.get_mut(&link) {
+            l.peer_has.insert((e.origin, e.seqno.0));
+        }
+        if let Some(change) = self.table.on_update(link, e.origin, e.seqno, e.metric) {
+            self.apply_changes(vec![change]);
+        }
+    }
+
+    fn on_announcement(&mut self, now: Time, link: LinkId, a: Announcement) {
+        let requested = self
+            .links
+            .get_mut(&link)
+            .is_some_and(|l| l.requested.remove(&(a.origin, a.seqno.0)));
+        let arrival = if requested {
+            Arrival::Fetched
+        } else {
+            Arrival::Pushed
+        };
+        match self.origins.offer(&a, arrival, self.unix_ms(now)) {
+            Ok(accepted) => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.peer_has.insert((a.origin, a.seqno.0));
+                }
+                if accepted == Accepted::New {
+                    // Release the entries that waited for it.
+                    let waiting = self.waiting.remove(&a.origin).unwrap_or_default();
+                    let (ready, still): (Vec<_>, Vec<_>) = waiting
+                        .into_iter()
+                        .partition(|(_, e)| !e.seqno.is_newer_than(a.seqno));
+                    if !still.is_empty() {
+                        self.waiting.insert(a.origin, still);
+                    }
+                    for (via, e) in ready {
+                        if self.links.contains_key(&via) {
+                            self.on_entry(via, e);
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                self.event(Event::AnnouncementRefused {
+                    origin: a.origin,
+                    reason,
+                });
+                if let Some(v) = self.waiting.get_mut(&a.origin) {
+                    v.retain(|(via, e)| !(*via == link && e.seqno == a.seqno));
+                }
+            }
+        }
+    }
+
+    fn on_seqno_request(
+        &mut self,
+        now: Time,
+        link: LinkId,
+        origin: NodeId,
+        seqno: Seqno,
+        hops: u8,
+    ) {
+        if origin == self.id {
+            if seqno.is_newer_than(self.seqno) || seqno == self.seqno.next() {
+                self.bump_seqno(now);
+            }
+            let own = RouteEntry {
+                origin: self.id,
+                seqno: self.seqno,
+                metric: Metric(0),
+            };
+            self.queue_entry(link, own);
+            return;
+        }
+        match self.table.selected(&origin) {
+            Some(sel) if !seqno.is_newer_than(sel.seqno) => {
+                let e = RouteEntry {
+                    origin,
+                    seqno: sel.seqno,
+                    metric: sel.metric,
+                };
+                self.queue_entry(link, e);
+            }
+            Some(sel) if hops > 1 && sel.via != link => {
+                self.send(
+                    sel.via,
+                    &Message::SeqnoRequest {
+                        origin,
+                        seqno,
+                        hop_count: hops - 1,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn bump_seqno(&mut self, now: Time) {
+        let next = self.seqno.next();
+        match sign_announcement(&self.key, next, self.cfg.epoch, self.unix_ms(now)) {
+            Ok(a) => {
+                self.seqno = next;
+                let _ = self.origins.offer(&a, Arrival::Fetched, self.unix_ms(now));
+                let own = RouteEntry {
+                    origin: self.id,
+                    seqno: next,
+                    metric: Metric(0),
+                };
+                let links: Vec<LinkId> = self.links.keys().copied().collect();
+                for link in links {
+                    self.queue_entry(link, own);
+                }
+            }
+            Err(_) => {
+                // Signing cannot fail with a valid key; if aws-lc ever does,
+                // keep the old seqno and let the requester ask again.
+                self.stats.signing_failures += 1;
+            }
+        }
+    }
+
+    fn on_revocation(&mut self, from: LinkId, list: RevocationList) {
+        if self
+            .revocation
+            .as_ref()
+            .is_some_and(|r| r.epoch >= list.epoch)
+        {
+            return;
+        }
+        let msg = RevocationList::signed_bytes(list.epoch, list.issued_ms, &list.revoked);
+        if !self.check.verify(
+            &self.authority,
+            &msg,
+            RevocationList::CONTEXT,
+            &list.signature[..],
+        ) {
+            self.stats.revocations_refused += 1;
+            return;
+        }
+        self.apply_revocation(Some(from), list);
+    }
+
+    /// Applies a revocation list issued by the authority (the control plane
+    /// hands it to the agent, which passes it here); it is then gossiped.
+    pub fn revoke(&mut self, now: Time, list: RevocationList) -> bool {
+        if self
+            .revocation
+            .as_ref()
+            .is_some_and(|r| r.epoch >= list.epoch)
+        {
+            return false;
+        }
+        let msg = RevocationList::signed_bytes(list.epoch, list.issued_ms, &list.revoked);
+        if !self.check.verify(
+            &self.authority,
+            &msg,
+            RevocationList::CONTEXT,
+            &list.signature[..],
+        ) {
+            self.stats.revocations_refused += 1;
+            return false;
+        }
+        self.apply_revocation(None, list);
+        self.flush(now);
+        true
+    }
+
+    fn apply_revocation(&mut self, from: Option<LinkId>, list: RevocationList) {
+        let epoch = list.epoch;
+        let mut changes = Vec::new();
+        for id in &list.revoked {
+            self.origins.revoke(*id);
+            self.waiting.remove(id);
+            changes.extend(self.table.purge(id));
+        }
+        let revoked_links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| list.revoked.contains(&l.peer))
+            .map(|(id, _)| *id)
+            .collect();
+        let gossip: Vec<LinkId> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|l| Some(*l) != from && !revoked_links.contains(l))
+            .collect();
+        self.revocation = Some(list.clone());
+        for link in gossip {
+            self.send(link, &Message::Revocation(list.clone()));
+        }
+        for link in revoked_links {
+            self.out.push_back(Output::Close {
+                link,
+                reason: CloseReason::Revoked,
+            });
+            self.link_down(link);
+        }
+        self.event(Event::RevocationApplied { epoch });
+        self.apply_changes(changes);
+    }
+
+    fn forward(&mut self, src: NodeId, dst: NodeId, hop_limit: u8, payload: Vec<u8>) {
+        if dst == self.id {
+            self.event(Event::Delivered { src, payload });
+            return;
+        }
+        if self.origins.is_revoked(&dst) || self.origins.is_revoked(&src) {
+            self.event(Event::Dropped {
+                src,
+                dst,
+                reason: DropReason::Revoked,
+            });
+            return;
+        }
+        if hop_limit <= 1 {
+            self.event(Event::Dropped {
+                src,
+                dst,
+                reason: DropReason::HopLimit,
+            });
+            return;
+        }
+        match self.table.selected(&dst) {
+            Some(sel) => self.send(
+                sel.via,
+                &Message::Datagram {
+                    src,
+                    dst,
+                    hop_limit: hop_limit - 1,
+                    payload,
+                },
+            ),
+            None => {
+                self.event(Event::Dropped {
+                    src,
+                    dst,
+                    reason: DropReason::NoRoute,
+                });
+                let report = Message::Unreachable {
+                    reporter: self.id,
+                    src,
+                    dst,
+                };
+                if src == self.id {
+                    self.event(Event::Unreachable {
+                        dst,
+                        reporter: self.id,
+                    });
+                } else if let Some(back) = self.table.selected(&src) {
+                    self.send(back.via, &report);
+                }
+            }
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            let entry = match change {
+                Change::Added(dst, s) | Change::Changed(dst, s) => {
+                    let via = self.links.get(&s.via).map(|l| l.peer).unwrap_or(dst);
+                    let ev = if matches!(change, Change::Added(..)) {
+                        Event::RouteAdded {
+                            dst,
+                            via,
+                            metric: s.metric,
+                        }
+                    } else {
+                        Event::RouteChanged {
+                            dst,
+                            via,
+                            metric: s.metric,
+                        }
+                    };
+                    self.event(ev);
+                    self.table.advertised(dst, s.seqno, s.metric);
+                    RouteEntry {
+                        origin: dst,
+                        seqno: s.seqno,
+                        metric: s.metric,
+                    }
+                }
+                Change::Lost(dst) => {
+                    self.event(Event::RouteLost { dst });
+                    let seqno = self
+                        .table
+                        .feasibility_distance(&dst)
+                        .map(|fd| fd.seqno)
+                        .unwrap_or_default();
+                    // Starving on infeasible routes: ask the origin for a newer seqno.
+                    if !self.origins.is_revoked(&dst)
+                        && self
+                            .table
+                            .heard(&dst)
+                            .iter()
+                            .any(|r| !r.metric.is_infinite())
+                    {
+                        let req = Message::SeqnoRequest {
+                            origin: dst,
+                            seqno: seqno.next(),
+                            hop_count: self.cfg.seqno_request_hops,
+                        };
+                        let vias: Vec<LinkId> =
+                            self.table.heard(&dst).iter().map(|r| r.via).collect();
+                        for via in vias {
+                            self.send(via, &req);
+                        }
+                    }
+                    RouteEntry {
+                        origin: dst,
+                        seqno,
+                        metric: Metric::INFINITY,
+                    }
+                }
+            };
+            let links: Vec<LinkId> = self.links.keys().copied().collect();
+            for link in links {
+                self.queue_entry(link, entry);
+            }
+        }
+    }
+
+    fn queue_entry(&mut self, link: LinkId, e: RouteEntry) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        // The signature travels only when the peer lacks this seqno's announcement.
+        if !e.metric.is_infinite() && !l.peer_has.contains(&(e.origin, e.seqno.0)) {
+            l.peer_has.insert((e.origin, e.seqno.0));
+            if !l.pending_ann.contains(&e.origin) {
+                l.pending_ann.push(e.origin);
+            }
+        }
+        // A newer entry for the same origin replaces a pending one.
+        match l.pending.iter_mut().find(|p| p.origin == e.origin) {
+            Some(p) => *p = e,
+            None => l.pending.push(e),
+        }
+    }
+
+    /// Sends the queued announcements and route entries of every link.
+    ///
+    /// An announcement is pushed only while fresh (signed less than half
+    /// the skew window ago: a seqno change on its way through the mesh).
+    /// An older one is left for the peer to fetch, since peers refuse
+    /// stale pushed announcements as replays.
+    fn flush(&mut self, now: Time) {
+        let now_ms = self.unix_ms(now);
+        let fresh_ms = u64::try_from(self.cfg.origin.max_skew.as_millis() / 2).unwrap_or(u64::MAX);
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            let Some(l) = self.links.get_mut(&link) else {
+                continue;
+            };
+            if l.pending.is_empty() && l.pending_ann.is_empty() {
+                continue;
+            }
+            let anns = std::mem::take(&mut l.pending_ann);
+            let entries = std::mem::take(&mut l.pending);
+            for origin in anns {
+                let Some(a) = self.origins.held(&origin).cloned() else {
+                    continue;
+                };
+                if a.timestamp_ms.saturating_add(fresh_ms) >= now_ms {
+                    self.send(link, &Message::Announcement(a));
+                } else if let Some(l) = self.links.get_mut(&link) {
+                    l.peer_has.remove(&(a.origin, a.seqno.0));
+                }
+            }
+            for chunk in entries.chunks(MAX_UPDATE_ENTRIES) {
+                self.send(link, &Message::Update(chunk.to_vec()));
+            }
+        }
+    }
+
+    fn send(&mut self, link: LinkId, msg: &Message) {
+        match msg.to_bytes() {
+            Ok(bytes) => {
+                let s = self.stats.sent.entry(msg.kind()).or_default();
+                s.0 += 1;
+                s.1 += bytes.len() as u64;
+                let reliable = !matches!(msg, Message::Hello(_) | Message::Datagram { .. });
+                self.out.push_back(Output::Transmit {
+                    link,
+                    bytes,
+                    reliable,
+                });
+            }
+            Err(_) => {
+                // Only a message built past a protocol limit fails to encode;
+                // count it rather than send something peers must refuse.
+                self.stats.encode_failures += 1;
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+}
