@@ -1,0 +1,571 @@
+//! A deterministic discrete-event simulator that drives many `weft-proto`
+//! nodes on a virtual clock, over links with latency, jitter, loss and
+//! bandwidth. The same seed and scenario always give the same trace.
+//!
+//! Signatures are made and checked for real. Verification is
+//! deterministic, so one [`MemoCheck`] is shared by every node: its cost
+//! grows with the number of distinct signatures rather than with N².
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use weft_crypto::NodeId;
+use weft_crypto::sign::{CompositePublicKey, CompositeSignature, CompositeSigningKey};
+use weft_proto::node::{Event, Input, Node, NodeConfig, Output};
+use weft_proto::origin::SignatureCheck;
+use weft_proto::route::LinkId;
+use weft_proto::time::Time;
+use weft_proto::wire::RevocationList;
+
+/// A memo of signature verifications shared by all simulated nodes, keyed
+/// by SHA-256 of (key, context, message, signature): a forged signature can
+/// never hit the entry of a valid one.
+#[derive(Debug, Default)]
+pub struct MemoCheck {
+    memo: Mutex<HashMap<[u8; 32], bool>>,
+    verifications: AtomicU64,
+}
+
+impl MemoCheck {
+    /// Real verifications performed (cache misses).
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
+    }
+}
+
+impl SignatureCheck for MemoCheck {
+    fn verify(
+        &self,
+        key: &CompositePublicKey,
+        message: &[u8],
+        context: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        let mut h = digest::Context::new(&digest::SHA256);
+        for part in [key.as_bytes().as_slice(), context, message, signature] {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        let mut k = [0u8; 32];
+        k.copy_from_slice(h.finish().as_ref());
+        if let Some(&ok) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
+            return ok;
+        }
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let ok = CompositeSignature::from_bytes(signature)
+            .and_then(|sig| key.verify(message, context, &sig))
+            .is_ok();
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k, ok);
+        ok
+    }
+}
+
+/// Properties of a simulated link (the same both ways).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkSpec {
+    /// One-way propagation delay.
+    pub latency: Duration,
+    /// Uniform extra delay in `[0, jitter]` for unreliable frames.
+    pub jitter: Duration,
+    /// Probability that one transmission is lost.
+    pub loss: f64,
+    /// Bits per second per direction.
+    pub bandwidth_bps: u64,
+}
+
+impl Default for LinkSpec {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(5),
+            jitter: Duration::from_millis(1),
+            loss: 0.0,
+            bandwidth_bps: 100_000_000,
+        }
+    }
+}
+
+struct SimLink {
+    ends: [usize; 2],
+    spec: LinkSpec,
+    up: bool,
+    /// Per direction (0: ends[0] -> ends[1]): when the sender's queue drains.
+    busy_until: [Time; 2],
+    /// Per direction: delivery time of the last reliable frame (stream order).
+    stream_tail: [Time; 2],
+}
+
+struct SimNode {
+    node: Node,
+    alive: bool,
+    timer_at: Option<Time>,
+    control_bytes: u64,
+}
+
+#[derive(Debug)]
+enum Action {
+    Timer(usize),
+    LinkDown {
+        to: usize,
+        link: usize,
+    },
+    Deliver {
+        to: usize,
+        link: usize,
+        bytes: Vec<u8>,
+        reliable: bool,
+    },
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// When.
+    pub at: Time,
+    /// Node index.
+    pub node: usize,
+    /// What.
+    pub event: Event,
+}
+
+/// The simulated network.
+pub struct Sim {
+    now: Time,
+    rng: ChaCha8Rng,
+    nodes: Vec<SimNode>,
+    ids: Vec<NodeId>,
+    links: Vec<SimLink>,
+    queue: BinaryHeap<Reverse<(Time, u64)>>,
+    actions: HashMap<u64, Action>,
+    next_seq: u64,
+    trace: digest::Context,
+    records: Vec<Record>,
+    memo: Arc<MemoCheck>,
+    authority: Arc<CompositeSigningKey>,
+    keys: Vec<Arc<CompositeSigningKey>>,
+}
+
+/// Errors building a simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// Key generation or signing failed.
+    #[error("signature setup failed: {0}")]
+    Sign(#[from] weft_crypto::sign::SignatureError),
+    /// A link names a node that does not exist.
+    #[error("link {a}-{b} names a node outside 0..{n}")]
+    BadLink {
+        /// One end.
+        a: usize,
+        /// Other end.
+        b: usize,
+        /// Node count.
+        n: usize,
+    },
+}
+
+impl Sim {
+    /// A network of `n` nodes with fresh identities, all enrolled, none linked yet.
+    pub fn new(n: usize, seed: u64, cfg: NodeConfig) -> Result<Self, SimError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Keys from the seeded RNG: the same seed gives the same node ids.
+        let keygen = |rng: &mut ChaCha8Rng| {
+            let mut seeds = [0u8; 64];
+            rng.fill(&mut seeds);
+            CompositeSigningKey::from_bytes(&seeds).map(Arc::new)
+        };
+        let authority = keygen(&mut rng)?;
+        let keys = (0..n)
+            .map(|_| keygen(&mut rng))
+            .collect::<Result<Vec<_>, _>>()?;
+        let directory: HashMap<NodeId, CompositePublicKey> = keys
+            .iter()
+            .map(|k| (NodeId::of(k.public_key()), k.public_key().clone()))
+            .collect();
+        let directory = Arc::new(directory);
+        let memo = Arc::new(MemoCheck::default());
+        let mut nodes = Vec::with_capacity(n);
+        for key in &keys {
+            let node = Node::new(
+                key.clone(),
+                cfg.clone(),
+                directory.clone(),
+                authority.public_key().clone(),
+                memo.clone(),
+            )?;
+            nodes.push(SimNode {
+                node,
+                alive: true,
+                timer_at: None,
+                control_bytes: 0,
+            });
+        }
+        let ids = keys.iter().map(|k| NodeId::of(k.public_key())).collect();
+        Ok(Self {
+            now: Time::ZERO,
+            rng,
+            nodes,
+            ids,
+            links: Vec::new(),
+            queue: BinaryHeap::new(),
+            actions: HashMap::new(),
+            next_seq: 0,
+            trace: digest::Context::new(&digest::SHA256),
+            records: Vec::new(),
+            memo,
+            authority,
+            keys,
+        })
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Node ids by index.
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// A node.
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i].node
+    }
+
+    /// Signing key of node `i` (to build attacks in tests).
+    pub fn key(&self, i: usize) -> &CompositeSigningKey {
+        &self.keys[i]
+    }
+
+    /// Whether node `i` is alive.
+    pub fn is_alive(&self, i: usize) -> bool {
+        self.nodes[i].alive
+    }
+
+    /// Everything recorded so far.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Real signature verifications performed so far.
+    pub fn verifications(&self) -> u64 {
+        self.memo.verifications()
+    }
+
+    /// Control bytes sent by node `i` (frames without transport headers).
+    pub fn control_bytes(&self, i: usize) -> u64 {
+        self.nodes[i].control_bytes
+    }
+
+    /// SHA-256 over every event in order: equal for equal seeds and scenarios.
+    pub fn trace_hash(&self) -> String {
+        let h = self.trace.clone().finish();
+        h.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Connects nodes `a` and `b` now; returns the link index.
+    pub fn connect(&mut self, a: usize, b: usize, spec: LinkSpec) -> Result<usize, SimError> {
+        let n = self.nodes.len();
+        if a >= n || b >= n || a == b {
+            return Err(SimError::BadLink { a, b, n });
+        }
+        let id = self.links.len();
+        self.links.push(SimLink {
+            ends: [a, b],
+            spec,
+            up: true,
+            busy_until: [self.now; 2],
+            stream_tail: [self.now; 2],
+        });
+        let now = self.now;
+        let (pa, pb) = (self.ids[a], self.ids[b]);
+        self.input(a, |node| {
+            node.handle(
+                now,
+                Input::LinkUp {
+                    link: LinkId(id as u64),
+                    peer: pb,
+                },
+            )
+        });
+        self.input(b, |node| {
+            node.handle(
+                now,
+                Input::LinkUp {
+                    link: LinkId(id as u64),
+                    peer: pa,
+                },
+            )
+        });
+        Ok(id)
+    }
+
+    /// Kills node `i`: it stops sending and receiving, and nothing tells
+    /// its neighbours; they must notice.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.nodes[i].timer_at = None;
+    }
+
+    /// Changes a link's properties from now on.
+    pub fn set_link(&mut self, link: usize, spec: LinkSpec) {
+        if let Some(l) = self.links.get_mut(link) {
+            l.spec = spec;
+        }
+    }
+
+    /// Sends a datagram from node `from` to node `to` now.
+    pub fn send_datagram(&mut self, from: usize, to: usize, payload: Vec<u8>) {
+        let now = self.now;
+        let dst = self.ids[to];
+        self.input(from, |node| node.handle(now, Input::Send { dst, payload }));
+    }
+
+    /// Hands node `i` a revocation list, as its control-plane client would.
+    pub fn revoke(
+        &mut self,
+        at_node: usize,
+        revoked: &[usize],
+        epoch: u64,
+    ) -> Result<(), SimError> {
+        let ids: Vec<NodeId> = revoked.iter().map(|&i| self.ids[i]).collect();
+        let issued_ms = self.now.0 / 1000;
+        let msg = RevocationList::signed_bytes(epoch, issued_ms, &ids);
+        let sig = self.authority.sign(&msg, RevocationList::CONTEXT)?;
+        let list = RevocationList {
+            epoch,
+            issued_ms,
+            revoked: ids,
+            signature: Box::new(*sig.as_bytes()),
+        };
+        let now = self.now;
+        self.input(at_node, |node| {
+            node.revoke(now, list);
+        });
+        Ok(())
+    }
+
+    /// Injects raw bytes on link `link` towards node `to`, as if its peer
+    /// had sent them (an attacker on an authenticated link).
+    pub fn inject(&mut self, to: usize, link: usize, bytes: Vec<u8>) {
+        let now = self.now;
+        self.input(to, |node| {
+            node.handle(
+                now,
+                Input::Received {
+                    link: LinkId(link as u64),
+                    bytes: &bytes,
+                },
+            )
+        });
+    }
+
+    /// The neighbour node `i` forwards to for destination node `dst`.
+    pub fn next_hop(&self, i: usize, dst: usize) -> Option<usize> {
+        let sel = self.nodes[i].node.table().selected(&self.ids[dst])?;
+        let l = self.links.get(sel.via.0 as usize)?;
+        Some(if l.ends[0] == i { l.ends[1] } else { l.ends[0] })
+    }
+
+    /// Forwarding loops right now: (source, destination) pairs whose chain
+    /// of next hops among live nodes revisits a node. Loop-freedom must
+    /// hold at every instant, so callers check this as often as they like.
+    pub fn forwarding_loops(&self) -> Vec<(usize, usize)> {
+        let n = self.nodes.len();
+        let mut loops = Vec::new();
+        let mut seen = vec![u32::MAX; n];
+        let mut stamp = 0u32;
+        for dst in 0..n {
+            for src in 0..n {
+                if src == dst || !self.nodes[src].alive {
+                    continue;
+                }
+                stamp = stamp.wrapping_add(1);
+                let mut at = src;
+                while at != dst && self.nodes[at].alive {
+                    if seen[at] == stamp {
+                        loops.push((src, dst));
+                        break;
+                    }
+                    seen[at] = stamp;
+                    match self.next_hop(at, dst) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+        loops
+    }
+
+    /// Runs until virtual time `until`.
+    pub fn run_until(&mut self, until: Time) {
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = at;
+            let Some(action) = self.actions.remove(&seq) else {
+                continue;
+            };
+            match action {
+                Action::Timer(i) => {
+                    if self.nodes[i].timer_at != Some(at) || !self.nodes[i].alive {
+                        continue;
+                    }
+                    self.nodes[i].timer_at = None;
+                    self.input(i, |node| node.handle_timeout(at));
+                }
+                Action::LinkDown { to, link } => {
+                    self.input(to, |node| {
+                        node.handle(
+                            at,
+                            Input::LinkDown {
+                                link: LinkId(link as u64),
+                            },
+                        )
+                    });
+                }
+                Action::Deliver {
+                    to,
+                    link,
+                    bytes,
+                    reliable,
+                } => {
+                    if !self.nodes[to].alive || !self.links[link].up {
+                        continue;
+                    }
+                    let l = LinkId(link as u64);
+                    self.input(to, |node| {
+                        if reliable {
+                            node.handle(
+                                at,
+                                Input::Received {
+                                    link: l,
+                                    bytes: &bytes,
+                                },
+                            )
+                        } else {
+                            node.handle(
+                                at,
+                                Input::ReceivedDatagram {
+                                    link: l,
+                                    bytes: &bytes,
+                                },
+                            )
+                        }
+                    });
+                }
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn schedule(&mut self, at: Time, action: Action) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse((at, seq)));
+        self.actions.insert(seq, action);
+    }
+
+    /// Runs `f` on node `i` (if alive) and carries out its outputs.
+    fn input(&mut self, i: usize, f: impl FnOnce(&mut Node)) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        f(&mut self.nodes[i].node);
+        while let Some(out) = self.nodes[i].node.poll_output() {
+            match out {
+                Output::Transmit {
+                    link,
+                    bytes,
+                    reliable,
+                } => self.transmit(i, link.0 as usize, bytes, reliable),
+                Output::Close { link, .. } => {
+                    if let Some(l) = self.links.get_mut(link.0 as usize) {
+                        l.up = false;
+                        let other = if l.ends[0] == i { l.ends[1] } else { l.ends[0] };
+                        // The transport tells the other end, one latency later.
+                        let at = self.now + l.spec.latency;
+                        self.schedule(
+                            at,
+                            Action::LinkDown {
+                                to: other,
+                                link: link.0 as usize,
+                            },
+                        );
+                    }
+                }
+                Output::Event(event) => {
+                    let line = format!("{}|{}|{:?}", self.now.0, i, event);
+                    self.trace.update(line.as_bytes());
+                    self.records.push(Record {
+                        at: self.now,
+                        node: i,
+                        event,
+                    });
+                }
+            }
+        }
+        if let Some(at) = self.nodes[i].node.next_deadline()
+            && self.nodes[i].timer_at != Some(at)
+        {
+            self.nodes[i].timer_at = Some(at);
+            self.schedule(at, Action::Timer(i));
+        }
+    }
+
+    fn transmit(&mut self, from: usize, link: usize, bytes: Vec<u8>, reliable: bool) {
+        let Some(l) = self.links.get(link) else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        self.nodes[from].control_bytes += bytes.len() as u64;
+        let dir = usize::from(l.ends[0] != from);
+        let to = l.ends[1 - dir];
+        let spec = l.spec;
+        let serialize = Duration::from_nanos(
+            (bytes.len() as u64 * 8).saturating_mul(1_000_000_000) / spec.bandwidth_bps.max(1),
+        );
+        let start = self.now.max(self.links[link].busy_until[dir]);
+        let sent = start + serialize;
+        self.links[link].busy_until[dir] = sent;
+        let mut at = sent + spec.latency;
+        if reliable {
+            // A stream retransmits: each loss costs about one RTO (3 × RTT here),
+            // and frames stay in order.
+            while spec.loss > 0.0 && self.rng.random::<f64>() < spec.loss {
+                at = at + spec.latency.mul_f64(6.0);
+            }
+            at = at.max(self.links[link].stream_tail[dir]);
+            self.links[link].stream_tail[dir] = at;
+        } else {
+            if spec.loss > 0.0 && self.rng.random::<f64>() < spec.loss {
+                return;
+            }
+            if !spec.jitter.is_zero() {
+                at = at + spec.jitter.mul_f64(self.rng.random::<f64>());
+            }
+        }
+        self.schedule(
+            at,
+            Action::Deliver {
+                to,
+                link,
+                bytes,
+                reliable,
+            },
+        );
+    }
+}

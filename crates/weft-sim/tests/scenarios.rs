@@ -1,0 +1,166 @@
+//! Small simulated meshes: convergence, failure detection and reroute,
+//! forged announcements, revocation, determinism; loop-freedom checked
+//! throughout.
+
+#![allow(clippy::unwrap_used, clippy::panic)] // test code: a failed setup step should fail the test
+
+use std::time::Duration;
+
+use weft_proto::node::{Event, NodeConfig};
+use weft_proto::origin::{Refusal, sign_announcement};
+use weft_proto::time::Time;
+use weft_proto::wire::{Message, Seqno};
+use weft_sim::{LinkSpec, Sim};
+
+fn sim(n: usize, edges: &[(usize, usize)], seed: u64) -> Sim {
+    let mut s = Sim::new(n, seed, NodeConfig::default()).unwrap();
+    for &(a, b) in edges {
+        s.connect(a, b, LinkSpec::default()).unwrap();
+    }
+    s
+}
+
+/// Runs in small steps, asserting loop-freedom after each.
+fn run_checked(s: &mut Sim, until: Time) {
+    while s.now() < until {
+        let next = (s.now() + Duration::from_millis(10)).min(until);
+        s.run_until(next);
+        assert_eq!(
+            s.forwarding_loops(),
+            vec![],
+            "forwarding loop at {:?}",
+            s.now()
+        );
+    }
+}
+
+fn delivered(s: &Sim, to: usize, payload: &[u8]) -> bool {
+    s.records().iter().any(|r| {
+        r.node == to && matches!(&r.event, Event::Delivered { payload: p, .. } if p == payload)
+    })
+}
+
+#[test]
+fn a_line_converges_and_delivers() {
+    let mut s = sim(5, &[(0, 1), (1, 2), (2, 3), (3, 4)], 1);
+    run_checked(&mut s, Time::from_secs(2));
+    for a in 0..5 {
+        for b in 0..5 {
+            if a != b {
+                assert!(s.next_hop(a, b).is_some(), "{a} has no route to {b}");
+            }
+        }
+    }
+    assert_eq!(s.next_hop(0, 4), Some(1));
+    s.send_datagram(0, 4, b"hello".to_vec());
+    run_checked(&mut s, Time::from_secs(3));
+    assert!(delivered(&s, 4, b"hello"));
+}
+
+#[test]
+fn a_dead_relay_is_detected_and_routed_around() {
+    // Diamond: 0-1-3 and 0-2-3; the path through 2 is slower.
+    let mut s = Sim::new(4, 7, NodeConfig::default()).unwrap();
+    let fast = LinkSpec::default();
+    let slow = LinkSpec {
+        latency: Duration::from_millis(30),
+        ..LinkSpec::default()
+    };
+    s.connect(0, 1, fast).unwrap();
+    s.connect(1, 3, fast).unwrap();
+    s.connect(0, 2, slow).unwrap();
+    s.connect(2, 3, slow).unwrap();
+    run_checked(&mut s, Time::from_secs(3));
+    assert_eq!(s.next_hop(0, 3), Some(1));
+
+    let kill = s.now();
+    s.kill(1);
+    run_checked(&mut s, kill + Duration::from_secs(2));
+    let id1 = s.ids()[1];
+    let detected = s
+        .records()
+        .iter()
+        .find(|r| r.node == 0 && r.event == Event::NeighbourDead { peer: id1 })
+        .map(|r| r.at.saturating_since(kill))
+        .expect("node 0 never noticed node 1 died");
+    assert!(
+        detected <= Duration::from_millis(300),
+        "detected after {detected:?}"
+    );
+    assert_eq!(s.next_hop(0, 3), Some(2));
+    assert_eq!(s.next_hop(3, 0), Some(2));
+    s.send_datagram(0, 3, b"after".to_vec());
+    run_checked(&mut s, kill + Duration::from_secs(3));
+    assert!(delivered(&s, 3, b"after"));
+}
+
+#[test]
+fn forged_and_unknown_announcements_are_refused() {
+    let mut s = sim(3, &[(0, 1), (1, 2)], 3);
+    run_checked(&mut s, Time::from_secs(2));
+    let route_before = s.node(0).table().selected(&s.ids()[2]);
+
+    // Node 1 (compromised) claims a new seqno for node 2 with a bad signature.
+    let now_ms = s.now().0 / 1000;
+    let mut forged = sign_announcement(s.key(2), Seqno(40), 1, now_ms).unwrap();
+    forged.signature[7] ^= 0x55;
+    let link_0_1 = 0; // first link connected
+    s.inject(
+        0,
+        link_0_1,
+        Message::Announcement(forged).to_bytes().unwrap(),
+    );
+    // ... and one for a node that was never enrolled.
+    let stranger = weft_crypto::sign::CompositeSigningKey::generate().unwrap();
+    let unknown = sign_announcement(&stranger, Seqno(1), 1, now_ms).unwrap();
+    s.inject(
+        0,
+        link_0_1,
+        Message::Announcement(unknown).to_bytes().unwrap(),
+    );
+    run_checked(&mut s, Time::from_secs(3));
+
+    assert_eq!(s.node(0).refused(Refusal::Forged), 1);
+    assert_eq!(s.node(0).refused(Refusal::UnknownOrigin), 1);
+    assert_eq!(s.node(0).table().selected(&s.ids()[2]), route_before);
+}
+
+#[test]
+fn a_revoked_node_loses_every_route_and_its_links() {
+    let mut s = sim(4, &[(0, 1), (1, 2), (2, 3), (3, 0)], 5);
+    run_checked(&mut s, Time::from_secs(2));
+    s.revoke(0, &[2], 1).unwrap();
+    run_checked(&mut s, Time::from_secs(3));
+    let id2 = s.ids()[2];
+    for i in [0, 1, 3] {
+        assert!(
+            s.node(i).table().selected(&id2).is_none(),
+            "node {i} still routes to the revoked node"
+        );
+        assert!(
+            s.records()
+                .iter()
+                .any(|r| r.node == i && r.event == Event::RevocationApplied { epoch: 1 })
+        );
+    }
+    // Its neighbours closed their links to it, and the rest still talk.
+    assert!(s.next_hop(1, 3).is_some());
+    assert_ne!(s.next_hop(1, 3), Some(2));
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let run = |seed| {
+        let mut s = sim(
+            6,
+            &[(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (1, 4)],
+            seed,
+        );
+        s.run_until(Time::from_secs(1));
+        s.kill(4);
+        s.run_until(Time::from_secs(2));
+        s.trace_hash()
+    };
+    assert_eq!(run(11), run(11));
+    assert_ne!(run(11), run(12));
+}
