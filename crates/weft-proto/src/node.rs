@@ -8,7 +8,7 @@
 //! authenticated (the peer's NodeId is given at link-up) and reliable and
 //! ordered (QUIC streams): the transport below makes them so.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use weft_crypto::NodeId;
@@ -244,14 +244,23 @@ struct Link {
     cost: u16,
     /// Bytes received that do not yet form a whole frame.
     rx_buf: Vec<u8>,
-    /// (origin, seqno) announcements the peer is known to hold.
-    peer_has: HashSet<(NodeId, u16)>,
-    /// (origin, seqno) announcements requested from this peer.
-    requested: HashSet<(NodeId, u16)>,
-    /// Route entries to send at the next flush.
-    pending: Vec<RouteEntry>,
+    /// Newest announcement seqno the peer is known to hold, per origin.
+    peer_has: DetMap<NodeId, Seqno>,
+    /// Route entries to send at the next flush, one per origin.
+    pending: DetMap<NodeId, RouteEntry>,
     /// Announcements to send at the next flush (before the entries).
     pending_ann: Vec<NodeId>,
+}
+
+/// Records that a peer holds the announcement of `origin` at `seqno`.
+fn note_has(peer_has: &mut DetMap<NodeId, Seqno>, origin: NodeId, seqno: Seqno) {
+    match peer_has.get_mut(&origin) {
+        Some(s) if !seqno.is_newer_than(*s) => {}
+        Some(s) => *s = seqno,
+        None => {
+            peer_has.insert(origin, seqno);
+        }
+    }
 }
 
 /// Limit on buffered partial frames per link.
@@ -271,6 +280,8 @@ pub struct Node {
     revocation: Option<RevocationList>,
     /// Updates waiting for their origin's announcement: origin -> (link, entry).
     waiting: DetMap<NodeId, Vec<(LinkId, RouteEntry)>>,
+    /// Announcements requested and not yet received: (origin, seqno) -> link asked.
+    requested: DetMap<(NodeId, u16), LinkId>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -310,6 +321,7 @@ impl Node {
             check,
             revocation: None,
             waiting: DetMap::default(),
+            requested: DetMap::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
             cfg,
@@ -421,9 +433,8 @@ impl Node {
                 live: LinkLiveness::new(now, &self.cfg.liveness, seed),
                 cost: u16::MAX,
                 rx_buf: Vec::new(),
-                peer_has: HashSet::new(),
-                requested: HashSet::new(),
-                pending: Vec::new(),
+                peer_has: DetMap::default(),
+                pending: DetMap::default(),
                 pending_ann: Vec::new(),
             },
         );
@@ -553,7 +564,7 @@ impl Node {
                 {
                     let a = a.clone();
                     if let Some(l) = self.links.get_mut(&link) {
-                        l.peer_has.insert((a.origin, a.seqno.0));
+                        note_has(&mut l.peer_has, a.origin, a.seqno);
                     }
                     self.send(link, &Message::Announcement(a));
                 }
@@ -615,9 +626,12 @@ impl Node {
             let needs = held.is_none_or(|s| e.seqno.is_newer_than(s));
             if needs {
                 self.waiting.entry(e.origin).or_default().push((link, e));
-                if let Some(l) = self.links.get_mut(&link)
-                    && l.requested.insert((e.origin, e.seqno.0))
+                // One request per (origin, seqno) at a time, whichever
+                // neighbour advertised it first; a lost link frees it.
+                if let std::collections::hash_map::Entry::Vacant(v) =
+                    self.requested.entry((e.origin, e.seqno.0))
                 {
+                    v.insert(link);
                     self.send(
                         link,
                         &Message::AnnouncementRequest {
@@ -629,8 +643,11 @@ impl Node {
                 return;
             }
         }
-        if let Some(l) = self.links.get_mut(&link) {
-            l.peer_has.insert((e.origin, e.seqno.0));
+        if let Some(l) = self.links.get_mut(&link)
+            && !e.metric.is_infinite()
+        {
+            // It advertises the route, so it holds the announcement.
+            note_has(&mut l.peer_has, e.origin, e.seqno);
         }
         if let Some(change) = self.table.on_update(link, e.origin, e.seqno, e.metric) {
             self.apply_changes(vec![change]);
@@ -638,10 +655,7 @@ impl Node {
     }
 
     fn on_announcement(&mut self, now: Time, link: LinkId, a: Announcement) {
-        let requested = self
-            .links
-            .get_mut(&link)
-            .is_some_and(|l| l.requested.remove(&(a.origin, a.seqno.0)));
+        let requested = self.requested.remove(&(a.origin, a.seqno.0)).is_some();
         let arrival = if requested {
             Arrival::Fetched
         } else {
@@ -650,7 +664,7 @@ impl Node {
         match self.origins.offer(&a, arrival, self.unix_ms(now)) {
             Ok(accepted) => {
                 if let Some(l) = self.links.get_mut(&link) {
-                    l.peer_has.insert((a.origin, a.seqno.0));
+                    note_has(&mut l.peer_has, a.origin, a.seqno);
                 }
                 if accepted == Accepted::New {
                     // Release the entries that waited for it.
@@ -952,18 +966,21 @@ impl Node {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        // The signature travels only when the peer lacks this seqno's announcement.
-        if !e.metric.is_infinite() && !l.peer_has.contains(&(e.origin, e.seqno.0)) {
-            l.peer_has.insert((e.origin, e.seqno.0));
-            if !l.pending_ann.contains(&e.origin) {
-                l.pending_ann.push(e.origin);
-            }
+        // The signature travels with a seqno change: only to a peer known
+        // to hold an older announcement of this origin. A peer that never
+        // heard of the origin fetches it on demand (at link-up and during
+        // bootstrap this sends each announcement once per node, not once
+        // per link).
+        if !e.metric.is_infinite()
+            && l.peer_has
+                .get(&e.origin)
+                .is_some_and(|s| e.seqno.is_newer_than(*s))
+        {
+            l.peer_has.insert(e.origin, e.seqno);
+            l.pending_ann.push(e.origin);
         }
         // A newer entry for the same origin replaces a pending one.
-        match l.pending.iter_mut().find(|p| p.origin == e.origin) {
-            Some(p) => *p = e,
-            None => l.pending.push(e),
-        }
+        l.pending.insert(e.origin, e);
     }
 
     /// Sends the queued announcements and route entries of every link.
@@ -992,9 +1009,12 @@ impl Node {
                 if a.timestamp_ms.saturating_add(fresh_ms) >= now_ms {
                     self.send(link, &Message::Announcement(a));
                 } else if let Some(l) = self.links.get_mut(&link) {
-                    l.peer_has.remove(&(a.origin, a.seqno.0));
+                    // Too old to push: the peer will fetch it.
+                    l.peer_has.remove(&a.origin);
                 }
             }
+            let mut entries: Vec<RouteEntry> = entries.into_values().collect();
+            entries.sort_by_key(|e| e.origin);
             for chunk in entries.chunks(MAX_UPDATE_ENTRIES) {
                 self.send(link, &Message::Update(chunk.to_vec()));
             }
