@@ -35,7 +35,7 @@ pub struct LivenessConfig {
 impl Default for LivenessConfig {
     fn default() -> Self {
         Self {
-            hello_interval: Duration::from_millis(60),
+            hello_interval: Duration::from_millis(75),
             jitter: 0.1,
             min_multiplier: 3,
             max_multiplier: 12,
@@ -134,10 +134,10 @@ impl LinkLiveness {
         let interval = cfg.hello_interval.mul_f64(factor.max(0.01));
         self.next_hello_at = now + interval;
         self.tx_seq = self.tx_seq.wrapping_add(1);
-        let (echo_ts_us, echo_delay_us) = match self.last_rx {
+        let (echo_ts_us, echo_delay_100us) = match self.last_rx {
             Some(rx) => (
                 rx.peer_ts_us,
-                u32::try_from(now.saturating_since(rx.at).as_micros()).unwrap_or(u32::MAX),
+                u16::try_from(now.saturating_since(rx.at).as_micros() / 100).unwrap_or(u16::MAX),
             ),
             None => (0, 0),
         };
@@ -146,7 +146,7 @@ impl LinkLiveness {
             interval_ms: u16::try_from(cfg.hello_interval.as_millis()).unwrap_or(u16::MAX),
             ts_us: now.wrapping_micros(),
             echo_ts_us,
-            echo_delay_us,
+            echo_delay_100us,
         })
     }
 
@@ -157,7 +157,7 @@ impl LinkLiveness {
             interval_ms,
             ts_us,
             echo_ts_us,
-            echo_delay_us,
+            echo_delay_100us,
         } = *hello;
         if self.health == LinkHealth::Dead {
             // A dead link stays dead: the transport must bring it up anew.
@@ -186,7 +186,7 @@ impl LinkLiveness {
             let rtt = now
                 .wrapping_micros()
                 .wrapping_sub(echo_ts_us)
-                .saturating_sub(echo_delay_us);
+                .saturating_sub(u32::from(echo_delay_100us) * 100);
             if rtt < 10_000_000 {
                 let rtt = f64::from(rtt);
                 self.srtt_us = Some(match self.srtt_us {
@@ -262,12 +262,18 @@ impl LinkLiveness {
         self.srtt_us.map(|us| Duration::from_micros(us as u64))
     }
 
-    /// ETX-like cost: (10 + srtt in ms) / (1 - loss)^2, at least 1; infinite when dead.
+    /// ETX-like cost: (10 + srtt in ms) / (1 - loss)^2, at least 1.
+    /// Infinite while dead, and until the first RTT sample: a link must not
+    /// carry routes at a guessed cost, because correcting the guess raises
+    /// metrics mesh-wide and makes routes unfeasible (seqno-request storms).
     pub fn cost(&self) -> u16 {
         if matches!(self.health, LinkHealth::Dead | LinkHealth::Pending) {
             return u16::MAX;
         }
-        let rtt_ms = self.srtt_us.unwrap_or(0.0) / 1000.0;
+        let Some(srtt_us) = self.srtt_us else {
+            return u16::MAX;
+        };
+        let rtt_ms = srtt_us / 1000.0;
         let delivery = (1.0 - self.loss).max(0.05);
         let cost = (10.0 + rtt_ms) / (delivery * delivery);
         cost.round().clamp(1.0, f64::from(u16::MAX - 1)) as u16
@@ -405,7 +411,7 @@ mod tests {
             .windows(2)
             .map(|w| w[1].saturating_since(w[0]).as_millis())
             .collect();
-        assert!(gaps.iter().all(|&g| (53..=67).contains(&g)), "{gaps:?}");
+        assert!(gaps.iter().all(|&g| (67..=83).contains(&g)), "{gaps:?}");
         assert!(gaps.iter().any(|&g| g != gaps[0]), "no jitter");
     }
 }

@@ -155,8 +155,9 @@ pub struct Hello {
     pub ts_us: u32,
     /// `ts_us` of the last hello received from the peer, 0 if none.
     pub echo_ts_us: u32,
-    /// Microseconds between receiving that hello and sending this one.
-    pub echo_delay_us: u32,
+    /// Time between receiving that hello and sending this one, in units
+    /// of 100 µs (saturating at 6.5 s).
+    pub echo_delay_100us: u16,
 }
 
 /// A mesh message.
@@ -252,7 +253,7 @@ impl Message {
     /// Body length in bytes (without the frame header).
     pub fn body_len(&self) -> usize {
         match self {
-            Message::Hello(_) => 2 + 2 + 4 + 4 + 4,
+            Message::Hello(_) => 2 + 2 + 4 + 4 + 2,
             Message::Update(entries) => 2 + entries.len() * ROUTE_ENTRY_LEN,
             Message::SeqnoRequest { .. } => 32 + 2 + 1,
             Message::AnnouncementRequest { .. } => 32 + 2,
@@ -288,13 +289,13 @@ impl Message {
                 interval_ms,
                 ts_us,
                 echo_ts_us,
-                echo_delay_us,
+                echo_delay_100us,
             }) => {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&interval_ms.to_be_bytes());
                 out.extend_from_slice(&ts_us.to_be_bytes());
                 out.extend_from_slice(&echo_ts_us.to_be_bytes());
-                out.extend_from_slice(&echo_delay_us.to_be_bytes());
+                out.extend_from_slice(&echo_delay_100us.to_be_bytes());
             }
             Message::Update(entries) => {
                 out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
@@ -526,13 +527,13 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
     let mut r = Reader { buf: body };
     let msg = match kind {
         ty::HELLO => {
-            expect_len("hello", body, 16)?;
+            expect_len("hello", body, 14)?;
             Message::Hello(Hello {
                 seq: r.u16(),
                 interval_ms: r.u16(),
                 ts_us: r.u32(),
                 echo_ts_us: r.u32(),
-                echo_delay_us: r.u32(),
+                echo_delay_100us: r.u16(),
             })
         }
         ty::UPDATE => {
@@ -675,15 +676,15 @@ mod tests {
                 any::<u16>(),
                 any::<u32>(),
                 any::<u32>(),
-                any::<u32>()
+                any::<u16>()
             )
-                .prop_map(|(seq, interval_ms, ts_us, echo_ts_us, echo_delay_us)| {
+                .prop_map(|(seq, interval_ms, ts_us, echo_ts_us, echo_delay_100us)| {
                     Message::Hello(Hello {
                         seq,
                         interval_ms,
                         ts_us,
                         echo_ts_us,
-                        echo_delay_us,
+                        echo_delay_100us,
                     })
                 }),
             proptest::collection::vec(entry, 0..40).prop_map(Message::Update),
@@ -799,7 +800,7 @@ mod tests {
             decode_frame(&[1, ty::HELLO, 0, 2, 0, 0]),
             Err(WireError::BodyLength {
                 kind: "hello",
-                expected: 16,
+                expected: 14,
                 got: 2
             })
         );

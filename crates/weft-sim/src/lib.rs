@@ -6,6 +6,9 @@
 //! deterministic, so one [`MemoCheck`] is shared by every node: its cost
 //! grows with the number of distinct signatures rather than with N².
 
+pub mod scenario;
+pub mod topology;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,6 +154,8 @@ pub struct Sim {
     memo: Arc<MemoCheck>,
     authority: Arc<CompositeSigningKey>,
     keys: Vec<Arc<CompositeSigningKey>>,
+    index: HashMap<NodeId, usize>,
+    loops: u64,
 }
 
 /// Errors building a simulation.
@@ -207,7 +212,8 @@ impl Sim {
                 control_bytes: 0,
             });
         }
-        let ids = keys.iter().map(|k| NodeId::of(k.public_key())).collect();
+        let ids: Vec<NodeId> = keys.iter().map(|k| NodeId::of(k.public_key())).collect();
+        let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         Ok(Self {
             now: Time::ZERO,
             rng,
@@ -222,6 +228,8 @@ impl Sim {
             memo,
             authority,
             keys,
+            index,
+            loops: 0,
         })
     }
 
@@ -375,6 +383,30 @@ impl Sim {
         Some(if l.ends[0] == i { l.ends[1] } else { l.ends[0] })
     }
 
+    /// Whether following next hops from `src` towards `dst` revisits a node.
+    fn chain_loops(&self, src: usize, dst: usize) -> bool {
+        let mut at = src;
+        let mut hops = 0;
+        while at != dst && self.nodes[at].alive {
+            // A chain longer than the node count must revisit a node.
+            if hops > self.nodes.len() {
+                return true;
+            }
+            hops += 1;
+            match self.next_hop(at, dst) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Forwarding loops seen so far: checked on every route selection
+    /// change (the only moment a loop can form), from the changed node.
+    pub fn loops_seen(&self) -> u64 {
+        self.loops
+    }
+
     /// Forwarding loops right now: (source, destination) pairs whose chain
     /// of next hops among live nodes revisits a node. Loop-freedom must
     /// hold at every instant, so callers check this as often as they like.
@@ -506,6 +538,12 @@ impl Sim {
                     }
                 }
                 Output::Event(event) => {
+                    if let Event::RouteAdded { dst, .. } | Event::RouteChanged { dst, .. } = &event
+                        && let Some(&d) = self.index.get(dst)
+                        && self.chain_loops(i, d)
+                    {
+                        self.loops += 1;
+                    }
                     let line = format!("{}|{}|{:?}", self.now.0, i, event);
                     self.trace.update(line.as_bytes());
                     self.records.push(Record {

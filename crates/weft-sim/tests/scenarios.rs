@@ -164,3 +164,33 @@ fn same_seed_same_trace() {
     assert_eq!(run(11), run(11));
     assert_ne!(run(11), run(12));
 }
+
+#[test]
+fn chaos_scenario_on_a_small_mesh_keeps_every_invariant() {
+    use weft_sim::scenario::{Scenario, run};
+    let sc = Scenario {
+        nodes: 80,
+        degree: 6.0,
+        kill: 0.2,
+        byzantine: 3,
+        seed: 9,
+        duration: Duration::from_secs(16),
+        ..Scenario::default()
+    };
+    let r = run(&sc, &mut |_| {}).unwrap();
+    assert_eq!(r.killed, 16);
+    assert_eq!(r.loops, 0);
+    assert_eq!(r.forged_injected, 12);
+    assert_eq!(r.forged_accepted, 0);
+    assert_eq!(r.unreachable_pairs_after_heal, 0, "{r:?}");
+    assert_eq!(r.unrepaired_routes, 0, "{r:?}");
+    assert!(r.delivery_ratio >= 0.999, "{r:?}");
+    assert!(
+        r.detect_ms.count > 0 && r.detect_ms.max <= 300.0,
+        "{:?}",
+        r.detect_ms
+    );
+    assert!(r.reconverge_ms.count > 0, "{r:?}");
+    // Same seed, same trace.
+    assert_eq!(run(&sc, &mut |_| {}).unwrap().trace_hash, r.trace_hash);
+}
