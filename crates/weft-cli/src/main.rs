@@ -50,6 +50,49 @@ enum Command {
     /// Measure a subsystem against a baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Simulate a mesh of weft-proto nodes on a virtual clock: converge, forge,
+    /// kill a fraction of the nodes at half time, and measure detection,
+    /// reconvergence, loops, reachability and traffic.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Number of nodes (ignored when --topology is an edge-list file).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// `geometric`, `grid`, `ba` (Barabási–Albert), or a file of `A B` edge lines.
+    #[arg(long, default_value = "geometric")]
+    topology: String,
+    /// Mean degree of generated topologies.
+    #[arg(long, default_value_t = 8.0)]
+    degree: f64,
+    /// Fraction of nodes killed at once at half time (0 to 1).
+    #[arg(long, default_value_t = 0.3)]
+    kill: f64,
+    /// Byzantine nodes forging announcements from a quarter of the run.
+    #[arg(long, default_value_t = 0)]
+    byzantine: usize,
+    /// Seed: the same seed and arguments give the same trace hash.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated duration.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Timer profile: weft's defaults, or RFC 8966's (hello 4 s) as the baseline.
+    #[arg(long, value_enum, default_value_t = SimProfile::Default)]
+    profile: SimProfile,
+    /// Print one JSON object instead of a progress line and a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SimProfile {
+    /// Hello every 75 ms, loss-adaptive dead-neighbour detector.
+    Default,
+    /// RFC 8966 default timers.
+    BabelDefaults,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +259,7 @@ fn run(command: Command) -> Result<()> {
             json,
         }) => ca_verify(&ca, &file, &revoked, json),
         Command::Bench(BenchCommand::Crypto(args)) => bench_crypto(&args),
+        Command::Sim(args) => sim(&args),
     }
 }
 
@@ -403,4 +447,106 @@ fn hex(bytes: &[u8]) -> String {
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+fn sim(args: &SimArgs) -> Result<()> {
+    use weft_sim::scenario::{self, Profile, Scenario, Topology};
+    if !(0.0..=1.0).contains(&args.kill) {
+        bail!(
+            "invalid --kill {}: must be a fraction between 0 and 1",
+            args.kill
+        );
+    }
+    if args.degree <= 0.0 || !args.degree.is_finite() {
+        bail!(
+            "invalid --degree {}: must be a positive number",
+            args.degree
+        );
+    }
+    let topology = match args.topology.as_str() {
+        "geometric" => Topology::Geometric,
+        "grid" => Topology::Grid,
+        "ba" => Topology::BarabasiAlbert,
+        file => {
+            let text = std::fs::read(file).with_context(|| {
+                format!("--topology {file:?} is not geometric, grid or ba, and cannot be read as an edge-list file")
+            })?;
+            Topology::Given(
+                weft_sim::topology::parse_edge_list(&text)
+                    .with_context(|| format!("invalid edge list {file}"))?,
+            )
+        }
+    };
+    if !matches!(topology, Topology::Given(_)) && args.nodes < 2 {
+        bail!(
+            "invalid --nodes {}: a mesh needs at least 2 nodes",
+            args.nodes
+        );
+    }
+    let sc = Scenario {
+        nodes: args.nodes,
+        topology,
+        degree: args.degree,
+        kill: args.kill,
+        byzantine: args.byzantine,
+        seed: args.seed,
+        duration: args.duration,
+        profile: match args.profile {
+            SimProfile::Default => Profile::Default,
+            SimProfile::BabelDefaults => Profile::BabelDefaults,
+        },
+        ..Scenario::default()
+    };
+    let show_progress = !args.json;
+    let mut last = -1i64;
+    let r = scenario::run(&sc, &mut |f| {
+        let pct = (f * 100.0) as i64;
+        if show_progress && pct != last {
+            last = pct;
+            let bar = "#".repeat((pct / 4) as usize);
+            eprint!("\r[{bar:<25}] {pct:>3}%");
+        }
+    })
+    .context("simulation failed")?;
+    if show_progress {
+        eprintln!();
+    }
+    if args.json {
+        return print_json(&serde_json::to_value(&r)?);
+    }
+    let p = |x: &scenario::Percentiles| {
+        format!("p50 {:>7.1}  p99 {:>7.1}  max {:>7.1}", x.p50, x.p99, x.max)
+    };
+    println!("nodes / links              {} / {}", r.nodes, r.links);
+    println!("profile, seed              {}, {}", r.profile, r.seed);
+    println!(
+        "sim / wall seconds         {:.1} / {:.1}",
+        r.sim_seconds, r.wall_seconds
+    );
+    println!("killed                     {}", r.killed);
+    println!("detect ms                  {}", p(&r.detect_ms));
+    println!("reconverge ms              {}", p(&r.reconverge_ms));
+    println!("unrepaired routes          {}", r.unrepaired_routes);
+    println!("loops                      {}", r.loops);
+    println!(
+        "forged accepted / injected {} / {}",
+        r.forged_accepted, r.forged_injected
+    );
+    println!(
+        "unreachable after heal     {} of {} pairs",
+        r.unreachable_pairs_after_heal, r.pairs_checked
+    );
+    println!("delivery ratio             {:.4}", r.delivery_ratio);
+    println!(
+        "control bytes/node/s       {:.0}",
+        r.control_bytes_per_node_per_sec
+    );
+    println!("churn bytes/node           {:.0}", r.churn_bytes_per_node);
+    println!(
+        "peak RSS                   {:.1} MiB",
+        r.peak_rss_bytes as f64 / 1048576.0
+    );
+    println!("signature verifications    {}", r.signature_verifications);
+    println!("trace hash                 {}", r.trace_hash);
+    Ok(())
 }
