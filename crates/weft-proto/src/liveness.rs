@@ -73,15 +73,58 @@ pub enum LinkHealth {
     Dead,
 }
 
+/// When to send the next round of hellos: every interval ± jitter. One
+/// timer per node serves all its links, so a node wakes once per interval
+/// rather than once per link and interval.
+#[derive(Debug, Clone)]
+pub struct HelloTimer {
+    next_at: Time,
+    /// Random state for jitter (xorshift; deterministic given the seed).
+    rng: u64,
+}
+
+impl HelloTimer {
+    /// A timer that is due at `now`; `seed` drives the jitter.
+    pub fn new(now: Time, seed: u64) -> Self {
+        Self {
+            next_at: now,
+            rng: seed | 1,
+        }
+    }
+
+    fn next_random(&mut self) -> f64 {
+        // xorshift64*: tiny, fast, and reproducible; jitter needs no more.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Whether hellos are due at `now`; if so, schedules the next round.
+    pub fn due(&mut self, now: Time, cfg: &LivenessConfig) -> bool {
+        if now < self.next_at {
+            return false;
+        }
+        let factor = 1.0 + cfg.jitter * (2.0 * self.next_random() - 1.0);
+        self.next_at = now + cfg.hello_interval.mul_f64(factor.max(0.01));
+        true
+    }
+
+    /// When the next round is due.
+    pub fn next_at(&self) -> Time {
+        self.next_at
+    }
+}
+
 /// Liveness state of one link. Driven by the node: it calls
 /// [`on_hello`](Self::on_hello) for every hello received,
-/// [`poll_hello`](Self::poll_hello) when [`next_deadline`](Self::next_deadline) passes.
+/// [`hello`](Self::hello) when its [`HelloTimer`] is due, and
+/// [`check_dead`](Self::check_dead) at [`dead_deadline`](Self::dead_deadline).
 #[derive(Debug, Clone)]
 pub struct LinkLiveness {
-    next_hello_at: Time,
     tx_seq: u16,
-    /// Per-link random state for jitter (xorshift; deterministic given the seed).
-    rng: u64,
     last_rx: Option<Rx>,
     peer_interval: Duration,
     loss: f64,
@@ -99,13 +142,10 @@ struct Rx {
 }
 
 impl LinkLiveness {
-    /// A new link; the first hello goes out at `now`. `seed` drives the
-    /// jitter (any value; the simulator derives it from its seed).
-    pub fn new(now: Time, cfg: &LivenessConfig, seed: u64) -> Self {
+    /// A new link.
+    pub fn new(cfg: &LivenessConfig) -> Self {
         Self {
-            next_hello_at: now,
             tx_seq: 0,
-            rng: seed | 1,
             last_rx: None,
             peer_interval: cfg.hello_interval,
             loss: 0.0,
@@ -115,24 +155,8 @@ impl LinkLiveness {
         }
     }
 
-    fn next_random(&mut self) -> f64 {
-        // xorshift64*: tiny, fast, and reproducible; jitter needs no more.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// The hello to send if its time has come, and schedules the next one.
-    pub fn poll_hello(&mut self, now: Time, cfg: &LivenessConfig) -> Option<Hello> {
-        if now < self.next_hello_at {
-            return None;
-        }
-        let factor = 1.0 + cfg.jitter * (2.0 * self.next_random() - 1.0);
-        let interval = cfg.hello_interval.mul_f64(factor.max(0.01));
-        self.next_hello_at = now + interval;
+    /// The next hello to send on this link.
+    pub fn hello(&mut self, now: Time, cfg: &LivenessConfig) -> Hello {
         self.tx_seq = self.tx_seq.wrapping_add(1);
         let (echo_ts_us, echo_delay_100us) = match self.last_rx {
             Some(rx) => (
@@ -141,13 +165,13 @@ impl LinkLiveness {
             ),
             None => (0, 0),
         };
-        Some(Hello {
+        Hello {
             seq: self.tx_seq,
             interval_ms: u16::try_from(cfg.hello_interval.as_millis()).unwrap_or(u16::MAX),
             ts_us: now.wrapping_micros(),
             echo_ts_us,
             echo_delay_100us,
-        })
+        }
     }
 
     /// Records a hello from the peer.
@@ -239,11 +263,11 @@ impl LinkLiveness {
         false
     }
 
-    /// Earliest time something is due: the next hello or the dead check.
-    pub fn next_deadline(&self, cfg: &LivenessConfig) -> Time {
+    /// When the link dies if nothing more is heard.
+    pub fn dead_deadline(&self, cfg: &LivenessConfig) -> Option<Time> {
         match (self.health, self.last_rx) {
-            (LinkHealth::Dead, _) | (_, None) => self.next_hello_at,
-            (_, Some(rx)) => self.next_hello_at.min(rx.at + self.timeout(cfg)),
+            (LinkHealth::Dead, _) | (_, None) => None,
+            (_, Some(rx)) => Some(rx.at + self.timeout(cfg)),
         }
     }
 
@@ -293,8 +317,12 @@ mod tests {
         sender_dies_at: Option<Time>,
         stop: Time,
     ) -> (LinkLiveness, Option<Time>) {
-        let mut a = LinkLiveness::new(Time::ZERO, cfg, 1);
-        let mut b = LinkLiveness::new(Time::ZERO, cfg, 2);
+        let mut a = LinkLiveness::new(cfg);
+        let mut b = LinkLiveness::new(cfg);
+        let (mut ta, mut tb) = (
+            HelloTimer::new(Time::ZERO, 1),
+            HelloTimer::new(Time::ZERO, 2),
+        );
         let mut in_flight: Vec<(Time, Hello)> = Vec::new();
         let mut now = Time::ZERO;
         let mut sent = 0u64;
@@ -302,13 +330,15 @@ mod tests {
         let step = Duration::from_millis(1);
         while now < stop {
             let alive = sender_dies_at.is_none_or(|t| now < t);
-            if alive && let Some(h) = a.poll_hello(now, cfg) {
+            if alive && ta.due(now, cfg) {
+                let h = a.hello(now, cfg);
                 sent += 1;
                 if !lose(sent) {
                     in_flight.push((now + delay, h));
                 }
             }
-            if let Some(h) = b.poll_hello(now, cfg) {
+            if tb.due(now, cfg) {
+                let h = b.hello(now, cfg);
                 // b's hellos feed a's RTT estimate.
                 a.on_hello(now + delay, cfg, &h);
             }
@@ -398,11 +428,11 @@ mod tests {
     #[test]
     fn hellos_are_jittered_around_the_interval() {
         let cfg = LivenessConfig::default();
-        let mut l = LinkLiveness::new(Time::ZERO, &cfg, 42);
+        let mut t = HelloTimer::new(Time::ZERO, 42);
         let mut times = Vec::new();
         let mut now = Time::ZERO;
         while times.len() < 200 {
-            if l.poll_hello(now, &cfg).is_some() {
+            if t.due(now, &cfg) {
                 times.push(now);
             }
             now = now + Duration::from_millis(1);

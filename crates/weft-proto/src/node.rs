@@ -15,7 +15,7 @@ use weft_crypto::NodeId;
 use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey, SignatureError};
 
 use crate::DetMap;
-use crate::liveness::{LinkHealth, LinkLiveness, LivenessConfig};
+use crate::liveness::{HelloTimer, LinkHealth, LinkLiveness, LivenessConfig};
 use crate::origin::{
     Accepted, Arrival, Directory, OriginPolicy, OriginStore, Refusal, SignatureCheck,
     sign_announcement,
@@ -286,6 +286,7 @@ pub struct Node {
     requested: DetMap<(NodeId, u16), LinkId>,
     out: VecDeque<Output>,
     stats: Stats,
+    hellos: HelloTimer,
 }
 
 impl std::fmt::Debug for Node {
@@ -326,6 +327,13 @@ impl Node {
             requested: DetMap::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
+            // Jitter seeded by the node id: reproducible, and different per node.
+            hellos: HelloTimer::new(
+                Time::ZERO,
+                u64::from_le_bytes([
+                    id.0[0], id.0[1], id.0[2], id.0[3], id.0[4], id.0[5], id.0[6], id.0[7],
+                ]),
+            ),
             cfg,
         })
     }
@@ -372,10 +380,15 @@ impl Node {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.links
+        if self.links.is_empty() {
+            return None;
+        }
+        let dead = self
+            .links
             .values()
-            .map(|l| l.live.next_deadline(&self.cfg.liveness))
-            .min()
+            .filter_map(|l| l.live.dead_deadline(&self.cfg.liveness))
+            .min();
+        Some(dead.map_or(self.hellos.next_at(), |d| d.min(self.hellos.next_at())))
     }
 
     fn unix_ms(&self, now: Time) -> u64 {
@@ -400,6 +413,7 @@ impl Node {
     /// Sends due hellos and declares silent neighbours dead.
     pub fn handle_timeout(&mut self, now: Time) {
         let cfg = self.cfg.liveness.clone();
+        let hellos_due = self.hellos.due(now, &cfg);
         let mut dead = Vec::new();
         let mut hellos = Vec::new();
         for (&id, link) in &mut self.links {
@@ -407,8 +421,8 @@ impl Node {
                 dead.push(id);
                 continue;
             }
-            if let Some(h) = link.live.poll_hello(now, &cfg) {
-                hellos.push((id, h));
+            if hellos_due {
+                hellos.push((id, link.live.hello(now, &cfg)));
             }
         }
         for (link, h) in hellos {
@@ -432,12 +446,11 @@ impl Node {
             });
             return;
         }
-        let seed = link.0 ^ u64::from_le_bytes(self.id.0[..8].try_into().unwrap_or([0; 8]));
         self.links.insert(
             link,
             Link {
                 peer,
-                live: LinkLiveness::new(now, &self.cfg.liveness, seed),
+                live: LinkLiveness::new(&self.cfg.liveness),
                 cost: u16::MAX,
                 rx_buf: Vec::new(),
                 peer_has: DetMap::default(),
@@ -476,11 +489,8 @@ impl Node {
 
     fn handle_timeout_for(&mut self, now: Time, link: LinkId) {
         let cfg = self.cfg.liveness.clone();
-        if let Some(h) = self
-            .links
-            .get_mut(&link)
-            .and_then(|l| l.live.poll_hello(now, &cfg))
-        {
+        if let Some(l) = self.links.get_mut(&link) {
+            let h = l.live.hello(now, &cfg);
             self.send(link, &Message::Hello(h));
         }
     }

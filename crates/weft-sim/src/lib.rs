@@ -258,7 +258,7 @@ impl Sim {
         self.nodes[i].alive
     }
 
-    /// Everything recorded so far.
+    /// Everything recorded so far, except route events (see [`Sim::trace_hash`]).
     pub fn records(&self) -> &[Record] {
         &self.records
     }
@@ -381,6 +381,34 @@ impl Sim {
         let sel = self.nodes[i].node.table().selected(&self.ids[dst])?;
         let l = self.links.get(sel.via.0 as usize)?;
         Some(if l.ends[0] == i { l.ends[1] } else { l.ends[0] })
+    }
+
+    /// Feeds one event into the trace hash in a compact binary form: time,
+    /// node, kind, and node indices (not ids) for the nodes it names.
+    fn hash_event(&mut self, i: usize, event: &Event) {
+        let idx = |id: &NodeId| self.index.get(id).map_or(u32::MAX, |&x| x as u32);
+        let (kind, a, b, m): (u8, u32, u32, u64) = match event {
+            Event::NeighbourUp { peer } => (1, idx(peer), 0, 0),
+            Event::NeighbourDead { peer } => (2, idx(peer), 0, 0),
+            Event::RouteAdded { dst, via, metric } => (3, idx(dst), idx(via), u64::from(metric.0)),
+            Event::RouteChanged { dst, via, metric } => {
+                (4, idx(dst), idx(via), u64::from(metric.0))
+            }
+            Event::RouteLost { dst } => (5, idx(dst), 0, 0),
+            Event::Delivered { src, payload } => (6, idx(src), payload.len() as u32, 0),
+            Event::Dropped { src, dst, reason } => (7, idx(src), idx(dst), *reason as u64),
+            Event::Unreachable { dst, reporter } => (8, idx(dst), idx(reporter), 0),
+            Event::AnnouncementRefused { origin, reason } => (9, idx(origin), 0, *reason as u64),
+            Event::RevocationApplied { epoch } => (10, 0, 0, *epoch),
+        };
+        let mut buf = [0u8; 29];
+        buf[..8].copy_from_slice(&self.now.0.to_be_bytes());
+        buf[8..12].copy_from_slice(&(i as u32).to_be_bytes());
+        buf[12] = kind;
+        buf[13..17].copy_from_slice(&a.to_be_bytes());
+        buf[17..21].copy_from_slice(&b.to_be_bytes());
+        buf[21..29].copy_from_slice(&m.to_be_bytes());
+        self.trace.update(&buf);
     }
 
     /// Whether following next hops from `src` towards `dst` revisits a node.
@@ -544,13 +572,21 @@ impl Sim {
                     {
                         self.loops += 1;
                     }
-                    let line = format!("{}|{}|{:?}", self.now.0, i, event);
-                    self.trace.update(line.as_bytes());
-                    self.records.push(Record {
-                        at: self.now,
-                        node: i,
+                    self.hash_event(i, &event);
+                    // Route events are many (N² at bootstrap) and only feed
+                    // the trace and the loop check; the rest are kept.
+                    if !matches!(
                         event,
-                    });
+                        Event::RouteAdded { .. }
+                            | Event::RouteChanged { .. }
+                            | Event::RouteLost { .. }
+                    ) {
+                        self.records.push(Record {
+                            at: self.now,
+                            node: i,
+                            event,
+                        });
+                    }
                 }
             }
         }
