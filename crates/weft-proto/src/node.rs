@@ -46,6 +46,10 @@ pub struct NodeConfig {
     pub unix_ms_at_zero: u64,
     /// Boot epoch, persisted and incremented by the driver at every start.
     pub epoch: u32,
+    /// Route updates are held this long and sent together, so that a route
+    /// that improves several times in a burst (bootstrap, a repair) is
+    /// advertised once; zero sends at once.
+    pub update_delay: std::time::Duration,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +62,7 @@ impl Default for NodeConfig {
             cost_hysteresis: 0.25,
             unix_ms_at_zero: 0,
             epoch: 1,
+            update_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -287,6 +292,8 @@ pub struct Node {
     out: VecDeque<Output>,
     stats: Stats,
     hellos: HelloTimer,
+    /// When queued route updates go out.
+    update_due: Option<Time>,
 }
 
 impl std::fmt::Debug for Node {
@@ -328,6 +335,7 @@ impl Node {
             out: VecDeque::new(),
             stats: Stats::default(),
             // Jitter seeded by the node id: reproducible, and different per node.
+            update_due: None,
             hellos: HelloTimer::new(
                 Time::ZERO,
                 u64::from_le_bytes([
@@ -388,7 +396,8 @@ impl Node {
             .values()
             .filter_map(|l| l.live.dead_deadline(&self.cfg.liveness))
             .min();
-        Some(dead.map_or(self.hellos.next_at(), |d| d.min(self.hellos.next_at())))
+        let next = dead.map_or(self.hellos.next_at(), |d| d.min(self.hellos.next_at()));
+        Some(self.update_due.map_or(next, |u| u.min(next)))
     }
 
     fn unix_ms(&self, now: Time) -> u64 {
@@ -634,6 +643,13 @@ impl Node {
             return;
         }
         if self.origins.is_revoked(&e.origin) {
+            return;
+        }
+        // Routes to nodes that are not enrolled are dropped at once: they
+        // could never be verified, and holding them would let a neighbour
+        // fill our memory with invented origins.
+        if !self.origins.is_enrolled(&e.origin) {
+            self.origins.count_refusal(Refusal::UnknownOrigin);
             return;
         }
         if !e.metric.is_infinite() {
@@ -933,7 +949,6 @@ impl Node {
                         }
                     };
                     self.event(ev);
-                    self.table.advertised(dst, s.seqno, s.metric);
                     RouteEntry {
                         origin: dst,
                         seqno: s.seqno,
@@ -1002,13 +1017,30 @@ impl Node {
         l.pending.insert(e.origin, e);
     }
 
-    /// Sends the queued announcements and route entries of every link.
+    /// Sends the queued announcements and route entries of every link once
+    /// [`NodeConfig::update_delay`] has passed since the first was queued.
     ///
     /// An announcement is pushed only while fresh (signed less than half
     /// the skew window ago: a seqno change on its way through the mesh).
     /// An older one is left for the peer to fetch, since peers refuse
     /// stale pushed announcements as replays.
     fn flush(&mut self, now: Time) {
+        let queued = self
+            .links
+            .values()
+            .any(|l| !l.pending.is_empty() || !l.pending_ann.is_empty());
+        if !queued {
+            self.update_due = None;
+            return;
+        }
+        match self.update_due {
+            None if !self.cfg.update_delay.is_zero() => {
+                self.update_due = Some(now + self.cfg.update_delay);
+                return;
+            }
+            Some(due) if now < due => return,
+            _ => self.update_due = None,
+        }
         let now_ms = self.unix_ms(now);
         let fresh_ms = u64::try_from(self.cfg.origin.max_skew.as_millis() / 2).unwrap_or(u64::MAX);
         let links: Vec<LinkId> = self.links.keys().copied().collect();
@@ -1034,6 +1066,10 @@ impl Node {
             }
             let mut entries: Vec<RouteEntry> = entries.into_values().collect();
             entries.sort_by_key(|e| e.origin);
+            // Advertising is what sets the feasibility distance (RFC 8966 §3.7.3).
+            for e in &entries {
+                self.table.advertised(e.origin, e.seqno, e.metric);
+            }
             for chunk in entries.chunks(MAX_UPDATE_ENTRIES) {
                 self.send(link, &Message::Update(chunk.to_vec()));
             }

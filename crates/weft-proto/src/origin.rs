@@ -205,6 +205,16 @@ impl OriginStore {
         Ok(Accepted::New)
     }
 
+    /// Whether `origin` is enrolled (its key is in the directory).
+    pub fn is_enrolled(&self, origin: &NodeId) -> bool {
+        self.directory.public_key(origin).is_some()
+    }
+
+    /// Counts a refusal made outside [`offer`](Self::offer).
+    pub fn count_refusal(&mut self, reason: Refusal) {
+        *self.refused.entry(reason).or_default() += 1;
+    }
+
     /// The announcement held for `origin`.
     pub fn held(&self, origin: &NodeId) -> Option<&Announcement> {
         self.held.get(origin)
