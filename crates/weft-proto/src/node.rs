@@ -796,49 +796,43 @@ impl Node {
     }
 
     fn on_revocation(&mut self, from: LinkId, list: RevocationList) {
-        if self
-            .revocation
-            .as_ref()
-            .is_some_and(|r| r.epoch >= list.epoch)
-        {
-            return;
+        if self.accepts_revocation(&list) {
+            self.apply_revocation(Some(from), list);
         }
-        let msg = RevocationList::signed_bytes(list.epoch, list.issued_ms, &list.revoked);
-        if !self.check.verify(
-            &self.authority,
-            &msg,
-            RevocationList::CONTEXT,
-            &list.signature[..],
-        ) {
-            self.stats.revocations_refused += 1;
-            return;
-        }
-        self.apply_revocation(Some(from), list);
     }
 
     /// Applies a revocation list issued by the authority (the control plane
     /// hands it to the agent, which passes it here); it is then gossiped.
+    /// Returns whether it was newer than the one held and validly signed.
     pub fn revoke(&mut self, now: Time, list: RevocationList) -> bool {
-        if self
-            .revocation
-            .as_ref()
-            .is_some_and(|r| r.epoch >= list.epoch)
-        {
-            return false;
-        }
-        let msg = RevocationList::signed_bytes(list.epoch, list.issued_ms, &list.revoked);
-        if !self.check.verify(
-            &self.authority,
-            &msg,
-            RevocationList::CONTEXT,
-            &list.signature[..],
-        ) {
-            self.stats.revocations_refused += 1;
+        if !self.accepts_revocation(&list) {
             return false;
         }
         self.apply_revocation(None, list);
         self.flush(now);
         true
+    }
+
+    /// A list is taken when its epoch is newer and the authority signed it.
+    fn accepts_revocation(&mut self, list: &RevocationList) -> bool {
+        if self
+            .revocation
+            .as_ref()
+            .is_some_and(|r| r.epoch >= list.epoch)
+        {
+            return false;
+        }
+        let msg = RevocationList::signed_bytes(list.epoch, list.issued_ms, &list.revoked);
+        let valid = self.check.verify(
+            &self.authority,
+            &msg,
+            RevocationList::CONTEXT,
+            &list.signature[..],
+        );
+        if !valid {
+            self.stats.revocations_refused += 1;
+        }
+        valid
     }
 
     fn apply_revocation(&mut self, from: Option<LinkId>, list: RevocationList) {

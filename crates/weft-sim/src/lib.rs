@@ -19,9 +19,9 @@ use aws_lc_rs::digest;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_crypto::NodeId;
-use weft_crypto::sign::{CompositePublicKey, CompositeSignature, CompositeSigningKey};
+use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey};
 use weft_proto::node::{Event, Input, Node, NodeConfig, Output};
-use weft_proto::origin::SignatureCheck;
+use weft_proto::origin::{DirectCheck, SignatureCheck};
 use weft_proto::route::LinkId;
 use weft_proto::time::Time;
 use weft_proto::wire::RevocationList;
@@ -61,9 +61,7 @@ impl SignatureCheck for MemoCheck {
             return ok;
         }
         self.verifications.fetch_add(1, Ordering::Relaxed);
-        let ok = CompositeSignature::from_bytes(signature)
-            .and_then(|sig| key.verify(message, context, &sig))
-            .is_ok();
+        let ok = DirectCheck.verify(key, message, context, signature);
         self.memo
             .lock()
             .unwrap_or_else(|e| e.into_inner())
