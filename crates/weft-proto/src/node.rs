@@ -270,6 +270,11 @@ fn note_has(peer_has: &mut DetMap<NodeId, Seqno>, origin: NodeId, seqno: Seqno) 
     }
 }
 
+/// Least time between two seqno requests for one destination.
+const SEQNO_REQUEST_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often starving destinations are looked for.
+const STARVATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Limit on buffered partial frames per link.
 const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
 
@@ -294,6 +299,12 @@ pub struct Node {
     hellos: HelloTimer,
     /// When queued route updates go out.
     update_due: Option<Time>,
+    /// The time of the input being handled.
+    now: Time,
+    /// Last seqno request per destination.
+    seqno_requested: DetMap<NodeId, Time>,
+    /// When to look for starving destinations next.
+    next_starvation_check: Time,
 }
 
 impl std::fmt::Debug for Node {
@@ -336,6 +347,9 @@ impl Node {
             stats: Stats::default(),
             // Jitter seeded by the node id: reproducible, and different per node.
             update_due: None,
+            now: Time::ZERO,
+            seqno_requested: DetMap::default(),
+            next_starvation_check: Time::ZERO,
             hellos: HelloTimer::new(
                 Time::ZERO,
                 u64::from_le_bytes([
@@ -406,6 +420,7 @@ impl Node {
 
     /// Handles one input at `now`.
     pub fn handle(&mut self, now: Time, input: Input<'_>) {
+        self.now = now;
         match input {
             Input::LinkUp { link, peer } => self.link_up(now, link, peer),
             Input::LinkDown { link } => self.link_down(link),
@@ -421,6 +436,8 @@ impl Node {
 
     /// Sends due hellos and declares silent neighbours dead.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        self.check_starving();
         let cfg = self.cfg.liveness.clone();
         let hellos_due = self.hellos.due(now, &cfg);
         let mut dead = Vec::new();
@@ -631,6 +648,12 @@ impl Node {
         }
         if was == LinkHealth::Pending {
             self.event(Event::NeighbourUp { peer });
+            // Answer the first hello at once: its echo gives the peer an RTT
+            // sample (and so a link cost) within one round trip, instead of
+            // whenever our next hello is due. Links that get costs at
+            // scattered times make routes form over whichever came first and
+            // then improve many times over.
+            self.handle_timeout_for(now, link);
         }
         if significant {
             let changes = self.table.set_link_cost(link, cost);
@@ -684,6 +707,10 @@ impl Node {
         }
         if let Some(change) = self.table.on_update(link, e.origin, e.seqno, e.metric) {
             self.apply_changes(vec![change]);
+        }
+        // An unfeasible offer while we have no route: ask for a newer seqno.
+        if !e.metric.is_infinite() && self.table.selected(&e.origin).is_none() {
+            self.request_seqno(e.origin);
         }
     }
 
@@ -805,6 +832,7 @@ impl Node {
     /// hands it to the agent, which passes it here); it is then gossiped.
     /// Returns whether it was newer than the one held and validly signed.
     pub fn revoke(&mut self, now: Time, list: RevocationList) -> bool {
+        self.now = now;
         if !self.accepts_revocation(&list) {
             return false;
         }
@@ -956,25 +984,7 @@ impl Node {
                         .feasibility_distance(&dst)
                         .map(|fd| fd.seqno)
                         .unwrap_or_default();
-                    // Starving on infeasible routes: ask the origin for a newer seqno.
-                    if !self.origins.is_revoked(&dst)
-                        && self
-                            .table
-                            .heard(&dst)
-                            .iter()
-                            .any(|r| !r.metric.is_infinite())
-                    {
-                        let req = Message::SeqnoRequest {
-                            origin: dst,
-                            seqno: seqno.next(),
-                            hop_count: self.cfg.seqno_request_hops,
-                        };
-                        let vias: Vec<LinkId> =
-                            self.table.heard(&dst).iter().map(|r| r.via).collect();
-                        for via in vias {
-                            self.send(via, &req);
-                        }
-                    }
+                    self.request_seqno(dst);
                     RouteEntry {
                         origin: dst,
                         seqno,
@@ -986,6 +996,64 @@ impl Node {
             for link in links {
                 self.queue_entry(link, entry);
             }
+        }
+    }
+
+    /// Asks for a newer seqno of `dst` when only unfeasible routes to it
+    /// remain (RFC 8966 §3.8.2.1), from the neighbours that offer them.
+    /// At most once per [`SEQNO_REQUEST_SPACING`] per destination; the
+    /// periodic starvation check resends, since a request can be dropped
+    /// by a relay that had no route at that moment.
+    fn request_seqno(&mut self, dst: NodeId) {
+        if self.origins.is_revoked(&dst) || self.table.selected(&dst).is_some() {
+            return;
+        }
+        let vias: Vec<LinkId> = self
+            .table
+            .heard(&dst)
+            .iter()
+            .filter(|r| !r.metric.is_infinite())
+            .map(|r| r.via)
+            .collect();
+        if vias.is_empty() {
+            return;
+        }
+        let now = self.now;
+        if self
+            .seqno_requested
+            .get(&dst)
+            .is_some_and(|&at| now < at + SEQNO_REQUEST_SPACING)
+        {
+            return;
+        }
+        self.seqno_requested.insert(dst, now);
+        let seqno = self
+            .table
+            .feasibility_distance(&dst)
+            .map(|fd| fd.seqno)
+            .unwrap_or_default();
+        let req = Message::SeqnoRequest {
+            origin: dst,
+            seqno: seqno.next(),
+            hop_count: self.cfg.seqno_request_hops,
+        };
+        for via in vias {
+            self.send(via, &req);
+        }
+    }
+
+    /// Resends seqno requests for destinations still starving.
+    fn check_starving(&mut self) {
+        if self.now < self.next_starvation_check {
+            return;
+        }
+        self.next_starvation_check = self.now + STARVATION_CHECK_INTERVAL;
+        self.seqno_requested
+            .retain(|_, at| self.now < *at + STARVATION_CHECK_INTERVAL);
+        let mut starving: Vec<NodeId> = self.table.starving().copied().collect();
+        starving.sort();
+        for dst in starving {
+            self.request_seqno(dst);
         }
     }
 
