@@ -127,6 +127,7 @@ pub struct LinkLiveness {
     tx_seq: u16,
     last_rx: Option<Rx>,
     peer_interval: Duration,
+    timeout: Duration,
     loss: f64,
     srtt_us: Option<f64>,
     health: LinkHealth,
@@ -148,6 +149,9 @@ impl LinkLiveness {
             tx_seq: 0,
             last_rx: None,
             peer_interval: cfg.hello_interval,
+            timeout: cfg
+                .hello_interval
+                .mul_f64(f64::from(cfg.min_multiplier) * (1.0 + cfg.jitter)),
             loss: 0.0,
             srtt_us: None,
             health: LinkHealth::Pending,
@@ -225,6 +229,7 @@ impl LinkLiveness {
             seq,
             peer_ts_us: ts_us,
         });
+        self.timeout = self.compute_timeout(cfg);
         self.health = if self.loss > cfg.degraded_loss {
             LinkHealth::Degraded
         } else {
@@ -240,22 +245,27 @@ impl LinkLiveness {
         (k as u32).clamp(cfg.min_multiplier, cfg.max_multiplier)
     }
 
-    /// How long silence must last before the link is dead.
-    pub fn timeout(&self, cfg: &LivenessConfig) -> Duration {
+    /// How long silence must last before the link is dead (recomputed at
+    /// each hello: the detector consults it far more often than it changes).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn compute_timeout(&self, cfg: &LivenessConfig) -> Duration {
         // The peer's intervals are jittered up to +jitter: allow for that.
         self.peer_interval
             .mul_f64(f64::from(self.multiplier(cfg)) * (1.0 + cfg.jitter))
     }
 
     /// Checks for silence; returns true exactly once, when the link dies.
-    pub fn check_dead(&mut self, now: Time, cfg: &LivenessConfig) -> bool {
+    pub fn check_dead(&mut self, now: Time) -> bool {
         if self.health == LinkHealth::Dead {
             return false;
         }
         let Some(rx) = self.last_rx else {
             return false;
         };
-        if now >= rx.at + self.timeout(cfg) {
+        if now >= rx.at + self.timeout {
             self.health = LinkHealth::Dead;
             self.dead_at = Some(now);
             return true;
@@ -264,10 +274,10 @@ impl LinkLiveness {
     }
 
     /// When the link dies if nothing more is heard.
-    pub fn dead_deadline(&self, cfg: &LivenessConfig) -> Option<Time> {
+    pub fn dead_deadline(&self) -> Option<Time> {
         match (self.health, self.last_rx) {
             (LinkHealth::Dead, _) | (_, None) => None,
-            (_, Some(rx)) => Some(rx.at + self.timeout(cfg)),
+            (_, Some(rx)) => Some(rx.at + self.timeout),
         }
     }
 
@@ -350,7 +360,7 @@ mod tests {
                     true
                 }
             });
-            if b.check_dead(now, cfg) {
+            if b.check_dead(now) {
                 died = Some(now);
             }
             now = now + step;

@@ -408,7 +408,7 @@ impl Node {
         let dead = self
             .links
             .values()
-            .filter_map(|l| l.live.dead_deadline(&self.cfg.liveness))
+            .filter_map(|l| l.live.dead_deadline())
             .min();
         let next = dead.map_or(self.hellos.next_at(), |d| d.min(self.hellos.next_at()));
         Some(self.update_due.map_or(next, |u| u.min(next)))
@@ -443,7 +443,7 @@ impl Node {
         let mut dead = Vec::new();
         let mut hellos = Vec::new();
         for (&id, link) in &mut self.links {
-            if link.live.check_dead(now, &cfg) {
+            if link.live.check_dead(now) {
                 dead.push(id);
                 continue;
             }
@@ -1005,7 +1005,7 @@ impl Node {
     /// periodic starvation check resends, since a request can be dropped
     /// by a relay that had no route at that moment.
     fn request_seqno(&mut self, dst: NodeId) {
-        if self.origins.is_revoked(&dst) || self.table.selected(&dst).is_some() {
+        if self.origins.is_revoked(&dst) || !self.table.is_starving(&dst) {
             return;
         }
         let vias: Vec<LinkId> = self

@@ -30,11 +30,20 @@ use crate::wire::{Announcement, Seqno};
 pub trait Directory: Send + Sync {
     /// The composite public key of `node`, if it is enrolled.
     fn public_key(&self, node: &NodeId) -> Option<CompositePublicKey>;
+
+    /// Whether `node` is enrolled.
+    fn contains(&self, node: &NodeId) -> bool {
+        self.public_key(node).is_some()
+    }
 }
 
-impl Directory for HashMap<NodeId, CompositePublicKey> {
+impl<S: std::hash::BuildHasher + Send + Sync> Directory for HashMap<NodeId, CompositePublicKey, S> {
     fn public_key(&self, node: &NodeId) -> Option<CompositePublicKey> {
         self.get(node).cloned()
+    }
+
+    fn contains(&self, node: &NodeId) -> bool {
+        self.contains_key(node)
     }
 }
 
@@ -48,6 +57,13 @@ pub trait SignatureCheck: Send + Sync {
         context: &[u8],
         signature: &[u8],
     ) -> bool;
+
+    /// A shared copy of an accepted announcement. A node keeps one per
+    /// origin (3.4 KB each, mostly signature); a simulator running many
+    /// nodes returns the same copy to all of them.
+    fn share(&self, a: &Announcement) -> Arc<Announcement> {
+        Arc::new(a.clone())
+    }
 }
 
 /// Verifies every time.
@@ -131,7 +147,7 @@ pub struct OriginStore {
     directory: Arc<dyn Directory>,
     check: Arc<dyn SignatureCheck>,
     policy: OriginPolicy,
-    held: HashMap<NodeId, Announcement>,
+    held: crate::DetMap<NodeId, Arc<Announcement>>,
     revoked: std::collections::HashSet<NodeId>,
     refused: HashMap<Refusal, u64>,
 }
@@ -147,7 +163,7 @@ impl OriginStore {
             directory,
             check,
             policy,
-            held: HashMap::new(),
+            held: crate::DetMap::default(),
             revoked: Default::default(),
             refused: HashMap::new(),
         }
@@ -163,7 +179,7 @@ impl OriginStore {
         let result = self.judge(a, arrival, now_unix_ms);
         match result {
             Ok(Accepted::New) => {
-                self.held.insert(a.origin, a.clone());
+                self.held.insert(a.origin, self.check.share(a));
             }
             Err(r) => *self.refused.entry(r).or_default() += 1,
             Ok(Accepted::Duplicate) => {}
@@ -180,7 +196,7 @@ impl OriginStore {
             return Err(Refusal::RevokedOrigin);
         }
         if let Some(h) = self.held.get(&a.origin) {
-            if h == a {
+            if **h == *a {
                 return Ok(Accepted::Duplicate);
             }
             let newer = a.epoch > h.epoch || (a.epoch == h.epoch && a.seqno.is_newer_than(h.seqno));
@@ -207,7 +223,7 @@ impl OriginStore {
 
     /// Whether `origin` is enrolled (its key is in the directory).
     pub fn is_enrolled(&self, origin: &NodeId) -> bool {
-        self.directory.public_key(origin).is_some()
+        self.directory.contains(origin)
     }
 
     /// Counts a refusal made outside [`offer`](Self::offer).
@@ -217,7 +233,7 @@ impl OriginStore {
 
     /// The announcement held for `origin`.
     pub fn held(&self, origin: &NodeId) -> Option<&Announcement> {
-        self.held.get(origin)
+        self.held.get(origin).map(|a| &**a)
     }
 
     /// Whether `(origin, seqno)` is covered by a verified announcement.

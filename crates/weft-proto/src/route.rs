@@ -218,15 +218,26 @@ impl RouteTable {
             .reduce(|a, b| if b.is_newer_than(a) { b } else { a })
     }
 
-    /// Destinations with routes heard but none selectable (starving: a
-    /// seqno request can unblock them).
-    pub fn starving(&self) -> impl Iterator<Item = &NodeId> {
-        self.destinations
-            .iter()
-            .filter(|(_, d)| {
-                d.selected.is_none() && d.heard.iter().any(|r| !r.metric.is_infinite())
+    /// Whether `origin` is starving: no route selected, yet a neighbour on
+    /// a usable link offers one that only the feasibility condition rules
+    /// out (a newer seqno from the origin would unblock it). Routes over
+    /// links whose cost is not known yet do not count.
+    pub fn is_starving(&self, origin: &NodeId) -> bool {
+        let Some(d) = self.destinations.get(origin) else {
+            return false;
+        };
+        let fd = self.fds.get(origin).copied();
+        d.selected.is_none()
+            && d.heard.iter().any(|r| {
+                !r.metric.is_infinite()
+                    && self.costs.get(&r.via).is_some_and(|&c| c != u16::MAX)
+                    && !is_feasible(fd, r.seqno, r.metric)
             })
-            .map(|(id, _)| id)
+    }
+
+    /// Every starving destination (see [`is_starving`](Self::is_starving)).
+    pub fn starving(&self) -> impl Iterator<Item = &NodeId> {
+        self.destinations.keys().filter(|id| self.is_starving(id))
     }
 
     fn reselect(&mut self, origin: NodeId) -> Option<Change> {

@@ -24,7 +24,7 @@ use weft_proto::node::{Event, Input, Node, NodeConfig, Output};
 use weft_proto::origin::{DirectCheck, SignatureCheck};
 use weft_proto::route::LinkId;
 use weft_proto::time::Time;
-use weft_proto::wire::RevocationList;
+use weft_proto::wire::{Announcement, RevocationList};
 
 /// A memo of signature verifications shared by all simulated nodes, keyed
 /// by SHA-256 of (key, context, message, signature): a forged signature can
@@ -32,6 +32,8 @@ use weft_proto::wire::RevocationList;
 #[derive(Debug, Default)]
 pub struct MemoCheck {
     memo: Mutex<HashMap<[u8; 32], bool>>,
+    /// One copy of each accepted announcement for all nodes.
+    shared: Mutex<HashMap<[u8; 32], Arc<Announcement>>>,
     verifications: AtomicU64,
 }
 
@@ -67,6 +69,25 @@ impl SignatureCheck for MemoCheck {
             .unwrap_or_else(|e| e.into_inner())
             .insert(k, ok);
         ok
+    }
+
+    fn share(&self, a: &Announcement) -> Arc<Announcement> {
+        let mut h = digest::Context::new(&digest::SHA256);
+        h.update(&Announcement::signed_bytes(
+            &a.origin,
+            a.seqno,
+            a.epoch,
+            a.timestamp_ms,
+        ));
+        h.update(&a.signature[..]);
+        let mut k = [0u8; 32];
+        k.copy_from_slice(h.finish().as_ref());
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(k)
+            .or_insert_with(|| Arc::new(a.clone()))
+            .clone()
     }
 }
 
@@ -126,6 +147,32 @@ enum Action {
     },
 }
 
+/// An action in the event queue, ordered by time and then by the order
+/// it was scheduled in (which makes equal times deterministic).
+#[derive(Debug)]
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 /// A recorded event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -144,15 +191,14 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     ids: Vec<NodeId>,
     links: Vec<SimLink>,
-    queue: BinaryHeap<Reverse<(Time, u64)>>,
-    actions: HashMap<u64, Action>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
     next_seq: u64,
     trace: digest::Context,
     records: Vec<Record>,
     memo: Arc<MemoCheck>,
     authority: Arc<CompositeSigningKey>,
     keys: Vec<Arc<CompositeSigningKey>>,
-    index: HashMap<NodeId, usize>,
+    index: rustc_hash::FxHashMap<NodeId, usize>,
     loops: u64,
 }
 
@@ -188,7 +234,7 @@ impl Sim {
         let keys = (0..n)
             .map(|_| keygen(&mut rng))
             .collect::<Result<Vec<_>, _>>()?;
-        let directory: HashMap<NodeId, CompositePublicKey> = keys
+        let directory: rustc_hash::FxHashMap<NodeId, CompositePublicKey> = keys
             .iter()
             .map(|k| (NodeId::of(k.public_key()), k.public_key().clone()))
             .collect();
@@ -219,7 +265,6 @@ impl Sim {
             ids,
             links: Vec::new(),
             queue: BinaryHeap::new(),
-            actions: HashMap::new(),
             next_seq: 0,
             trace: digest::Context::new(&digest::SHA256),
             records: Vec::new(),
@@ -466,15 +511,11 @@ impl Sim {
 
     /// Runs until virtual time `until`.
     pub fn run_until(&mut self, until: Time) {
-        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-            if at > until {
+        while self.queue.peek().is_some_and(|Reverse(s)| s.at <= until) {
+            let Some(Reverse(Scheduled { at, action, .. })) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
-            self.now = at;
-            let Some(action) = self.actions.remove(&seq) else {
-                continue;
             };
+            self.now = at;
             match action {
                 Action::Timer(i) => {
                     if self.nodes[i].timer_at != Some(at) || !self.nodes[i].alive {
@@ -531,8 +572,7 @@ impl Sim {
     fn schedule(&mut self, at: Time, action: Action) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.push(Reverse((at, seq)));
-        self.actions.insert(seq, action);
+        self.queue.push(Reverse(Scheduled { at, seq, action }));
     }
 
     /// Runs `f` on node `i` (if alive) and carries out its outputs.
