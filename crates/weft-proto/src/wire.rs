@@ -464,6 +464,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads the u16 count at `at` (0 when the body is too short: the exact
+/// length check that follows reports that) and checks it against `max`.
+fn count_at(body: &[u8], at: usize, what: &'static str, max: usize) -> Result<usize, WireError> {
+    let n = body
+        .get(at..at + 2)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    if n > max {
+        return Err(WireError::TooLong { what, len: n, max });
+    }
+    Ok(n)
+}
+
 fn expect_len(kind: &'static str, body: &[u8], expected: usize) -> Result<(), WireError> {
     if body.len() == expected {
         Ok(())
@@ -537,14 +549,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
             })
         }
         ty::UPDATE => {
-            let count = usize::from(Reader { buf: body }.u16());
-            if count > MAX_UPDATE_ENTRIES {
-                return Err(WireError::TooLong {
-                    what: "update entries",
-                    len: count,
-                    max: MAX_UPDATE_ENTRIES,
-                });
-            }
+            let count = count_at(body, 0, "update entries", MAX_UPDATE_ENTRIES)?;
             expect_len("update", body, 2 + count * ROUTE_ENTRY_LEN)?;
             r.u16();
             let entries = (0..count)
@@ -582,17 +587,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
             })
         }
         ty::REVOCATION => {
-            let count = body
-                .get(16..18)
-                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-                .unwrap_or(0);
-            if count > MAX_REVOKED {
-                return Err(WireError::TooLong {
-                    what: "revoked ids",
-                    len: count,
-                    max: MAX_REVOKED,
-                });
-            }
+            let count = count_at(body, 16, "revoked ids", MAX_REVOKED)?;
             expect_len("revocation", body, 18 + 32 * count + SIGNATURE_LEN)?;
             let epoch = r.u64();
             let issued_ms = r.u64();
@@ -606,17 +601,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
             })
         }
         ty::DATAGRAM => {
-            let len = body
-                .get(65..67)
-                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-                .unwrap_or(0);
-            if len > MAX_PAYLOAD_LEN {
-                return Err(WireError::TooLong {
-                    what: "datagram payload",
-                    len,
-                    max: MAX_PAYLOAD_LEN,
-                });
-            }
+            let len = count_at(body, 65, "datagram payload", MAX_PAYLOAD_LEN)?;
             expect_len("datagram", body, 67 + len)?;
             Message::Datagram {
                 src: r.node(),
