@@ -292,6 +292,9 @@ pub struct Node {
     revocation: Option<RevocationList>,
     /// Updates waiting for their origin's announcement: origin -> (link, entry).
     waiting: DetMap<NodeId, Vec<(LinkId, RouteEntry)>>,
+    /// Neighbours whose seqno request for an origin this node relayed:
+    /// origin -> (link, seqno asked).
+    asked_by: DetMap<NodeId, Vec<(LinkId, Seqno)>>,
     /// Announcements requested and not yet received: (origin, seqno) -> link asked.
     requested: DetMap<(NodeId, u16), LinkId>,
     out: VecDeque<Output>,
@@ -343,6 +346,7 @@ impl Node {
             revocation: None,
             waiting: DetMap::default(),
             requested: DetMap::default(),
+            asked_by: DetMap::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
             // Jitter seeded by the node id: reproducible, and different per node.
@@ -727,6 +731,18 @@ impl Node {
                     note_has(&mut l.peer_has, a.origin, a.seqno);
                 }
                 if accepted == Accepted::New {
+                    // Pass it back to the neighbours whose seqno request we relayed.
+                    if let Some(asked) = self.asked_by.remove(&a.origin) {
+                        let (done, waiting): (Vec<_>, Vec<_>) = asked
+                            .into_iter()
+                            .partition(|(_, s)| !s.is_newer_than(a.seqno));
+                        if !waiting.is_empty() {
+                            self.asked_by.insert(a.origin, waiting);
+                        }
+                        for (l, _) in done {
+                            self.push_announcement(l, a.origin);
+                        }
+                    }
                     // Release the entries that waited for it.
                     let waiting = self.waiting.remove(&a.origin).unwrap_or_default();
                     let (ready, still): (Vec<_>, Vec<_>) = waiting
@@ -781,9 +797,17 @@ impl Node {
                     seqno: sel.seqno,
                     metric: sel.metric,
                 };
+                self.push_announcement(link, origin);
                 self.queue_entry(link, e);
             }
             Some(sel) if hops > 1 && sel.via != link => {
+                // Remember who asked: the new announcement goes back along
+                // the request's path as soon as it arrives, sparing each hop
+                // a fetch round trip while the route is being repaired.
+                let asked = self.asked_by.entry(origin).or_default();
+                if asked.len() < 64 && !asked.iter().any(|(l, s)| *l == link && *s == seqno) {
+                    asked.push((link, seqno));
+                }
                 self.send(
                     sel.via,
                     &Message::SeqnoRequest {
@@ -795,6 +819,25 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// Sends the held announcement of `origin` on `link` unless the peer is
+    /// known to hold it already.
+    fn push_announcement(&mut self, link: LinkId, origin: NodeId) {
+        let Some(a) = self.origins.held(&origin).cloned() else {
+            return;
+        };
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if l.peer_has
+            .get(&origin)
+            .is_some_and(|s| !a.seqno.is_newer_than(*s))
+        {
+            return;
+        }
+        note_has(&mut l.peer_has, origin, a.seqno);
+        self.send(link, &Message::Announcement(a));
     }
 
     fn bump_seqno(&mut self, now: Time) {
