@@ -131,7 +131,6 @@ pub struct LinkLiveness {
     loss: f64,
     srtt_us: Option<f64>,
     health: LinkHealth,
-    dead_at: Option<Time>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +154,6 @@ impl LinkLiveness {
             loss: 0.0,
             srtt_us: None,
             health: LinkHealth::Pending,
-            dead_at: None,
         }
     }
 
@@ -267,7 +265,6 @@ impl LinkLiveness {
         };
         if now >= rx.at + self.timeout {
             self.health = LinkHealth::Dead;
-            self.dead_at = Some(now);
             return true;
         }
         false

@@ -514,10 +514,11 @@ impl Node {
             self.queue_entry(link, e);
         }
         // The first hello goes out at once.
-        self.handle_timeout_for(now, link);
+        self.send_hello(now, link);
     }
 
-    fn handle_timeout_for(&mut self, now: Time, link: LinkId) {
+    /// Sends a hello on one link now, outside the node-wide hello timer.
+    fn send_hello(&mut self, now: Time, link: LinkId) {
         let cfg = self.cfg.liveness.clone();
         if let Some(l) = self.links.get_mut(&link) {
             let h = l.live.hello(now, &cfg);
@@ -657,7 +658,7 @@ impl Node {
             // whenever our next hello is due. Links that get costs at
             // scattered times make routes form over whichever came first and
             // then improve many times over.
-            self.handle_timeout_for(now, link);
+            self.send_hello(now, link);
         }
         if significant {
             let changes = self.table.set_link_cost(link, cost);

@@ -388,7 +388,6 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
         .iter()
         .filter(|(b, p)| got.contains(&(*b, p.clone())))
         .count();
-    // Sim events before the probes were sent are in `records()[..probe_records]`.
     let mut unreachable = 0;
     let mut checked = 0;
     'pairs: for &src in &live_nodes {
