@@ -2,6 +2,9 @@
 //!
 //! - [`envelope`]: the event envelope (CloudEvents 1.0 attribute names) and
 //!   its strict, bounded parser.
+//! - [`schema`]: JSON Schema per (event type, version), validation with the
+//!   exact instance path and rule, upcasters.
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod schema;
