@@ -17,14 +17,14 @@ use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey, SignatureError}
 use crate::DetMap;
 use crate::liveness::{HelloTimer, LinkHealth, LinkLiveness, LivenessConfig};
 use crate::origin::{
-    Accepted, Arrival, Directory, OriginPolicy, OriginStore, Refusal, SignatureCheck,
-    sign_announcement,
+    Accepted, Arrival, Directory, OriginPolicy, OriginStore, OwnOrigin, ProofOutcome, Refusal,
+    SignatureCheck,
 };
 use crate::route::{Change, LinkId, RouteTable};
 use crate::time::Time;
 use crate::wire::{
     Announcement, Decoded, Hello, MAX_UPDATE_ENTRIES, Message, Metric, RevocationList, RouteEntry,
-    Seqno, WireError, decode_frame,
+    Seqno, SeqnoProof, WireError, decode_frame,
 };
 
 /// Node settings.
@@ -281,7 +281,7 @@ const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
 /// One mesh node.
 pub struct Node {
     id: NodeId,
-    key: Arc<CompositeSigningKey>,
+    own: OwnOrigin,
     cfg: NodeConfig,
     seqno: Seqno,
     links: BTreeMap<LinkId, Link>,
@@ -297,6 +297,8 @@ pub struct Node {
     asked_by: DetMap<NodeId, Vec<(LinkId, Seqno)>>,
     /// Announcements requested and not yet received: (origin, seqno) -> link asked.
     requested: DetMap<(NodeId, u16), LinkId>,
+    /// Seqno requests relayed towards an origin: origin -> (seqno, when).
+    relayed: DetMap<NodeId, (Seqno, Time)>,
     out: VecDeque<Output>,
     stats: Stats,
     hellos: HelloTimer,
@@ -331,12 +333,14 @@ impl Node {
     ) -> Result<Self, SignatureError> {
         let id = NodeId::of(key.public_key());
         let mut origins = OriginStore::new(directory, check.clone(), cfg.origin);
-        let own = sign_announcement(&key, Seqno(0), cfg.epoch, cfg.unix_ms_at_zero)?;
+        let own = OwnOrigin::new(key, cfg.epoch, Seqno(0), cfg.unix_ms_at_zero)?;
         // Our own announcement is held like any other, so neighbours can fetch it.
-        let _ = origins.offer(&own, Arrival::Fetched, cfg.unix_ms_at_zero);
+        if let Some(a) = own.announcement(Seqno(0)) {
+            let _ = origins.offer(&a, Arrival::Fetched, cfg.unix_ms_at_zero);
+        }
         Ok(Self {
             id,
-            key,
+            own,
             seqno: Seqno(0),
             links: BTreeMap::new(),
             table: RouteTable::new(id),
@@ -346,6 +350,7 @@ impl Node {
             revocation: None,
             waiting: DetMap::default(),
             requested: DetMap::default(),
+            relayed: DetMap::default(),
             asked_by: DetMap::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -606,18 +611,31 @@ impl Node {
                 seqno,
                 hop_count,
             } => self.on_seqno_request(now, link, origin, seqno, hop_count),
-            Message::AnnouncementRequest { origin, seqno } => {
+            Message::AnnouncementRequest {
+                origin,
+                seqno,
+                have,
+            } => {
                 if let Some(a) = self.origins.held(&origin)
                     && (a.seqno == seqno || a.seqno.is_newer_than(seqno))
                 {
-                    let a = a.clone();
+                    // The proof alone when the asker holds the right certificate.
+                    let msg = if have == Some(a.cert.cert_ref()) {
+                        self.origins.proof(&origin).map(Message::SeqnoProof)
+                    } else {
+                        Some(Message::Announcement(a.clone()))
+                    };
+                    let held = a.seqno;
                     if let Some(l) = self.links.get_mut(&link) {
-                        note_has(&mut l.peer_has, a.origin, a.seqno);
+                        note_has(&mut l.peer_has, origin, held);
                     }
-                    self.send(link, &Message::Announcement(a));
+                    if let Some(msg) = msg {
+                        self.send(link, &msg);
+                    }
                 }
             }
             Message::Announcement(a) => self.on_announcement(now, link, a),
+            Message::SeqnoProof(p) => self.on_seqno_proof(link, p),
             Message::Revocation(list) => self.on_revocation(link, list),
             Message::Datagram {
                 src,
@@ -693,11 +711,13 @@ impl Node {
                     self.requested.entry((e.origin, e.seqno.0))
                 {
                     v.insert(link);
+                    let have = self.origins.held(&e.origin).map(|a| a.cert.cert_ref());
                     self.send(
                         link,
                         &Message::AnnouncementRequest {
                             origin: e.origin,
                             seqno: e.seqno,
+                            have,
                         },
                     );
                 }
@@ -720,7 +740,8 @@ impl Node {
     }
 
     fn on_announcement(&mut self, now: Time, link: LinkId, a: Announcement) {
-        let requested = self.requested.remove(&(a.origin, a.seqno.0)).is_some();
+        let origin = *a.origin();
+        let requested = self.requested.remove(&(origin, a.seqno.0)).is_some();
         let arrival = if requested {
             Arrival::Fetched
         } else {
@@ -729,44 +750,72 @@ impl Node {
         match self.origins.offer(&a, arrival, self.unix_ms(now)) {
             Ok(accepted) => {
                 if let Some(l) = self.links.get_mut(&link) {
-                    note_has(&mut l.peer_has, a.origin, a.seqno);
+                    note_has(&mut l.peer_has, origin, a.seqno);
                 }
                 if accepted == Accepted::New {
-                    // Pass it back to the neighbours whose seqno request we relayed.
-                    if let Some(asked) = self.asked_by.remove(&a.origin) {
-                        let (done, waiting): (Vec<_>, Vec<_>) = asked
-                            .into_iter()
-                            .partition(|(_, s)| !s.is_newer_than(a.seqno));
-                        if !waiting.is_empty() {
-                            self.asked_by.insert(a.origin, waiting);
-                        }
-                        for (l, _) in done {
-                            self.push_announcement(l, a.origin);
-                        }
-                    }
-                    // Release the entries that waited for it.
-                    let waiting = self.waiting.remove(&a.origin).unwrap_or_default();
-                    let (ready, still): (Vec<_>, Vec<_>) = waiting
-                        .into_iter()
-                        .partition(|(_, e)| !e.seqno.is_newer_than(a.seqno));
-                    if !still.is_empty() {
-                        self.waiting.insert(a.origin, still);
-                    }
-                    for (via, e) in ready {
-                        if self.links.contains_key(&via) {
-                            self.on_entry(via, e);
-                        }
-                    }
+                    self.on_new_seqno(origin, a.seqno);
                 }
             }
-            Err(reason) => {
-                self.event(Event::AnnouncementRefused {
-                    origin: a.origin,
-                    reason,
-                });
-                if let Some(v) = self.waiting.get_mut(&a.origin) {
-                    v.retain(|(via, e)| !(*via == link && e.seqno == a.seqno));
+            Err(reason) => self.refused_announcement(link, origin, a.seqno, reason),
+        }
+    }
+
+    fn on_seqno_proof(&mut self, link: LinkId, p: SeqnoProof) {
+        match self.origins.offer_proof(&p) {
+            Ok(outcome) => {
+                if outcome != ProofOutcome::NeedCert
+                    && let Some(l) = self.links.get_mut(&link)
+                {
+                    note_has(&mut l.peer_has, p.origin, p.seqno);
                 }
+                if outcome == ProofOutcome::New {
+                    self.requested.remove(&(p.origin, p.seqno.0));
+                    self.on_new_seqno(p.origin, p.seqno);
+                }
+                // NeedCert: the update naming the seqno will fetch the
+                // whole announcement.
+            }
+            Err(reason) => self.refused_announcement(link, p.origin, p.seqno, reason),
+        }
+    }
+
+    fn refused_announcement(
+        &mut self,
+        link: LinkId,
+        origin: NodeId,
+        seqno: Seqno,
+        reason: Refusal,
+    ) {
+        self.event(Event::AnnouncementRefused { origin, reason });
+        if let Some(v) = self.waiting.get_mut(&origin) {
+            v.retain(|(via, e)| !(*via == link && e.seqno == seqno));
+        }
+    }
+
+    /// A newer seqno of `origin` is verified: pass it to the neighbours
+    /// whose seqno request we relayed, and release the entries waiting for it.
+    fn on_new_seqno(&mut self, origin: NodeId, seqno: Seqno) {
+        if let Some(asked) = self.asked_by.remove(&origin) {
+            let (done, waiting): (Vec<_>, Vec<_>) = asked
+                .into_iter()
+                .partition(|(_, s)| !s.is_newer_than(seqno));
+            if !waiting.is_empty() {
+                self.asked_by.insert(origin, waiting);
+            }
+            for (l, _) in done {
+                self.push_announcement(l, origin);
+            }
+        }
+        let waiting = self.waiting.remove(&origin).unwrap_or_default();
+        let (ready, still): (Vec<_>, Vec<_>) = waiting
+            .into_iter()
+            .partition(|(_, e)| !e.seqno.is_newer_than(seqno));
+        if !still.is_empty() {
+            self.waiting.insert(origin, still);
+        }
+        for (via, e) in ready {
+            if self.links.contains_key(&via) {
+                self.on_entry(via, e);
             }
         }
     }
@@ -809,6 +858,15 @@ impl Node {
                 if asked.len() < 64 && !asked.iter().any(|(l, s)| *l == link && *s == seqno) {
                     asked.push((link, seqno));
                 }
+                // A request for the same or an older seqno relayed recently
+                // is on its way already (RFC 8966 §3.8.1.2): after a mass
+                // failure many nodes ask for the same origin at once.
+                if self.relayed.get(&origin).is_some_and(|&(s, at)| {
+                    !seqno.is_newer_than(s) && now < at + SEQNO_REQUEST_SPACING
+                }) {
+                    return;
+                }
+                self.relayed.insert(origin, (seqno, now));
                 self.send(
                     sel.via,
                     &Message::SeqnoRequest {
@@ -823,27 +881,30 @@ impl Node {
     }
 
     /// Sends the held announcement of `origin` on `link` unless the peer is
-    /// known to hold it already.
+    /// known to hold it already: the proof alone if the peer holds an
+    /// announcement of the origin (so most likely its certificate),
+    /// otherwise the whole announcement.
     fn push_announcement(&mut self, link: LinkId, origin: NodeId) {
-        let Some(a) = self.origins.held(&origin).cloned() else {
+        let Some(a) = self.origins.held(&origin) else {
             return;
         };
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        if l.peer_has
-            .get(&origin)
-            .is_some_and(|s| !a.seqno.is_newer_than(*s))
-        {
-            return;
-        }
+        let msg = match l.peer_has.get(&origin) {
+            Some(s) if !a.seqno.is_newer_than(*s) => return,
+            Some(_) => self.origins.proof(&origin).map(Message::SeqnoProof),
+            None => Some(Message::Announcement(a.clone())),
+        };
         note_has(&mut l.peer_has, origin, a.seqno);
-        self.send(link, &Message::Announcement(a));
+        if let Some(msg) = msg {
+            self.send(link, &msg);
+        }
     }
 
     fn bump_seqno(&mut self, now: Time) {
         let next = self.seqno.next();
-        match sign_announcement(&self.key, next, self.cfg.epoch, self.unix_ms(now)) {
+        match self.own.advance(next, self.unix_ms(now)) {
             Ok(a) => {
                 self.stats.seqno_bumps += 1;
                 self.seqno = next;
@@ -1105,13 +1166,12 @@ impl Node {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        // The signature travels with a seqno change, from the origin to its
-        // neighbours; everyone further away fetches it on demand from the
-        // neighbour that advertised the new seqno. Relays pushing it too
-        // would deliver one copy per link instead of one per node: with
-        // many origins bumping seqnos after a mass failure that was ~400 KB
-        // per node in an 80-node simulation.
-        if e.origin == self.id
+        // A seqno change travels with its proof (a 32-byte chain element)
+        // to every neighbour known to hold an older announcement of the
+        // origin, ahead of the entry, so the entry is usable on arrival.
+        // Whole certificates are not pushed by relays: a neighbour without
+        // one fetches it once from whoever advertised the route.
+        if !e.metric.is_infinite()
             && l.peer_has
                 .get(&e.origin)
                 .is_some_and(|s| e.seqno.is_newer_than(*s))
@@ -1126,10 +1186,10 @@ impl Node {
     /// Sends the queued announcements and route entries of every link once
     /// [`NodeConfig::update_delay`] has passed since the first was queued.
     ///
-    /// An announcement is pushed only while fresh (signed less than half
-    /// the skew window ago: a seqno change on its way through the mesh).
-    /// An older one is left for the peer to fetch, since peers refuse
-    /// stale pushed announcements as replays.
+    /// Queued seqno changes go as proofs, except that an origin pushes a
+    /// certificate it has just signed whole (while fresh: less than half
+    /// the skew window old, since peers refuse stale pushed certificates
+    /// as replays).
     fn flush(&mut self, now: Time) {
         let queued = self
             .links
@@ -1160,14 +1220,20 @@ impl Node {
             let anns = std::mem::take(&mut l.pending_ann);
             let entries = std::mem::take(&mut l.pending);
             for origin in anns {
-                let Some(a) = self.origins.held(&origin).cloned() else {
+                let Some(a) = self.origins.held(&origin) else {
                     continue;
                 };
-                if a.timestamp_ms.saturating_add(fresh_ms) >= now_ms {
+                let new_cert = origin == self.id && a.seqno == a.cert.base;
+                if !new_cert {
+                    if let Some(p) = self.origins.proof(&origin) {
+                        self.send(link, &Message::SeqnoProof(p));
+                    }
+                } else if a.cert.timestamp_ms.saturating_add(fresh_ms) >= now_ms {
+                    let a = a.clone();
                     self.send(link, &Message::Announcement(a));
                 } else if let Some(l) = self.links.get_mut(&link) {
                     // Too old to push: the peer will fetch it.
-                    l.peer_has.remove(&a.origin);
+                    l.peer_has.remove(&origin);
                 }
             }
             let mut entries: Vec<RouteEntry> = entries.into_values().collect();

@@ -1,17 +1,26 @@
 //! Signed route origins: which (origin, epoch, seqno) announcements a node
 //! accepts, verified once and cached, with every refusal counted by reason.
 //!
-//! Rules, in order:
+//! An announcement is an origin certificate (signed once per seqno chain,
+//! see [`crate::chain`]) plus the chain element proving one seqno. Rules
+//! for a whole announcement, in order:
 //! 1. the origin must be enrolled (its public key is in the [`Directory`]);
 //! 2. it must not be revoked;
 //! 3. `(epoch, seqno)` must not be older than the announcement held for it
 //!    (an equal one is a duplicate and costs nothing);
-//! 4. the timestamp must not be more than [`OriginPolicy::max_skew`] in the
-//!    future; an announcement *pushed* with a seqno change must also not be
-//!    older than `max_skew` (it was just signed). One *fetched* on request
-//!    may be older: the origin signs only when its seqno changes, so a node
-//!    joining later asks for announcements signed long ago;
-//! 5. the composite signature must verify.
+//! 4. the certificate's timestamp must not be more than
+//!    [`OriginPolicy::max_skew`] in the future; a certificate *pushed* by
+//!    its origin must also not be older than `max_skew` (it was just
+//!    signed). One *fetched* on request may be older: a node joining later
+//!    asks for certificates signed long ago;
+//! 5. the composite signature must verify (skipped when the certificate is
+//!    the one already held), and the chain element must lead to the anchor
+//!    (or to the element already held, which costs fewer hashes).
+//!
+//! A [`SeqnoProof`] alone raises the seqno under the certificate held: it
+//! must be newer, covered by that certificate, and its element must lead
+//! to the one held. Its freshness needs no timestamp: nobody but the
+//! origin can compute an element before the origin reveals it.
 //!
 //! Verification is deterministic, so a [`SignatureCheck`] may memoize
 //! results across nodes (the simulator does), keeping the cost at one
@@ -22,9 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_crypto::NodeId;
-use weft_crypto::sign::{CompositePublicKey, CompositeSignature};
+use weft_crypto::sign::{
+    CompositePublicKey, CompositeSignature, CompositeSigningKey, SignatureError,
+};
 
-use crate::wire::{Announcement, Seqno};
+use crate::chain::{self, CHAIN_LEN, Chain};
+use crate::wire::{Announcement, OriginCert, Seqno, SeqnoProof};
 
 /// Public keys of the enrolled nodes (from the control plane).
 pub trait Directory: Send + Sync {
@@ -58,11 +70,17 @@ pub trait SignatureCheck: Send + Sync {
         signature: &[u8],
     ) -> bool;
 
-    /// A shared copy of an accepted announcement. A node keeps one per
+    /// A shared copy of an accepted certificate. A node keeps one per
     /// origin (3.4 KB each, mostly signature); a simulator running many
     /// nodes returns the same copy to all of them.
-    fn share(&self, a: &Announcement) -> Arc<Announcement> {
-        Arc::new(a.clone())
+    fn share_cert(&self, cert: &Arc<OriginCert>) -> Arc<OriginCert> {
+        cert.clone()
+    }
+
+    /// A shared copy of an accepted announcement (its certificate already
+    /// shared), for the same reason.
+    fn share(&self, a: Announcement) -> Arc<Announcement> {
+        Arc::new(a)
     }
 }
 
@@ -93,7 +111,7 @@ pub enum Refusal {
     RevokedOrigin,
     /// Older `(epoch, seqno)` than held, or a timestamp outside the window.
     Replayed,
-    /// The signature does not verify.
+    /// The signature or the seqno proof does not verify.
     Forged,
 }
 
@@ -125,6 +143,19 @@ pub enum Accepted {
     New,
     /// The same as the one held.
     Duplicate,
+}
+
+/// Outcome of offering a [`SeqnoProof`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofOutcome {
+    /// The held seqno rose.
+    New,
+    /// Not newer than the seqno held: nothing to do (proofs race along
+    /// several paths, so this is normal and not counted as a replay).
+    Stale,
+    /// The proof is for a certificate this node does not hold: it must
+    /// fetch the whole announcement.
+    NeedCert,
 }
 
 /// Policy knobs.
@@ -178,47 +209,156 @@ impl OriginStore {
     ) -> Result<Accepted, Refusal> {
         let result = self.judge(a, arrival, now_unix_ms);
         match result {
-            Ok(Accepted::New) => {
-                self.held.insert(a.origin, self.check.share(a));
+            Ok(Some(cert)) => {
+                let shared = self.check.share(Announcement {
+                    cert,
+                    seqno: a.seqno,
+                    proof: a.proof,
+                });
+                self.held.insert(*a.origin(), shared);
+                Ok(Accepted::New)
             }
-            Err(r) => *self.refused.entry(r).or_default() += 1,
-            Ok(Accepted::Duplicate) => {}
+            Ok(None) => Ok(Accepted::Duplicate),
+            Err(r) => {
+                *self.refused.entry(r).or_default() += 1;
+                Err(r)
+            }
         }
-        result
     }
 
-    fn judge(&self, a: &Announcement, arrival: Arrival, now_ms: u64) -> Result<Accepted, Refusal> {
+    /// The origin's key, if it is enrolled and not revoked.
+    fn admit(&self, origin: &NodeId) -> Result<CompositePublicKey, Refusal> {
         let key = self
             .directory
-            .public_key(&a.origin)
+            .public_key(origin)
             .ok_or(Refusal::UnknownOrigin)?;
-        if self.revoked.contains(&a.origin) {
+        if self.revoked.contains(origin) {
             return Err(Refusal::RevokedOrigin);
         }
-        if let Some(h) = self.held.get(&a.origin) {
+        Ok(key)
+    }
+
+    /// `Ok(Some(cert))` to accept (with the certificate to keep),
+    /// `Ok(None)` for a duplicate.
+    fn judge(
+        &self,
+        a: &Announcement,
+        arrival: Arrival,
+        now_ms: u64,
+    ) -> Result<Option<Arc<OriginCert>>, Refusal> {
+        let key = self.admit(a.origin())?;
+        let held = self.held.get(a.origin());
+        if let Some(h) = held {
             if **h == *a {
-                return Ok(Accepted::Duplicate);
+                return Ok(None);
             }
-            let newer = a.epoch > h.epoch || (a.epoch == h.epoch && a.seqno.is_newer_than(h.seqno));
+            let newer = a.cert.epoch > h.cert.epoch
+                || (a.cert.epoch == h.cert.epoch && a.seqno.is_newer_than(h.seqno));
             if !newer {
                 return Err(Refusal::Replayed);
             }
         }
+        let Some(offset) = a.cert.offset_of(a.seqno) else {
+            // Only a forger sends a seqno its certificate does not cover.
+            return Err(Refusal::Forged);
+        };
+        let same_cert = held.filter(|h| h.cert == a.cert);
+        if let Some(h) = same_cert {
+            // The certificate is verified already; only the chain is new.
+            let known = h.cert.offset_of(h.seqno).unwrap_or(0);
+            return if chain::verify_from(
+                a.origin(),
+                h.cert.chain_len,
+                offset,
+                &a.proof,
+                known,
+                &h.proof,
+            ) {
+                Ok(Some(h.cert.clone()))
+            } else {
+                Err(Refusal::Forged)
+            };
+        }
         let skew = u64::try_from(self.policy.max_skew.as_millis()).unwrap_or(u64::MAX);
-        if a.timestamp_ms > now_ms.saturating_add(skew) {
+        if a.cert.timestamp_ms > now_ms.saturating_add(skew) {
             return Err(Refusal::Replayed);
         }
-        if arrival == Arrival::Pushed && a.timestamp_ms.saturating_add(skew) < now_ms {
+        if arrival == Arrival::Pushed && a.cert.timestamp_ms.saturating_add(skew) < now_ms {
             return Err(Refusal::Replayed);
         }
-        let msg = Announcement::signed_bytes(&a.origin, a.seqno, a.epoch, a.timestamp_ms);
-        if !self
-            .check
-            .verify(&key, &msg, Announcement::CONTEXT, &a.signature[..])
-        {
+        if !chain::verify(
+            a.origin(),
+            &a.cert.anchor,
+            a.cert.chain_len,
+            offset,
+            &a.proof,
+        ) {
             return Err(Refusal::Forged);
         }
-        Ok(Accepted::New)
+        if !self.check.verify(
+            &key,
+            &a.cert.signed_bytes(),
+            OriginCert::CONTEXT,
+            &a.cert.signature[..],
+        ) {
+            return Err(Refusal::Forged);
+        }
+        Ok(Some(self.check.share_cert(&a.cert)))
+    }
+
+    /// Offers a seqno proof for the certificate held.
+    pub fn offer_proof(&mut self, p: &SeqnoProof) -> Result<ProofOutcome, Refusal> {
+        let result = self.judge_proof(p);
+        match result {
+            Ok(ProofOutcome::New) => {
+                if let Some(h) = self.held.get(&p.origin) {
+                    let shared = self.check.share(Announcement {
+                        cert: h.cert.clone(),
+                        seqno: p.seqno,
+                        proof: p.proof,
+                    });
+                    self.held.insert(p.origin, shared);
+                }
+            }
+            Err(r) => *self.refused.entry(r).or_default() += 1,
+            Ok(_) => {}
+        }
+        result
+    }
+
+    fn judge_proof(&self, p: &SeqnoProof) -> Result<ProofOutcome, Refusal> {
+        self.admit(&p.origin)?;
+        let Some(h) = self.held.get(&p.origin) else {
+            return Ok(ProofOutcome::NeedCert);
+        };
+        if h.cert.cert_ref() != p.cert {
+            let older = p.cert.epoch < h.cert.epoch
+                || (p.cert.epoch == h.cert.epoch && !p.seqno.is_newer_than(h.seqno));
+            return Ok(if older {
+                ProofOutcome::Stale
+            } else {
+                ProofOutcome::NeedCert
+            });
+        }
+        if !p.seqno.is_newer_than(h.seqno) {
+            return Ok(ProofOutcome::Stale);
+        }
+        let (Some(offset), Some(known)) = (h.cert.offset_of(p.seqno), h.cert.offset_of(h.seqno))
+        else {
+            return Err(Refusal::Forged);
+        };
+        if chain::verify_from(
+            &p.origin,
+            h.cert.chain_len,
+            offset,
+            &p.proof,
+            known,
+            &h.proof,
+        ) {
+            Ok(ProofOutcome::New)
+        } else {
+            Err(Refusal::Forged)
+        }
     }
 
     /// Whether `origin` is enrolled (its key is in the directory).
@@ -239,6 +379,16 @@ impl OriginStore {
     /// Whether `(origin, seqno)` is covered by a verified announcement.
     pub fn is_verified(&self, origin: &NodeId, seqno: Seqno) -> bool {
         self.held.get(origin).is_some_and(|a| a.seqno == seqno)
+    }
+
+    /// The proof of the held seqno of `origin`, for a peer holding its certificate.
+    pub fn proof(&self, origin: &NodeId) -> Option<SeqnoProof> {
+        self.held.get(origin).map(|a| SeqnoProof {
+            origin: *origin,
+            cert: a.cert.cert_ref(),
+            seqno: a.seqno,
+            proof: a.proof,
+        })
     }
 
     /// Marks `origin` revoked and forgets its announcement.
@@ -267,34 +417,112 @@ impl std::fmt::Debug for OriginStore {
     }
 }
 
-/// Signs an announcement for `key`'s node.
-pub fn sign_announcement(
-    key: &weft_crypto::sign::CompositeSigningKey,
-    seqno: Seqno,
+/// A node's own origin: its current certificate and the chain behind it.
+pub struct OwnOrigin {
+    key: Arc<CompositeSigningKey>,
     epoch: u32,
-    timestamp_ms: u64,
-) -> Result<Announcement, weft_crypto::sign::SignatureError> {
+    chain: Chain,
+    cert: Arc<OriginCert>,
+}
+
+impl OwnOrigin {
+    /// Signs a first certificate with base `seqno` at `now_ms`.
+    pub fn new(
+        key: Arc<CompositeSigningKey>,
+        epoch: u32,
+        seqno: Seqno,
+        now_ms: u64,
+    ) -> Result<Self, SignatureError> {
+        let (chain, cert) = sign_cert(&key, epoch, seqno, CHAIN_LEN, now_ms)?;
+        Ok(Self {
+            key,
+            epoch,
+            chain,
+            cert: Arc::new(cert),
+        })
+    }
+
+    /// The current certificate.
+    pub fn cert(&self) -> &Arc<OriginCert> {
+        &self.cert
+    }
+
+    /// The announcement of `seqno`, if the current certificate covers it.
+    pub fn announcement(&self, seqno: Seqno) -> Option<Announcement> {
+        let proof = self.chain.proof(self.cert.offset_of(seqno)?)?;
+        Some(Announcement {
+            cert: self.cert.clone(),
+            seqno,
+            proof,
+        })
+    }
+
+    /// The announcement of `seqno`, signing a new certificate based at
+    /// `seqno` when the current chain does not reach it.
+    pub fn advance(&mut self, seqno: Seqno, now_ms: u64) -> Result<Announcement, SignatureError> {
+        if let Some(a) = self.announcement(seqno) {
+            return Ok(a);
+        }
+        let (chain, cert) = sign_cert(&self.key, self.epoch, seqno, CHAIN_LEN, now_ms)?;
+        self.chain = chain;
+        self.cert = Arc::new(cert);
+        Ok(Announcement {
+            cert: self.cert.clone(),
+            seqno,
+            proof: self.chain.anchor(),
+        })
+    }
+}
+
+impl std::fmt::Debug for OwnOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnOrigin")
+            .field("cert", &self.cert.cert_ref())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a seqno chain of `chain_len` steps for `key`'s node and signs a
+/// certificate for it with base `base`. The chain's seed is derived from
+/// the key, the epoch, the base and the time, so it is secret, and never
+/// reused for another certificate.
+pub fn sign_cert(
+    key: &CompositeSigningKey,
+    epoch: u32,
+    base: Seqno,
+    chain_len: u16,
+    now_ms: u64,
+) -> Result<(Chain, OriginCert), SignatureError> {
     let origin = NodeId::of(key.public_key());
-    let msg = Announcement::signed_bytes(&origin, seqno, epoch, timestamp_ms);
-    let sig = key.sign(&msg, Announcement::CONTEXT)?;
-    Ok(Announcement {
+    let mut label = Vec::with_capacity(64);
+    label.extend_from_slice(b"seqno-chain");
+    label.extend_from_slice(&epoch.to_be_bytes());
+    label.extend_from_slice(&base.0.to_be_bytes());
+    label.extend_from_slice(&now_ms.to_be_bytes());
+    let chain = Chain::new(&origin, key.derive_secret(&label), chain_len);
+    let mut cert = OriginCert {
         origin,
-        seqno,
         epoch,
-        timestamp_ms,
-        signature: Box::new(*sig.as_bytes()),
-    })
+        base,
+        chain_len,
+        anchor: chain.anchor(),
+        timestamp_ms: now_ms,
+        signature: Box::new([0; weft_crypto::sign::SIGNATURE_LEN]),
+    };
+    let sig = key.sign(&cert.signed_bytes(), OriginCert::CONTEXT)?;
+    cert.signature = Box::new(*sig.as_bytes());
+    Ok((chain, cert))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_crypto::sign::CompositeSigningKey;
+    use crate::wire::CertRef;
 
     const NOW: u64 = 1_800_000_000_000;
 
-    fn setup() -> (CompositeSigningKey, OriginStore) {
-        let key = CompositeSigningKey::generate().unwrap();
+    fn setup() -> (Arc<CompositeSigningKey>, OriginStore) {
+        let key = Arc::new(CompositeSigningKey::generate().unwrap());
         let mut dir = HashMap::new();
         dir.insert(NodeId::of(key.public_key()), key.public_key().clone());
         let store = OriginStore::new(
@@ -305,33 +533,97 @@ mod tests {
         (key, store)
     }
 
+    fn own(key: &Arc<CompositeSigningKey>, epoch: u32, base: u16, at: u64) -> OwnOrigin {
+        OwnOrigin::new(key.clone(), epoch, Seqno(base), at).unwrap()
+    }
+
     #[test]
     fn accepts_fresh_and_newer_announcements_once() {
         let (key, mut s) = setup();
-        let a1 = sign_announcement(&key, Seqno(1), 1, NOW).unwrap();
+        let mut o = own(&key, 1, 1, NOW);
+        let a1 = o.announcement(Seqno(1)).unwrap();
         assert_eq!(s.offer(&a1, Arrival::Pushed, NOW), Ok(Accepted::New));
         assert_eq!(s.offer(&a1, Arrival::Pushed, NOW), Ok(Accepted::Duplicate));
-        assert!(s.is_verified(&a1.origin, Seqno(1)));
-        let a2 = sign_announcement(&key, Seqno(2), 1, NOW + 5).unwrap();
+        assert!(s.is_verified(a1.origin(), Seqno(1)));
+        // A raise under the same certificate: no new signature.
+        let a2 = o.advance(Seqno(2), NOW + 5).unwrap();
+        assert!(Arc::ptr_eq(&a2.cert, &a1.cert));
         assert_eq!(s.offer(&a2, Arrival::Pushed, NOW + 10), Ok(Accepted::New));
+        // Past the chain's end a new certificate is signed.
+        let far = Seqno(1 + CHAIN_LEN + 1);
+        let a3 = o.advance(far, NOW + 20).unwrap();
+        assert_eq!(a3.cert.base, far);
+        assert_eq!(s.offer(&a3, Arrival::Pushed, NOW + 20), Ok(Accepted::New));
         // A new boot epoch resets seqnos.
-        let b = sign_announcement(&key, Seqno(0), 2, NOW + 20).unwrap();
-        assert_eq!(s.offer(&b, Arrival::Pushed, NOW + 20), Ok(Accepted::New));
+        let b = own(&key, 2, 0, NOW + 30).announcement(Seqno(0)).unwrap();
+        assert_eq!(s.offer(&b, Arrival::Pushed, NOW + 30), Ok(Accepted::New));
+    }
+
+    #[test]
+    fn seqno_proofs_raise_the_held_seqno_under_the_same_certificate() {
+        let (key, mut s) = setup();
+        let mut o = own(&key, 1, 10, NOW);
+        let a = o.announcement(Seqno(10)).unwrap();
+        let origin = *a.origin();
+        let proof_of = |a: &Announcement| SeqnoProof {
+            origin,
+            cert: a.cert.cert_ref(),
+            seqno: a.seqno,
+            proof: a.proof,
+        };
+        // Without the certificate, a proof cannot be judged.
+        let a12 = o.advance(Seqno(12), NOW).unwrap();
+        assert_eq!(s.offer_proof(&proof_of(&a12)), Ok(ProofOutcome::NeedCert));
+        s.offer(&a, Arrival::Fetched, NOW).unwrap();
+        assert_eq!(s.offer_proof(&proof_of(&a12)), Ok(ProofOutcome::New));
+        assert!(s.is_verified(&origin, Seqno(12)));
+        assert_eq!(s.proof(&origin), Some(proof_of(&a12)));
+        // Older or equal: stale, not a refusal.
+        let a11 = o.announcement(Seqno(11)).unwrap();
+        assert_eq!(s.offer_proof(&proof_of(&a11)), Ok(ProofOutcome::Stale));
+        assert_eq!(s.offer_proof(&proof_of(&a12)), Ok(ProofOutcome::Stale));
+        // A guessed element for a newer seqno is forged.
+        let mut guess = proof_of(&o.announcement(Seqno(13)).unwrap());
+        guess.proof[0] ^= 1;
+        assert_eq!(s.offer_proof(&guess), Err(Refusal::Forged));
+        // An element claimed for another seqno than its own is forged.
+        let mut shifted = proof_of(&o.announcement(Seqno(13)).unwrap());
+        shifted.seqno = Seqno(14);
+        assert_eq!(s.offer_proof(&shifted), Err(Refusal::Forged));
+        // Past the certificate's range: forged.
+        let mut beyond = proof_of(&a12);
+        beyond.seqno = Seqno(10 + CHAIN_LEN + 1);
+        assert_eq!(s.offer_proof(&beyond), Err(Refusal::Forged));
+        // A proof under another (newer) certificate needs that certificate.
+        let mut other = proof_of(&a12);
+        other.cert = CertRef {
+            epoch: 2,
+            base: Seqno(0),
+        };
+        other.seqno = Seqno(1);
+        assert_eq!(s.offer_proof(&other), Ok(ProofOutcome::NeedCert));
+        assert_eq!(s.refused(Refusal::Forged), 3);
+        assert_eq!(s.refused(Refusal::Replayed), 0);
     }
 
     #[test]
     fn refuses_forged_replayed_unknown_and_revoked() {
         let (key, mut s) = setup();
-        let a2 = sign_announcement(&key, Seqno(2), 1, NOW).unwrap();
+        let o = own(&key, 1, 2, NOW);
+        let a2 = o.announcement(Seqno(2)).unwrap();
         s.offer(&a2, Arrival::Pushed, NOW).unwrap();
 
-        // Replay of an older seqno.
-        let a1 = sign_announcement(&key, Seqno(1), 1, NOW).unwrap();
+        // Replay of an older seqno (another certificate based lower).
+        let a1 = own(&key, 1, 1, NOW).announcement(Seqno(1)).unwrap();
         assert_eq!(s.offer(&a1, Arrival::Fetched, NOW), Err(Refusal::Replayed));
         // Pushed but signed long ago; and from the far future.
-        let old = sign_announcement(&key, Seqno(3), 1, NOW - 61_000).unwrap();
+        let old = own(&key, 1, 3, NOW - 61_000)
+            .announcement(Seqno(3))
+            .unwrap();
         assert_eq!(s.offer(&old, Arrival::Pushed, NOW), Err(Refusal::Replayed));
-        let future = sign_announcement(&key, Seqno(3), 1, NOW + 61_000).unwrap();
+        let future = own(&key, 1, 3, NOW + 61_000)
+            .announcement(Seqno(3))
+            .unwrap();
         assert_eq!(
             s.offer(&future, Arrival::Fetched, NOW),
             Err(Refusal::Replayed)
@@ -339,33 +631,52 @@ mod tests {
         // Fetched on request, an old signature is fine.
         assert_eq!(s.offer(&old, Arrival::Fetched, NOW), Ok(Accepted::New));
 
-        // Forged: a bit flipped, or a seqno changed after signing.
-        let mut forged = sign_announcement(&key, Seqno(9), 1, NOW).unwrap();
-        forged.signature[100] ^= 1;
+        // Forged: a bit flipped in the signature, a field changed after
+        // signing, a wrong chain element, a seqno outside the chain.
+        let o9 = own(&key, 1, 9, NOW);
+        let mut forged = o9.announcement(Seqno(9)).unwrap();
+        let mut c = (*forged.cert).clone();
+        c.signature[100] ^= 1;
+        forged.cert = Arc::new(c);
         assert_eq!(s.offer(&forged, Arrival::Pushed, NOW), Err(Refusal::Forged));
-        let mut bumped = sign_announcement(&key, Seqno(9), 1, NOW).unwrap();
-        bumped.seqno = Seqno(10);
-        assert_eq!(s.offer(&bumped, Arrival::Pushed, NOW), Err(Refusal::Forged));
+        let mut moved = o9.announcement(Seqno(9)).unwrap();
+        let mut c = (*moved.cert).clone();
+        c.base = Seqno(10);
+        moved.cert = Arc::new(c);
+        moved.seqno = Seqno(10);
+        assert_eq!(s.offer(&moved, Arrival::Pushed, NOW), Err(Refusal::Forged));
+        let mut bad_proof = o9.announcement(Seqno(11)).unwrap();
+        bad_proof.proof[5] ^= 1;
+        assert_eq!(
+            s.offer(&bad_proof, Arrival::Pushed, NOW),
+            Err(Refusal::Forged)
+        );
+        let mut outside = o9.announcement(Seqno(9)).unwrap();
+        outside.seqno = Seqno(9 + CHAIN_LEN + 1);
+        assert_eq!(
+            s.offer(&outside, Arrival::Pushed, NOW),
+            Err(Refusal::Forged)
+        );
 
         // Unknown origin: a valid signature by a key that is not enrolled.
-        let stranger = CompositeSigningKey::generate().unwrap();
-        let x = sign_announcement(&stranger, Seqno(1), 1, NOW).unwrap();
+        let stranger = Arc::new(CompositeSigningKey::generate().unwrap());
+        let x = own(&stranger, 1, 1, NOW).announcement(Seqno(1)).unwrap();
         assert_eq!(
             s.offer(&x, Arrival::Pushed, NOW),
             Err(Refusal::UnknownOrigin)
         );
 
         // Revoked.
-        s.revoke(a2.origin);
-        let a11 = sign_announcement(&key, Seqno(11), 1, NOW).unwrap();
+        s.revoke(*a2.origin());
+        let a11 = own(&key, 1, 11, NOW).announcement(Seqno(11)).unwrap();
         assert_eq!(
             s.offer(&a11, Arrival::Pushed, NOW),
             Err(Refusal::RevokedOrigin)
         );
-        assert!(s.held(&a2.origin).is_none());
+        assert!(s.held(a2.origin()).is_none());
 
         assert_eq!(s.refused(Refusal::Replayed), 3);
-        assert_eq!(s.refused(Refusal::Forged), 2);
+        assert_eq!(s.refused(Refusal::Forged), 4);
         assert_eq!(s.refused(Refusal::UnknownOrigin), 1);
         assert_eq!(s.refused(Refusal::RevokedOrigin), 1);
     }

@@ -85,34 +85,101 @@ pub struct RouteEntry {
     pub metric: Metric,
 }
 
-/// What an origin signs about itself: it exists at this seqno.
+/// What an origin signs once per seqno chain: it exists, in this boot
+/// epoch, with route seqnos `base ..= base + chain_len` proven by the
+/// elements of the hash chain ending at `anchor` (see [`crate::chain`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announcement {
+pub struct OriginCert {
     /// The node announcing itself.
     pub origin: NodeId,
-    /// Its route seqno.
-    pub seqno: Seqno,
     /// Its boot epoch (incremented at every start, persisted).
     pub epoch: u32,
+    /// First seqno the chain covers (proven by the anchor itself).
+    pub base: Seqno,
+    /// Seqnos covered beyond `base`.
+    pub chain_len: u16,
+    /// Last element of the seqno hash chain.
+    pub anchor: [u8; 32],
     /// When it signed, unix milliseconds.
     pub timestamp_ms: u64,
-    /// Composite ML-DSA-65+Ed25519 signature over [`Announcement::signed_bytes`].
+    /// Composite ML-DSA-65+Ed25519 signature over [`OriginCert::signed_bytes`].
     pub signature: Box<[u8; SIGNATURE_LEN]>,
 }
 
-impl Announcement {
-    /// Signature context of announcements.
-    pub const CONTEXT: &'static [u8] = b"weft/announcement/v1";
+/// Length of [`OriginCert::signed_bytes`].
+pub const CERT_SIGNED_LEN: usize = 32 + 4 + 2 + 2 + 32 + 8;
 
-    /// The bytes the origin signs: origin, seqno, epoch, timestamp.
-    pub fn signed_bytes(origin: &NodeId, seqno: Seqno, epoch: u32, timestamp_ms: u64) -> [u8; 46] {
-        let mut out = [0u8; 46];
-        out[..32].copy_from_slice(&origin.0);
-        out[32..34].copy_from_slice(&seqno.0.to_be_bytes());
-        out[34..38].copy_from_slice(&epoch.to_be_bytes());
-        out[38..46].copy_from_slice(&timestamp_ms.to_be_bytes());
+impl OriginCert {
+    /// Signature context of origin certificates.
+    pub const CONTEXT: &'static [u8] = b"weft/origin-cert/v1";
+
+    /// The bytes the origin signs: every field but the signature, in wire order.
+    pub fn signed_bytes(&self) -> [u8; CERT_SIGNED_LEN] {
+        let mut out = [0u8; CERT_SIGNED_LEN];
+        out[..32].copy_from_slice(&self.origin.0);
+        out[32..36].copy_from_slice(&self.epoch.to_be_bytes());
+        out[36..38].copy_from_slice(&self.base.0.to_be_bytes());
+        out[38..40].copy_from_slice(&self.chain_len.to_be_bytes());
+        out[40..72].copy_from_slice(&self.anchor);
+        out[72..80].copy_from_slice(&self.timestamp_ms.to_be_bytes());
         out
     }
+
+    /// Which certificate this is, in short.
+    pub fn cert_ref(&self) -> CertRef {
+        CertRef {
+            epoch: self.epoch,
+            base: self.base,
+        }
+    }
+
+    /// The chain offset of `seqno`, if this certificate covers it.
+    pub fn offset_of(&self, seqno: Seqno) -> Option<u16> {
+        let d = seqno.0.wrapping_sub(self.base.0);
+        (d <= self.chain_len).then_some(d)
+    }
+}
+
+/// Names an origin certificate without carrying it: an origin signs at
+/// most one chain per (epoch, base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertRef {
+    /// The certificate's epoch.
+    pub epoch: u32,
+    /// Its base seqno.
+    pub base: Seqno,
+}
+
+/// A route seqno of an origin with its proof: the signed certificate and
+/// the chain element for `seqno`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The origin's certificate (shared: one copy serves every seqno it covers).
+    pub cert: std::sync::Arc<OriginCert>,
+    /// The seqno proven.
+    pub seqno: Seqno,
+    /// Chain element for `seqno` (the anchor itself at `base`).
+    pub proof: [u8; 32],
+}
+
+impl Announcement {
+    /// The announcing node.
+    pub fn origin(&self) -> &NodeId {
+        &self.cert.origin
+    }
+}
+
+/// A seqno proof alone, for a peer that already holds the certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqnoProof {
+    /// The origin.
+    pub origin: NodeId,
+    /// The certificate the proof belongs to.
+    pub cert: CertRef,
+    /// The seqno proven.
+    pub seqno: Seqno,
+    /// Its chain element.
+    pub proof: [u8; 32],
 }
 
 /// A revocation list signed by the trust domain's CA.
@@ -176,15 +243,20 @@ pub enum Message {
         /// Hops left.
         hop_count: u8,
     },
-    /// Ask a neighbour for the signed announcement of (origin, seqno).
+    /// Ask a neighbour for the announcement of (origin, seqno).
     AnnouncementRequest {
         /// The origin.
         origin: NodeId,
         /// Its seqno.
         seqno: Seqno,
+        /// The certificate the asker holds for the origin, if any: when it
+        /// is the right one, the answer is a [`SeqnoProof`] alone.
+        have: Option<CertRef>,
     },
-    /// A signed origin announcement.
+    /// An origin certificate with the proof of one seqno.
     Announcement(Announcement),
+    /// The proof of a newer seqno under a certificate the peer holds.
+    SeqnoProof(SeqnoProof),
     /// A CA-signed revocation list.
     Revocation(RevocationList),
     /// A mesh datagram.
@@ -218,9 +290,14 @@ mod ty {
     pub const REVOCATION: u8 = 6;
     pub const DATAGRAM: u8 = 7;
     pub const UNREACHABLE: u8 = 8;
+    pub const SEQNO_PROOF: u8 = 9;
+    pub const LAST: u8 = SEQNO_PROOF;
 }
 
 const ROUTE_ENTRY_LEN: usize = 32 + 2 + 2;
+const ANNOUNCEMENT_REQUEST_LEN: usize = 32 + 2 + 1 + 4 + 2;
+const ANNOUNCEMENT_LEN: usize = CERT_SIGNED_LEN + SIGNATURE_LEN + 2 + 32;
+const SEQNO_PROOF_LEN: usize = 32 + 4 + 2 + 2 + 32;
 
 impl Message {
     /// Short name for counters and logs.
@@ -231,6 +308,7 @@ impl Message {
             Message::SeqnoRequest { .. } => "seqno_request",
             Message::AnnouncementRequest { .. } => "announcement_request",
             Message::Announcement(_) => "announcement",
+            Message::SeqnoProof(_) => "seqno_proof",
             Message::Revocation(_) => "revocation",
             Message::Datagram { .. } => "datagram",
             Message::Unreachable { .. } => "unreachable",
@@ -244,6 +322,7 @@ impl Message {
             Message::SeqnoRequest { .. } => ty::SEQNO_REQUEST,
             Message::AnnouncementRequest { .. } => ty::ANNOUNCEMENT_REQUEST,
             Message::Announcement(_) => ty::ANNOUNCEMENT,
+            Message::SeqnoProof(_) => ty::SEQNO_PROOF,
             Message::Revocation(_) => ty::REVOCATION,
             Message::Datagram { .. } => ty::DATAGRAM,
             Message::Unreachable { .. } => ty::UNREACHABLE,
@@ -256,8 +335,9 @@ impl Message {
             Message::Hello(_) => 2 + 2 + 4 + 4 + 2,
             Message::Update(entries) => 2 + entries.len() * ROUTE_ENTRY_LEN,
             Message::SeqnoRequest { .. } => 32 + 2 + 1,
-            Message::AnnouncementRequest { .. } => 32 + 2,
-            Message::Announcement(_) => 32 + 2 + 4 + 8 + SIGNATURE_LEN,
+            Message::AnnouncementRequest { .. } => ANNOUNCEMENT_REQUEST_LEN,
+            Message::Announcement(_) => ANNOUNCEMENT_LEN,
+            Message::SeqnoProof(_) => SEQNO_PROOF_LEN,
             Message::Revocation(r) => 8 + 8 + 2 + 32 * r.revoked.len() + SIGNATURE_LEN,
             Message::Datagram { payload, .. } => 32 + 32 + 1 + 2 + payload.len(),
             Message::Unreachable { .. } => 3 * 32,
@@ -314,16 +394,39 @@ impl Message {
                 out.extend_from_slice(&seqno.0.to_be_bytes());
                 out.push(*hop_count);
             }
-            Message::AnnouncementRequest { origin, seqno } => {
+            Message::AnnouncementRequest {
+                origin,
+                seqno,
+                have,
+            } => {
                 out.extend_from_slice(&origin.0);
                 out.extend_from_slice(&seqno.0.to_be_bytes());
+                let (flag, r) = have.map_or(
+                    (
+                        0,
+                        CertRef {
+                            epoch: 0,
+                            base: Seqno(0),
+                        },
+                    ),
+                    |r| (1, r),
+                );
+                out.push(flag);
+                out.extend_from_slice(&r.epoch.to_be_bytes());
+                out.extend_from_slice(&r.base.0.to_be_bytes());
             }
             Message::Announcement(a) => {
-                out.extend_from_slice(&a.origin.0);
+                out.extend_from_slice(&a.cert.signed_bytes());
+                out.extend_from_slice(&a.cert.signature[..]);
                 out.extend_from_slice(&a.seqno.0.to_be_bytes());
-                out.extend_from_slice(&a.epoch.to_be_bytes());
-                out.extend_from_slice(&a.timestamp_ms.to_be_bytes());
-                out.extend_from_slice(&a.signature[..]);
+                out.extend_from_slice(&a.proof);
+            }
+            Message::SeqnoProof(p) => {
+                out.extend_from_slice(&p.origin.0);
+                out.extend_from_slice(&p.cert.epoch.to_be_bytes());
+                out.extend_from_slice(&p.cert.base.0.to_be_bytes());
+                out.extend_from_slice(&p.seqno.0.to_be_bytes());
+                out.extend_from_slice(&p.proof);
             }
             Message::Revocation(r) => {
                 out.extend_from_slice(&r.epoch.to_be_bytes());
@@ -399,6 +502,14 @@ pub enum WireError {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// A field holds a value the format does not allow.
+    #[error("{what} is {value}, which the format does not allow")]
+    BadValue {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
     },
     /// The body length does not match what the type requires.
     #[error("{kind} body is {got} bytes; expected {expected}")]
@@ -503,7 +614,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Decoded, WireError> {
         return Err(WireError::Version(header[0]));
     }
     let kind = header[1];
-    if !(ty::HELLO..=ty::UNREACHABLE).contains(&kind) {
+    if !(ty::HELLO..=ty::LAST).contains(&kind) {
         return Err(WireError::UnknownType(kind));
     }
     let body_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
@@ -570,20 +681,57 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
             }
         }
         ty::ANNOUNCEMENT_REQUEST => {
-            expect_len("announcement request", body, 34)?;
+            expect_len("announcement request", body, ANNOUNCEMENT_REQUEST_LEN)?;
+            let origin = r.node();
+            let seqno = Seqno(r.u16());
+            let flag = r.u8();
+            let cert = CertRef {
+                epoch: r.u32(),
+                base: Seqno(r.u16()),
+            };
+            let have = match flag {
+                0 => None,
+                1 => Some(cert),
+                v => {
+                    return Err(WireError::BadValue {
+                        what: "announcement request certificate flag",
+                        value: u64::from(v),
+                    });
+                }
+            };
             Message::AnnouncementRequest {
-                origin: r.node(),
-                seqno: Seqno(r.u16()),
+                origin,
+                seqno,
+                have,
             }
         }
         ty::ANNOUNCEMENT => {
-            expect_len("announcement", body, 46 + SIGNATURE_LEN)?;
-            Message::Announcement(Announcement {
+            expect_len("announcement", body, ANNOUNCEMENT_LEN)?;
+            let cert = OriginCert {
                 origin: r.node(),
-                seqno: Seqno(r.u16()),
                 epoch: r.u32(),
+                base: Seqno(r.u16()),
+                chain_len: r.u16(),
+                anchor: r.take(),
                 timestamp_ms: r.u64(),
                 signature: r.signature(),
+            };
+            Message::Announcement(Announcement {
+                cert: std::sync::Arc::new(cert),
+                seqno: Seqno(r.u16()),
+                proof: r.take(),
+            })
+        }
+        ty::SEQNO_PROOF => {
+            expect_len("seqno proof", body, SEQNO_PROOF_LEN)?;
+            Message::SeqnoProof(SeqnoProof {
+                origin: r.node(),
+                cert: CertRef {
+                    epoch: r.u32(),
+                    base: Seqno(r.u16()),
+                },
+                seqno: Seqno(r.u16()),
+                proof: r.take(),
             })
         }
         ty::REVOCATION => {
@@ -649,6 +797,13 @@ mod tests {
         })
     }
 
+    fn cert_ref() -> impl Strategy<Value = CertRef> {
+        (any::<u32>(), any::<u16>()).prop_map(|(epoch, base)| CertRef {
+            epoch,
+            base: Seqno(base),
+        })
+    }
+
     fn message() -> impl Strategy<Value = Message> {
         let entry = (node(), any::<u16>(), any::<u16>()).prop_map(|(origin, s, m)| RouteEntry {
             origin,
@@ -680,20 +835,46 @@ mod tests {
                     hop_count,
                 }
             }),
-            (node(), any::<u16>()).prop_map(|(origin, s)| Message::AnnouncementRequest {
-                origin,
-                seqno: Seqno(s)
-            }),
-            (node(), any::<u16>(), any::<u32>(), any::<u64>(), sig()).prop_map(
-                |(origin, s, epoch, timestamp_ms, signature)| {
-                    Message::Announcement(Announcement {
-                        origin,
-                        seqno: Seqno(s),
-                        epoch,
-                        timestamp_ms,
-                        signature,
-                    })
+            (node(), any::<u16>(), proptest::option::of(cert_ref())).prop_map(
+                |(origin, s, have)| Message::AnnouncementRequest {
+                    origin,
+                    seqno: Seqno(s),
+                    have,
                 }
+            ),
+            (
+                (node(), any::<u32>(), any::<u16>(), any::<u16>()),
+                (any::<[u8; 32]>(), any::<u64>(), sig()),
+                (any::<u16>(), any::<[u8; 32]>())
+            )
+                .prop_map(
+                    |(
+                        (origin, epoch, base, chain_len),
+                        (anchor, timestamp_ms, signature),
+                        (s, proof),
+                    )| {
+                        Message::Announcement(Announcement {
+                            cert: std::sync::Arc::new(OriginCert {
+                                origin,
+                                epoch,
+                                base: Seqno(base),
+                                chain_len,
+                                anchor,
+                                timestamp_ms,
+                                signature,
+                            }),
+                            seqno: Seqno(s),
+                            proof,
+                        })
+                    }
+                ),
+            (node(), cert_ref(), any::<u16>(), any::<[u8; 32]>()).prop_map(
+                |(origin, cert, s, proof)| Message::SeqnoProof(SeqnoProof {
+                    origin,
+                    cert,
+                    seqno: Seqno(s),
+                    proof,
+                })
             ),
             (
                 any::<u64>(),
@@ -803,6 +984,21 @@ mod tests {
         };
         assert!(matches!(big.to_bytes(), Err(WireError::TooLong { .. })));
         assert!(decode_exact(&[1, ty::HELLO, 0]).is_err());
+        let mut req = Message::AnnouncementRequest {
+            origin: NodeId([0; 32]),
+            seqno: Seqno(1),
+            have: None,
+        }
+        .to_bytes()
+        .unwrap();
+        req[HEADER_LEN + 34] = 2;
+        assert_eq!(
+            decode_exact(&req),
+            Err(WireError::BadValue {
+                what: "announcement request certificate flag",
+                value: 2
+            })
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod scenario;
 pub mod topology;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,22 +18,27 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
 use weft_crypto::NodeId;
 use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey};
 use weft_proto::node::{Event, Input, Node, NodeConfig, Output};
 use weft_proto::origin::{DirectCheck, SignatureCheck};
 use weft_proto::route::LinkId;
 use weft_proto::time::Time;
-use weft_proto::wire::{Announcement, RevocationList};
+use weft_proto::wire::{Announcement, CERT_SIGNED_LEN, OriginCert, RevocationList};
 
 /// A memo of signature verifications shared by all simulated nodes, keyed
-/// by SHA-256 of (key, context, message, signature): a forged signature can
-/// never hit the entry of a valid one.
+/// by the exact bytes verified (key, context, message, signature): a forged
+/// signature can never hit the entry of a valid one. It also hands out one
+/// shared copy of each accepted certificate and announcement.
 #[derive(Debug, Default)]
 pub struct MemoCheck {
-    memo: Mutex<HashMap<[u8; 32], bool>>,
-    /// One copy of each accepted announcement for all nodes.
-    shared: Mutex<HashMap<[u8; 32], Arc<Announcement>>>,
+    memo: Mutex<FxHashMap<Vec<u8>, bool>>,
+    /// Accepted certificates by signed bytes (several only if an origin
+    /// signed the same fields twice).
+    certs: Mutex<FxHashMap<[u8; CERT_SIGNED_LEN], Vec<Arc<OriginCert>>>>,
+    /// Accepted announcements by (shared certificate, seqno, proof).
+    announcements: Mutex<FxHashMap<(usize, u16, [u8; 32]), Arc<Announcement>>>,
     verifications: AtomicU64,
 }
 
@@ -44,6 +49,10 @@ impl MemoCheck {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl SignatureCheck for MemoCheck {
     fn verify(
         &self,
@@ -52,41 +61,38 @@ impl SignatureCheck for MemoCheck {
         context: &[u8],
         signature: &[u8],
     ) -> bool {
-        let mut h = digest::Context::new(&digest::SHA256);
-        for part in [key.as_bytes().as_slice(), context, message, signature] {
-            h.update(&(part.len() as u64).to_be_bytes());
-            h.update(part);
+        let parts = [key.as_bytes().as_slice(), context, message, signature];
+        let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+        for part in parts {
+            k.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            k.extend_from_slice(part);
         }
-        let mut k = [0u8; 32];
-        k.copy_from_slice(h.finish().as_ref());
-        if let Some(&ok) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
+        if let Some(&ok) = lock(&self.memo).get(&k) {
             return ok;
         }
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let ok = DirectCheck.verify(key, message, context, signature);
-        self.memo
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(k, ok);
+        lock(&self.memo).insert(k, ok);
         ok
     }
 
-    fn share(&self, a: &Announcement) -> Arc<Announcement> {
-        let mut h = digest::Context::new(&digest::SHA256);
-        h.update(&Announcement::signed_bytes(
-            &a.origin,
-            a.seqno,
-            a.epoch,
-            a.timestamp_ms,
-        ));
-        h.update(&a.signature[..]);
-        let mut k = [0u8; 32];
-        k.copy_from_slice(h.finish().as_ref());
-        self.shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(k)
-            .or_insert_with(|| Arc::new(a.clone()))
+    fn share_cert(&self, cert: &Arc<OriginCert>) -> Arc<OriginCert> {
+        let mut certs = lock(&self.certs);
+        let same = certs.entry(cert.signed_bytes()).or_default();
+        if let Some(c) = same.iter().find(|c| c.signature == cert.signature) {
+            return c.clone();
+        }
+        same.push(cert.clone());
+        cert.clone()
+    }
+
+    fn share(&self, a: Announcement) -> Arc<Announcement> {
+        // Certificates come from `share_cert`, which keeps them alive, so
+        // their addresses identify them.
+        let key = (Arc::as_ptr(&a.cert) as usize, a.seqno.0, a.proof);
+        lock(&self.announcements)
+            .entry(key)
+            .or_insert_with(|| Arc::new(a))
             .clone()
     }
 }
@@ -200,6 +206,7 @@ pub struct Sim {
     keys: Vec<Arc<CompositeSigningKey>>,
     index: rustc_hash::FxHashMap<NodeId, usize>,
     loops: u64,
+    events: u64,
 }
 
 /// Errors building a simulation.
@@ -273,6 +280,7 @@ impl Sim {
             keys,
             index,
             loops: 0,
+            events: 0,
         })
     }
 
@@ -292,7 +300,7 @@ impl Sim {
     }
 
     /// Signing key of node `i` (to build attacks in tests).
-    pub fn key(&self, i: usize) -> &CompositeSigningKey {
+    pub fn key(&self, i: usize) -> &Arc<CompositeSigningKey> {
         &self.keys[i]
     }
 
@@ -472,6 +480,11 @@ impl Sim {
         false
     }
 
+    /// Events taken off the queue so far.
+    pub fn events_processed(&self) -> u64 {
+        self.events
+    }
+
     /// Forwarding loops seen so far: checked on every route selection
     /// change (the only moment a loop can form), from the changed node.
     pub fn loops_seen(&self) -> u64 {
@@ -516,6 +529,7 @@ impl Sim {
                 break;
             };
             self.now = at;
+            self.events += 1;
             match action {
                 Action::Timer(i) => {
                     if self.nodes[i].timer_at != Some(at) || !self.nodes[i].alive {

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use weft_proto::liveness::LivenessConfig;
 use weft_proto::node::{Event, NodeConfig};
-use weft_proto::origin::sign_announcement;
+use weft_proto::origin::OwnOrigin;
 use weft_proto::time::Time;
 use weft_proto::wire::{Message, Seqno};
 
@@ -156,6 +156,19 @@ pub struct Report {
     pub signature_verifications: u64,
     /// SHA-256 over the event trace.
     pub trace_hash: String,
+    /// Frames and bytes sent by all nodes over the whole run, by message kind.
+    pub messages: std::collections::BTreeMap<&'static str, KindTotals>,
+    /// Simulator events processed (deliveries, timers, link downs).
+    pub sim_events: u64,
+}
+
+/// Frames and bytes of one message kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct KindTotals {
+    /// Frames sent.
+    pub frames: u64,
+    /// Bytes sent.
+    pub bytes: u64,
 }
 
 /// Most (source, destination) pairs followed for reconvergence and reachability.
@@ -225,8 +238,14 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
                 .map(|a| a.seqno)
                 .unwrap_or_default();
             // Signed by the byzantine node's own key, claimed for the victim.
-            let mut a = sign_announcement(sim.key(b), Seqno(held.0.wrapping_add(100)), 1, now_ms)?;
-            a.origin = sim.ids()[victim];
+            let seqno = Seqno(held.0.wrapping_add(100));
+            let own = OwnOrigin::new(sim.key(b).clone(), 1, seqno, now_ms)?;
+            let Some(mut a) = own.announcement(seqno) else {
+                continue;
+            };
+            let mut cert = (*a.cert).clone();
+            cert.origin = sim.ids()[victim];
+            a.cert = std::sync::Arc::new(cert);
             let bytes = Message::Announcement(a.clone())
                 .to_bytes()
                 .unwrap_or_default();
@@ -405,9 +424,17 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
     }
     let forged_accepted = forged
         .iter()
-        .filter(|f| (0..n).any(|i| sim.node(i).held_announcement(&f.origin) == Some(f)))
+        .filter(|f| (0..n).any(|i| sim.node(i).held_announcement(f.origin()) == Some(f)))
         .count();
     progress(1.0);
+    let mut messages = std::collections::BTreeMap::<&'static str, KindTotals>::new();
+    for i in 0..n {
+        for (kind, &(frames, bytes)) in &sim.node(i).stats().sent {
+            let t = messages.entry(kind).or_default();
+            t.frames += frames;
+            t.bytes += bytes;
+        }
+    }
     Ok(Report {
         nodes: n,
         links: graph.edges.len(),
@@ -437,6 +464,8 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
         peak_rss_bytes: peak_rss(),
         signature_verifications: sim.verifications(),
         trace_hash: sim.trace_hash(),
+        messages,
+        sim_events: sim.events_processed(),
     })
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use weft_proto::node::{Event, NodeConfig};
-use weft_proto::origin::{Refusal, sign_announcement};
+use weft_proto::origin::{OwnOrigin, Refusal};
 use weft_proto::time::Time;
 use weft_proto::wire::{Message, Seqno};
 use weft_sim::{LinkSpec, Sim};
@@ -102,17 +102,34 @@ fn forged_and_unknown_announcements_are_refused() {
 
     // Node 1 (compromised) claims a new seqno for node 2 with a bad signature.
     let now_ms = s.now().0 / 1000;
-    let mut forged = sign_announcement(s.key(2), Seqno(40), 1, now_ms).unwrap();
-    forged.signature[7] ^= 0x55;
+    let announce = |key: &std::sync::Arc<weft_crypto::sign::CompositeSigningKey>, seqno| {
+        OwnOrigin::new(key.clone(), 1, seqno, now_ms)
+            .unwrap()
+            .announcement(seqno)
+            .unwrap()
+    };
+    let mut forged = announce(s.key(2), Seqno(40));
+    let mut cert = (*forged.cert).clone();
+    cert.signature[7] ^= 0x55;
+    forged.cert = std::sync::Arc::new(cert);
     let link_0_1 = 0; // first link connected
     s.inject(
         0,
         link_0_1,
         Message::Announcement(forged).to_bytes().unwrap(),
     );
+    // ... a guessed seqno proof under node 2's real certificate ...
+    let held = s.node(0).held_announcement(&s.ids()[2]).unwrap().clone();
+    let guess = weft_proto::wire::SeqnoProof {
+        origin: s.ids()[2],
+        cert: held.cert.cert_ref(),
+        seqno: held.seqno.next(),
+        proof: [0x42; 32],
+    };
+    s.inject(0, link_0_1, Message::SeqnoProof(guess).to_bytes().unwrap());
     // ... and one for a node that was never enrolled.
-    let stranger = weft_crypto::sign::CompositeSigningKey::generate().unwrap();
-    let unknown = sign_announcement(&stranger, Seqno(1), 1, now_ms).unwrap();
+    let stranger = std::sync::Arc::new(weft_crypto::sign::CompositeSigningKey::generate().unwrap());
+    let unknown = announce(&stranger, Seqno(1));
     s.inject(
         0,
         link_0_1,
@@ -120,8 +137,9 @@ fn forged_and_unknown_announcements_are_refused() {
     );
     run_checked(&mut s, Time::from_secs(3));
 
-    assert_eq!(s.node(0).refused(Refusal::Forged), 1);
+    assert_eq!(s.node(0).refused(Refusal::Forged), 2);
     assert_eq!(s.node(0).refused(Refusal::UnknownOrigin), 1);
+    assert_eq!(s.node(0).held_announcement(&s.ids()[2]), Some(&held));
     assert_eq!(s.node(0).table().selected(&s.ids()[2]), route_before);
 }
 
