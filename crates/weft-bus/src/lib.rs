@@ -5,8 +5,19 @@
 //! - [`schema`]: JSON Schema per (event type, version), validation with the
 //!   exact instance path and rule, upcasters.
 //! - [`subject`]: subjects and filters with NATS wildcard semantics.
+//! - [`backend`]: the backend trait (streams, publish with dedup, durable
+//!   pull consumers, dead letters) that every backend implements.
+//! - [`record`]: the embedded log's on-disk record format (pure functions).
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod envelope;
+pub mod record;
 pub mod schema;
 pub mod subject;
+
+pub use backend::{
+    AckKind, AckToken, Backend, BusCounters, BusError, ConsumerConfig, ConsumerInfo, DeadLetter,
+    DeliverPolicy, Delivery, FetchRequest, Headers, OutgoingMessage, PublishAck, Retention,
+    StoredMessage, StreamConfig, StreamInfo,
+};

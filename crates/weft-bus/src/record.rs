@@ -34,6 +34,10 @@ pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
 /// Largest body: payload plus room for subject, id and headers.
 pub const MAX_BODY_LEN: usize = MAX_PAYLOAD_LEN + (1 << 20);
 
+/// Most headers in a record: a publisher's limit plus the dead-letter
+/// headers the bus adds.
+pub const MAX_RECORD_HEADERS: usize = crate::backend::MAX_HEADERS + 16;
+
 const KIND_MESSAGE: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_FLOOR: u8 = 3;
@@ -53,6 +57,26 @@ pub struct MessageRecord {
     pub headers: Headers,
     /// The payload.
     pub payload: Bytes,
+}
+
+impl MessageRecord {
+    /// Encoded size in bytes, prefix included.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_PREFIX_LEN
+            + BODY_FIXED_LEN
+            + 2
+            + self.subject.as_str().len()
+            + 1
+            + self.msg_id.as_ref().map_or(0, String::len)
+            + 2
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| 4 + n.len() + v.len())
+                .sum::<usize>()
+            + 4
+            + self.payload.len()
+    }
 }
 
 /// One log record.
@@ -87,23 +111,10 @@ impl Record {
 
     /// Encoded size in bytes, prefix included.
     pub fn encoded_len(&self) -> usize {
-        RECORD_PREFIX_LEN
-            + BODY_FIXED_LEN
-            + match self {
-                Record::Message(m) => {
-                    2 + m.subject.as_str().len()
-                        + 1
-                        + m.msg_id.as_ref().map_or(0, String::len)
-                        + 2
-                        + m.headers
-                            .iter()
-                            .map(|(n, v)| 4 + n.len() + v.len())
-                            .sum::<usize>()
-                        + 4
-                        + m.payload.len()
-                }
-                _ => 0,
-            }
+        match self {
+            Record::Message(m) => m.encoded_len(),
+            _ => RECORD_PREFIX_LEN + BODY_FIXED_LEN,
+        }
     }
 }
 
@@ -189,12 +200,13 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), RecordErr
             .map_err(|_| field("msg_id", format!("is {} bytes; at most 255", id.len())))?;
         out.push(id_len);
         out.extend_from_slice(id.as_bytes());
-        let count = u16::try_from(m.headers.len())
-            .map_err(|_| field("headers", "too many".into()))?;
+        let count =
+            u16::try_from(m.headers.len()).map_err(|_| field("headers", "too many".into()))?;
         out.extend_from_slice(&count.to_le_bytes());
         for (n, v) in m.headers.iter() {
             let nl = u16::try_from(n.len()).map_err(|_| field("header name", "too long".into()))?;
-            let vl = u16::try_from(v.len()).map_err(|_| field("header value", "too long".into()))?;
+            let vl =
+                u16::try_from(v.len()).map_err(|_| field("header value", "too long".into()))?;
             out.extend_from_slice(&nl.to_le_bytes());
             out.extend_from_slice(n.as_bytes());
             out.extend_from_slice(&vl.to_le_bytes());
@@ -224,7 +236,9 @@ pub enum Decoded {
 /// Decodes one record from the front of `buf`.
 pub fn decode_record(buf: &[u8]) -> Result<Decoded, RecordError> {
     if buf.len() < RECORD_PREFIX_LEN {
-        return Ok(Decoded::Incomplete { need: RECORD_PREFIX_LEN });
+        return Ok(Decoded::Incomplete {
+            need: RECORD_PREFIX_LEN,
+        });
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let body_len = len as usize;
@@ -321,10 +335,10 @@ fn decode_body(body: &[u8]) -> Result<Record, RecordError> {
                 Some(id.to_owned())
             };
             let count = r.u16("header count")? as usize;
-            if count > crate::backend::MAX_HEADERS {
+            if count > MAX_RECORD_HEADERS {
                 return Err(RecordError::Field {
                     field: "headers",
-                    reason: format!("{count} headers; at most {}", crate::backend::MAX_HEADERS),
+                    reason: format!("{count} headers; at most {MAX_RECORD_HEADERS}"),
                 });
             }
             let mut headers = Headers::new();
@@ -425,12 +439,19 @@ pub fn scan_segment(bytes: &[u8], after: u64) -> Scan {
                     if m.seq <= previous {
                         break Tail::Corrupt {
                             at,
-                            error: RecordError::OutOfOrder { seq: m.seq, previous },
+                            error: RecordError::OutOfOrder {
+                                seq: m.seq,
+                                previous,
+                            },
                         };
                     }
                     previous = m.seq;
                 }
-                records.push(Located { offset: at, len: used, record });
+                records.push(Located {
+                    offset: at,
+                    len: used,
+                    record,
+                });
                 at += used;
             }
             Ok(Decoded::Incomplete { .. }) => break Tail::Incomplete { at },
@@ -454,7 +475,7 @@ mod tests {
         headers.append("Trace", "abc").unwrap();
         Record::Message(MessageRecord {
             seq,
-            time_ns: 1_700_000_000_000_000_000 + seq,
+            time_ns: seq.wrapping_mul(7),
             subject: Subject::new("telemetry.node.a").unwrap(),
             msg_id: Some(format!("id-{seq}")),
             headers,
@@ -478,7 +499,10 @@ mod tests {
         ] {
             let bytes = encode(&r);
             assert_eq!(bytes.len(), r.encoded_len());
-            assert_eq!(decode_record(&bytes), Ok(Decoded::Record(r.clone(), bytes.len())));
+            assert_eq!(
+                decode_record(&bytes),
+                Ok(Decoded::Record(r.clone(), bytes.len()))
+            );
         }
     }
 
@@ -521,16 +545,29 @@ mod tests {
         encode_record(&message(5, b"b"), &mut seg).unwrap();
         let scan = scan_segment(&seg, 0);
         assert_eq!(scan.records.len(), 1);
-        assert!(matches!(scan.tail, Tail::Corrupt { at, error: RecordError::OutOfOrder { seq: 5, previous: 5 } } if at == first));
-        assert!(matches!(scan_segment(&encode(&message(3, b"")), 3).tail, Tail::Corrupt { .. }));
+        assert!(
+            matches!(scan.tail, Tail::Corrupt { at, error: RecordError::OutOfOrder { seq: 5, previous: 5 } } if at == first)
+        );
+        assert!(matches!(
+            scan_segment(&encode(&message(3, b"")), 3).tail,
+            Tail::Corrupt { .. }
+        ));
     }
 
     #[test]
     fn lengths_are_bounded_before_allocation() {
         let mut b = vec![0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0];
         b.extend_from_slice(&[0; 32]);
-        assert!(matches!(decode_record(&b), Err(RecordError::BadLength { .. })));
-        assert_eq!(decode_record(&[1, 2]), Ok(Decoded::Incomplete { need: RECORD_PREFIX_LEN }));
+        assert!(matches!(
+            decode_record(&b),
+            Err(RecordError::BadLength { .. })
+        ));
+        assert_eq!(
+            decode_record(&[1, 2]),
+            Ok(Decoded::Incomplete {
+                need: RECORD_PREFIX_LEN
+            })
+        );
     }
 
     proptest! {
@@ -549,7 +586,8 @@ mod tests {
             let bytes = encode(&r);
             prop_assert_eq!(decode_record(&bytes), Ok(Decoded::Record(r, bytes.len())));
             let cut = cut % bytes.len();
-            prop_assert!(matches!(decode_record(&bytes[..cut]), Ok(Decoded::Incomplete { .. })));
+            let incomplete = matches!(decode_record(&bytes[..cut]), Ok(Decoded::Incomplete { .. }));
+            prop_assert!(incomplete);
         }
     }
 }
