@@ -8,9 +8,11 @@
 //! - [`backend`]: the backend trait (streams, publish with dedup, durable
 //!   pull consumers, dead letters) that every backend implements.
 //! - [`record`]: the embedded log's on-disk record format (pure functions).
+//! - [`embedded`]: the embedded backend, on disk or in memory.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod embedded;
 pub mod envelope;
 pub mod record;
 pub mod schema;
@@ -21,3 +23,4 @@ pub use backend::{
     DeliverPolicy, Delivery, FetchRequest, Headers, OutgoingMessage, PublishAck, Retention,
     StoredMessage, StreamConfig, StreamInfo,
 };
+pub use embedded::{EmbeddedBus, EmbeddedConfig};
