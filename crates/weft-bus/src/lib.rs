@@ -9,9 +9,11 @@
 //!   pull consumers, dead letters) that every backend implements.
 //! - [`record`]: the embedded log's on-disk record format (pure functions).
 //! - [`embedded`]: the embedded backend, on disk or in memory.
+//! - [`conformance`]: the checks every backend must pass.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod conformance;
 pub mod embedded;
 pub mod envelope;
 pub mod record;
