@@ -153,29 +153,43 @@ enum Action {
     },
 }
 
-/// An action in the event queue, ordered by time and then by the order
-/// it was scheduled in (which makes equal times deterministic).
-#[derive(Debug)]
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    action: Action,
+/// The event queue: actions ordered by time and then by the order they
+/// were scheduled in (which makes equal times deterministic). The heap
+/// holds only (time, order, slot), 24 bytes, and the actions wait in a
+/// slab: popping moves small entries, which matters when millions pass.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    slots: Vec<Option<Action>>,
+    free: Vec<u32>,
+    next_seq: u64,
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+impl Queue {
+    fn push(&mut self, at: Time, action: Action) {
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(action);
+                i
+            }
+            None => {
+                self.slots.push(Some(action));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.heap.push(Reverse((at.0, self.next_seq, slot)));
+        self.next_seq += 1;
     }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+
+    fn peek_time(&self) -> Option<Time> {
+        self.heap.peek().map(|Reverse((at, _, _))| Time(*at))
     }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+
+    fn pop(&mut self) -> Option<(Time, Action)> {
+        let Reverse((at, _, slot)) = self.heap.pop()?;
+        let action = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        Some((Time(at), action))
     }
 }
 
@@ -197,8 +211,11 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     ids: Vec<NodeId>,
     links: Vec<SimLink>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    next_seq: u64,
+    queue: Queue,
+    /// `next[dst * n + i]`: the neighbour node `i` forwards to for `dst`
+    /// ([`NO_ROUTE`] if none), kept from the nodes' route events so that
+    /// the loop check at every route change walks a compact array.
+    next: Vec<u16>,
     trace: digest::Context,
     records: Vec<Record>,
     memo: Arc<MemoCheck>,
@@ -209,9 +226,19 @@ pub struct Sim {
     events: u64,
 }
 
+/// Most nodes in one simulation (node indices are stored as `u16`).
+pub const MAX_NODES: usize = NO_ROUTE as usize;
+const NO_ROUTE: u16 = u16::MAX;
+
 /// Errors building a simulation.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// More nodes than the simulator can index.
+    #[error("{n} nodes asked for; the simulator runs at most {MAX_NODES}")]
+    TooManyNodes {
+        /// Nodes asked for.
+        n: usize,
+    },
     /// Key generation or signing failed.
     #[error("signature setup failed: {0}")]
     Sign(#[from] weft_crypto::sign::SignatureError),
@@ -230,6 +257,9 @@ pub enum SimError {
 impl Sim {
     /// A network of `n` nodes with fresh identities, all enrolled, none linked yet.
     pub fn new(n: usize, seed: u64, cfg: NodeConfig) -> Result<Self, SimError> {
+        if n > MAX_NODES {
+            return Err(SimError::TooManyNodes { n });
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // Keys from the seeded RNG: the same seed gives the same node ids.
         let keygen = |rng: &mut ChaCha8Rng| {
@@ -271,8 +301,8 @@ impl Sim {
             nodes,
             ids,
             links: Vec::new(),
-            queue: BinaryHeap::new(),
-            next_seq: 0,
+            queue: Queue::default(),
+            next: vec![NO_ROUTE; n * n],
             trace: digest::Context::new(&digest::SHA256),
             records: Vec::new(),
             memo,
@@ -427,11 +457,37 @@ impl Sim {
         });
     }
 
-    /// The neighbour node `i` forwards to for destination node `dst`.
+    /// The neighbour node `i` forwards to for destination node `dst`, as
+    /// its route events said.
     pub fn next_hop(&self, i: usize, dst: usize) -> Option<usize> {
+        let n = self.nodes.len();
+        match self.next.get(dst * n + i) {
+            Some(&hop) if hop != NO_ROUTE => Some(usize::from(hop)),
+            _ => None,
+        }
+    }
+
+    /// The neighbour node `i` forwards to for `dst`, read from its route table.
+    pub fn next_hop_in_table(&self, i: usize, dst: usize) -> Option<usize> {
         let sel = self.nodes[i].node.table().selected(&self.ids[dst])?;
         let l = self.links.get(sel.via.0 as usize)?;
         Some(if l.ends[0] == i { l.ends[1] } else { l.ends[0] })
+    }
+
+    /// Pairs (node, destination) where the next hops kept from route events
+    /// differ from the route tables: empty unless a node failed to report
+    /// a route change (tests check it).
+    pub fn next_hop_mismatches(&self) -> Vec<(usize, usize)> {
+        let n = self.nodes.len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            for dst in 0..n {
+                if i != dst && self.next_hop(i, dst) != self.next_hop_in_table(i, dst) {
+                    out.push((i, dst));
+                }
+            }
+        }
+        out
     }
 
     /// Feeds one event into the trace hash in a compact binary form: time,
@@ -524,8 +580,8 @@ impl Sim {
 
     /// Runs until virtual time `until`.
     pub fn run_until(&mut self, until: Time) {
-        while self.queue.peek().is_some_and(|Reverse(s)| s.at <= until) {
-            let Some(Reverse(Scheduled { at, action, .. })) = self.queue.pop() else {
+        while self.queue.peek_time().is_some_and(|at| at <= until) {
+            let Some((at, action)) = self.queue.pop() else {
                 break;
             };
             self.now = at;
@@ -584,9 +640,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: Time, action: Action) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq, action }));
+        self.queue.push(at, action);
     }
 
     /// Runs `f` on node `i` (if alive) and carries out its outputs.
@@ -618,11 +672,25 @@ impl Sim {
                     }
                 }
                 Output::Event(event) => {
-                    if let Event::RouteAdded { dst, .. } | Event::RouteChanged { dst, .. } = &event
-                        && let Some(&d) = self.index.get(dst)
-                        && self.chain_loops(i, d)
-                    {
-                        self.loops += 1;
+                    match &event {
+                        Event::RouteAdded { dst, via, .. }
+                        | Event::RouteChanged { dst, via, .. } => {
+                            if let (Some(&d), Some(&v)) = (self.index.get(dst), self.index.get(via))
+                            {
+                                let n = self.nodes.len();
+                                self.next[d * n + i] = v as u16;
+                                if self.chain_loops(i, d) {
+                                    self.loops += 1;
+                                }
+                            }
+                        }
+                        Event::RouteLost { dst } => {
+                            if let Some(&d) = self.index.get(dst) {
+                                let n = self.nodes.len();
+                                self.next[d * n + i] = NO_ROUTE;
+                            }
+                        }
+                        _ => {}
                     }
                     self.hash_event(i, &event);
                     // Route events are many (N² at bootstrap) and only feed

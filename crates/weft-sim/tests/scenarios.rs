@@ -31,6 +31,12 @@ fn run_checked(s: &mut Sim, until: Time) {
             "forwarding loop at {:?}",
             s.now()
         );
+        assert_eq!(
+            s.next_hop_mismatches(),
+            vec![],
+            "route events and tables disagree at {:?}",
+            s.now()
+        );
     }
 }
 
