@@ -262,6 +262,28 @@ struct Link {
     pending_ann: Vec<NodeId>,
 }
 
+impl Link {
+    /// Queues a route entry for the next flush.
+    fn queue_entry(&mut self, e: RouteEntry) {
+        // A seqno change travels with its proof (a 32-byte chain element)
+        // to every neighbour known to hold an older announcement of the
+        // origin, ahead of the entry, so the entry is usable on arrival.
+        // Whole certificates are not pushed by relays: a neighbour without
+        // one fetches it once from whoever advertised the route.
+        if !e.metric.is_infinite()
+            && self
+                .peer_has
+                .get(&e.origin)
+                .is_some_and(|s| e.seqno.is_newer_than(*s))
+        {
+            self.peer_has.insert(e.origin, e.seqno);
+            self.pending_ann.push(e.origin);
+        }
+        // A newer entry for the same origin replaces a pending one.
+        self.pending.insert(e.origin, e);
+    }
+}
+
 /// Records that a peer holds the announcement of `origin` at `seqno`.
 fn note_has(peer_has: &mut DetMap<NodeId, Seqno>, origin: NodeId, seqno: Seqno) {
     match peer_has.get_mut(&origin) {
@@ -550,13 +572,20 @@ impl Node {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        l.rx_buf.extend_from_slice(bytes);
+        // Whole frames are decoded straight from `bytes`; only a partial
+        // frame is copied into the link's buffer.
         let mut buf = std::mem::take(&mut l.rx_buf);
+        let input: &[u8] = if buf.is_empty() {
+            bytes
+        } else {
+            buf.extend_from_slice(bytes);
+            &buf
+        };
         let mut at = 0;
         let mut malformed: Option<WireError> = None;
         let mut messages = Vec::new();
-        while at < buf.len() {
-            match decode_frame(&buf[at..]) {
+        while at < input.len() {
+            match decode_frame(&input[at..]) {
                 Ok(Decoded::Message(m, used)) => {
                     messages.push(m);
                     at += used;
@@ -568,7 +597,9 @@ impl Node {
                 }
             }
         }
-        buf.drain(..at);
+        let rest = input[at..].to_vec();
+        buf.clear();
+        buf.extend_from_slice(&rest);
         if let Some(l) = self.links.get_mut(&link) {
             l.rx_buf = buf;
         }
@@ -1100,9 +1131,8 @@ impl Node {
                     }
                 }
             };
-            let links: Vec<LinkId> = self.links.keys().copied().collect();
-            for link in links {
-                self.queue_entry(link, entry);
+            for l in self.links.values_mut() {
+                l.queue_entry(entry);
             }
         }
     }
@@ -1166,24 +1196,9 @@ impl Node {
     }
 
     fn queue_entry(&mut self, link: LinkId, e: RouteEntry) {
-        let Some(l) = self.links.get_mut(&link) else {
-            return;
-        };
-        // A seqno change travels with its proof (a 32-byte chain element)
-        // to every neighbour known to hold an older announcement of the
-        // origin, ahead of the entry, so the entry is usable on arrival.
-        // Whole certificates are not pushed by relays: a neighbour without
-        // one fetches it once from whoever advertised the route.
-        if !e.metric.is_infinite()
-            && l.peer_has
-                .get(&e.origin)
-                .is_some_and(|s| e.seqno.is_newer_than(*s))
-        {
-            l.peer_has.insert(e.origin, e.seqno);
-            l.pending_ann.push(e.origin);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.queue_entry(e);
         }
-        // A newer entry for the same origin replaces a pending one.
-        l.pending.insert(e.origin, e);
     }
 
     /// Sends the queued announcements and route entries of every link once

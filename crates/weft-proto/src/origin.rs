@@ -179,8 +179,8 @@ pub struct OriginStore {
     check: Arc<dyn SignatureCheck>,
     policy: OriginPolicy,
     held: crate::DetMap<NodeId, Arc<Announcement>>,
-    revoked: std::collections::HashSet<NodeId>,
-    refused: HashMap<Refusal, u64>,
+    revoked: rustc_hash::FxHashSet<NodeId>,
+    refused: crate::DetMap<Refusal, u64>,
 }
 
 impl OriginStore {
@@ -196,7 +196,7 @@ impl OriginStore {
             policy,
             held: crate::DetMap::default(),
             revoked: Default::default(),
-            refused: HashMap::new(),
+            refused: Default::default(),
         }
     }
 

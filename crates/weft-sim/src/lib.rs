@@ -10,6 +10,7 @@ pub mod scenario;
 pub mod topology;
 
 use std::cmp::Reverse;
+use std::hash::Hasher;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ use weft_proto::wire::{Announcement, CERT_SIGNED_LEN, OriginCert, RevocationList
 /// shared copy of each accepted certificate and announcement.
 #[derive(Debug, Default)]
 pub struct MemoCheck {
-    memo: Mutex<FxHashMap<Vec<u8>, bool>>,
+    memo: Mutex<FxHashMap<u64, Vec<(Box<[u8]>, bool)>>>,
     /// Accepted certificates by signed bytes (several only if an origin
     /// signed the same fields twice).
     certs: Mutex<FxHashMap<[u8; CERT_SIGNED_LEN], Vec<Arc<OriginCert>>>>,
@@ -49,6 +50,21 @@ impl MemoCheck {
     }
 }
 
+/// Whether `stored` is the length-prefixed concatenation of `parts`.
+fn same_parts(stored: &[u8], parts: &[&[u8]]) -> bool {
+    let mut rest = stored;
+    for part in parts {
+        let Some((len, tail)) = rest.split_first_chunk::<8>() else {
+            return false;
+        };
+        if u64::from_be_bytes(*len) != part.len() as u64 || !tail.starts_with(part) {
+            return false;
+        }
+        rest = &tail[part.len()..];
+    }
+    rest.is_empty()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -62,17 +78,32 @@ impl SignatureCheck for MemoCheck {
         signature: &[u8],
     ) -> bool {
         let parts = [key.as_bytes().as_slice(), context, message, signature];
-        let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+        // A fast hash picks the bucket; the stored bytes are compared in
+        // full, so only an exact repeat hits.
+        let mut h = rustc_hash::FxHasher::default();
         for part in parts {
-            k.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            k.extend_from_slice(part);
+            h.write_usize(part.len());
+            h.write(part);
         }
-        if let Some(&ok) = lock(&self.memo).get(&k) {
+        let k = h.finish();
+        if let Some(ok) = lock(&self.memo)
+            .get(&k)
+            .and_then(|v| v.iter().find(|(stored, _)| same_parts(stored, &parts)))
+            .map(|(_, ok)| *ok)
+        {
             return ok;
         }
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let ok = DirectCheck.verify(key, message, context, signature);
-        lock(&self.memo).insert(k, ok);
+        let mut stored = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+        for part in parts {
+            stored.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            stored.extend_from_slice(part);
+        }
+        lock(&self.memo)
+            .entry(k)
+            .or_default()
+            .push((stored.into_boxed_slice(), ok));
         ok
     }
 
