@@ -30,6 +30,8 @@ const MAX_META_FILE: u64 = 16 << 20;
 pub(crate) struct DiskLimits {
     pub segment_bytes: u64,
     pub max_batch_bytes: usize,
+    /// Most bytes one unsynced commit batch can span (the torn region).
+    pub torn_window: usize,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BusError + 'a {
@@ -176,6 +178,23 @@ pub(crate) fn open_stream(
         let scan = scan_segment(&bytes, last_msg);
         match &scan.tail {
             Tail::Clean => {}
+            Tail::Corrupt { at, .. } | Tail::Incomplete { at }
+                if i + 1 == count && bytes.len() - at > limits.torn_window =>
+            {
+                // Only the last commit batch can be torn, and it ends at the
+                // end of the file: bad bytes further back were durable once.
+                return Err(BusError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: *at as u64,
+                    reason: format!(
+                        "{:?} with {} bytes after it, more than one commit batch ({}) can span, so this is \
+                         damage to durable data rather than a torn write",
+                        scan.tail,
+                        bytes.len() - at,
+                        limits.torn_window
+                    ),
+                });
+            }
             tail if i + 1 == count => {
                 tracing::warn!(
                     stream = %config.name,

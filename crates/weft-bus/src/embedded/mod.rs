@@ -445,6 +445,10 @@ fn limits(c: &EmbeddedConfig) -> DiskLimits {
     DiskLimits {
         segment_bytes: c.segment_bytes,
         max_batch_bytes: c.max_batch_bytes,
+        // A batch stops growing past max_batch_bytes, so it spans at most
+        // that plus one record: a message (payload and headers) with its
+        // subject, id, dead-letter headers and framing (well under 64 KiB).
+        torn_window: c.max_batch_bytes + c.max_message_bytes + (64 << 10),
     }
 }
 
