@@ -10,12 +10,15 @@
 //! - [`record`]: the embedded log's on-disk record format (pure functions).
 //! - [`embedded`]: the embedded backend, on disk or in memory.
 //! - [`conformance`]: the checks every backend must pass.
+//! - [`events`]: typed events over any backend (schema checks on both
+//!   ends, upcasting, unreadable messages dead-lettered).
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod conformance;
 pub mod embedded;
 pub mod envelope;
+pub mod events;
 pub mod record;
 pub mod schema;
 pub mod subject;

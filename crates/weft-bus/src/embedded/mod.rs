@@ -630,7 +630,7 @@ impl Backend for EmbeddedBus {
                 Ok(())
             }
             AckKind::InProgress => {
-                let ack_wait = s.consumer_info(consumer)?.config.ack_wait;
+                let ack_wait = s.ack_wait(consumer)?;
                 s.reschedule(consumer, seq, now.instant + ack_wait, "in progress")?;
                 Ok(())
             }

@@ -695,6 +695,15 @@ impl Stream {
         Ok(st.consumer_info(&self.name, c))
     }
 
+    pub fn ack_wait(&self, name: &str) -> Result<std::time::Duration, BusError> {
+        let st = self.state();
+        let c = st
+            .consumers
+            .get(name)
+            .ok_or_else(|| self.no_consumer(name))?;
+        Ok(c.config.ack_wait)
+    }
+
     pub fn no_consumer(&self, name: &str) -> BusError {
         BusError::ConsumerNotFound {
             stream: self.name.clone(),
