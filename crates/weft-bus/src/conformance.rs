@@ -646,6 +646,12 @@ pub async fn max_deliver_dead_letter_and_replay<B: Backend>(bus: &B, ns: &str) {
             .is_empty(),
         "dead-lettered message delivered again"
     );
+    assert!(
+        bus.delete_stream(&format!("{name}{}", crate::backend::DLQ_SUFFIX))
+            .await
+            .is_err(),
+        "a dead-letter stream cannot be deleted under its source"
+    );
 
     // Replay: back on its subject, once, and gone from the DLQ.
     let r1 = bus

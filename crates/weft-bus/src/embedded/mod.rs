@@ -478,6 +478,16 @@ impl Backend for EmbeddedBus {
     async fn delete_stream(&self, name: &str) -> Result<(), BusError> {
         let removed: Vec<Arc<Stream>> = {
             let mut streams = self.streams_write();
+            if let Some(source) = name.strip_suffix(DLQ_SUFFIX)
+                && streams.contains_key(source)
+            {
+                return Err(BusError::InvalidConfig {
+                    what: "stream",
+                    reason: format!(
+                        "{name} is the dead-letter stream of {source}; delete {source} to delete both"
+                    ),
+                });
+            }
             let main = streams
                 .remove(name)
                 .ok_or_else(|| BusError::StreamNotFound {
