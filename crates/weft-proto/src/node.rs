@@ -260,6 +260,9 @@ struct Link {
     pending: DetMap<NodeId, RouteEntry>,
     /// Announcements to send at the next flush (before the entries).
     pending_ann: Vec<NodeId>,
+    /// Encoded frames for the reliable stream, written out at the end of
+    /// the input being handled.
+    tx: Vec<u8>,
 }
 
 impl Link {
@@ -465,7 +468,7 @@ impl Node {
                 self.forward(self.id, dst, hop_limit.saturating_add(1), payload);
             }
         }
-        self.flush(now);
+        self.finish(now);
     }
 
     /// Sends due hellos and declares silent neighbours dead.
@@ -495,7 +498,7 @@ impl Node {
             });
             self.link_down(link);
         }
-        self.flush(now);
+        self.finish(now);
     }
 
     fn link_up(&mut self, now: Time, link: LinkId, peer: NodeId) {
@@ -516,6 +519,7 @@ impl Node {
                 peer_has: DetMap::default(),
                 pending: DetMap::default(),
                 pending_ann: Vec::new(),
+                tx: Vec::new(),
             },
         );
         self.table.set_link_cost(link, u16::MAX);
@@ -976,7 +980,7 @@ impl Node {
             return false;
         }
         self.apply_revocation(None, list);
-        self.flush(now);
+        self.finish(now);
         true
     }
 
@@ -1266,23 +1270,53 @@ impl Node {
         }
     }
 
+    /// Sends `msg` on `link`: hellos and datagrams at once as unreliable
+    /// transmissions; everything else into the link's stream buffer,
+    /// written out as one transmission when the input is handled.
     fn send(&mut self, link: LinkId, msg: &Message) {
-        match msg.to_bytes() {
-            Ok(bytes) => {
-                let s = self.stats.sent.entry(msg.kind()).or_default();
-                s.0 += 1;
-                s.1 += bytes.len() as u64;
-                let reliable = !matches!(msg, Message::Hello(_) | Message::Datagram { .. });
+        let reliable = !matches!(msg, Message::Hello(_) | Message::Datagram { .. });
+        let encoded = if reliable {
+            match self.links.get_mut(&link) {
+                Some(l) => msg.encode(&mut l.tx).map(|()| msg.encoded_len()),
+                // The link is gone: nothing to send on.
+                None => return,
+            }
+        } else {
+            msg.to_bytes().map(|bytes| {
+                let len = bytes.len();
                 self.out.push_back(Output::Transmit {
                     link,
                     bytes,
-                    reliable,
+                    reliable: false,
                 });
+                len
+            })
+        };
+        match encoded {
+            Ok(len) => {
+                let s = self.stats.sent.entry(msg.kind()).or_default();
+                s.0 += 1;
+                s.1 += len as u64;
             }
             Err(_) => {
                 // Only a message built past a protocol limit fails to encode;
                 // count it rather than send something peers must refuse.
                 self.stats.encode_failures += 1;
+            }
+        }
+    }
+
+    /// Flushes due route updates, then hands each link's buffered frames
+    /// to the driver as one stream write.
+    fn finish(&mut self, now: Time) {
+        self.flush(now);
+        for (&link, l) in &mut self.links {
+            if !l.tx.is_empty() {
+                self.out.push_back(Output::Transmit {
+                    link,
+                    bytes: std::mem::take(&mut l.tx),
+                    reliable: true,
+                });
             }
         }
     }
