@@ -1240,7 +1240,9 @@ impl Node {
                 continue;
             }
             let anns = std::mem::take(&mut l.pending_ann);
-            let entries = std::mem::take(&mut l.pending);
+            // Drained rather than taken: the map keeps its capacity for the
+            // next burst instead of growing again from nothing.
+            let mut entries: Vec<RouteEntry> = l.pending.drain().map(|(_, e)| e).collect();
             for origin in anns {
                 let Some(a) = self.origins.held(&origin) else {
                     continue;
@@ -1258,8 +1260,7 @@ impl Node {
                     l.peer_has.remove(&origin);
                 }
             }
-            let mut entries: Vec<RouteEntry> = entries.into_values().collect();
-            entries.sort_by_key(|e| e.origin);
+            entries.sort_unstable_by_key(|e| e.origin);
             // Advertising is what sets the feasibility distance (RFC 8966 §3.7.3).
             for e in &entries {
                 self.table.advertised(e.origin, e.seqno, e.metric);
