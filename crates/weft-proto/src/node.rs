@@ -300,8 +300,13 @@ fn note_has(peer_has: &mut DetMap<NodeId, Seqno>, origin: NodeId, seqno: Seqno) 
 
 /// Least time between two seqno requests for one destination.
 const SEQNO_REQUEST_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
+/// Neighbours asked by one seqno request.
+const SEQNO_REQUEST_FANOUT: usize = 2;
 /// How often starving destinations are looked for.
 const STARVATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Pending-update capacity a link keeps between flushes.
+const PENDING_KEPT_CAPACITY: usize = 64;
 
 /// Limit on buffered partial frames per link.
 const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
@@ -1150,12 +1155,22 @@ impl Node {
         if self.origins.is_revoked(&dst) || !self.table.is_starving(&dst) {
             return;
         }
-        let vias: Vec<LinkId> = self
+        // Only the neighbours with the best unfeasible offers are asked:
+        // after a mass failure most destinations starve at once, and asking
+        // every neighbour multiplied requests mesh-wide. The periodic
+        // starvation check asks again if the answer does not come.
+        let mut offers: Vec<(Metric, LinkId)> = self
             .table
             .heard(&dst)
             .iter()
             .filter(|r| !r.metric.is_infinite())
-            .map(|r| r.via)
+            .map(|r| (r.metric, r.via))
+            .collect();
+        offers.sort_unstable();
+        let vias: Vec<LinkId> = offers
+            .into_iter()
+            .take(SEQNO_REQUEST_FANOUT)
+            .map(|(_, via)| via)
             .collect();
         if vias.is_empty() {
             return;
@@ -1240,9 +1255,11 @@ impl Node {
                 continue;
             }
             let anns = std::mem::take(&mut l.pending_ann);
-            // Drained rather than taken: the map keeps its capacity for the
-            // next burst instead of growing again from nothing.
+            // Drained rather than taken: the map keeps some capacity for the
+            // next burst instead of growing again from nothing, but not a
+            // whole table's worth per link (memory grows with links × routes).
             let mut entries: Vec<RouteEntry> = l.pending.drain().map(|(_, e)| e).collect();
+            l.pending.shrink_to(PENDING_KEPT_CAPACITY);
             for origin in anns {
                 let Some(a) = self.origins.held(&origin) else {
                     continue;
