@@ -9,6 +9,7 @@
 //!   pull consumers, dead letters) that every backend implements.
 //! - [`record`]: the embedded log's on-disk record format (pure functions).
 //! - [`embedded`]: the embedded backend, on disk or in memory.
+//! - [`nats`]: the NATS JetStream backend.
 //! - [`conformance`]: the checks every backend must pass.
 //! - [`events`]: typed events over any backend (schema checks on both
 //!   ends, upcasting, unreadable messages dead-lettered).
@@ -19,6 +20,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod envelope;
 pub mod events;
+pub mod nats;
 pub mod record;
 pub mod schema;
 pub mod subject;
@@ -29,3 +31,4 @@ pub use backend::{
     StoredMessage, StreamConfig, StreamInfo,
 };
 pub use embedded::{EmbeddedBus, EmbeddedConfig};
+pub use nats::{NatsBus, NatsConfig, NatsConnectError};
