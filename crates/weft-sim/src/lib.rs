@@ -10,8 +10,8 @@ pub mod scenario;
 pub mod topology;
 
 use std::cmp::Reverse;
-use std::hash::Hasher;
 use std::collections::BinaryHeap;
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
