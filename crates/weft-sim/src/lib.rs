@@ -28,18 +28,23 @@ use weft_proto::route::LinkId;
 use weft_proto::time::Time;
 use weft_proto::wire::{Announcement, CERT_SIGNED_LEN, OriginCert, RevocationList};
 
+/// Length-prefixed (key, context, message, signature) and the verdict.
+type MemoEntry = (Box<[u8]>, bool);
+/// (address of the shared certificate, seqno, chain element).
+type SharedAnnouncementKey = (usize, u16, [u8; 32]);
+
 /// A memo of signature verifications shared by all simulated nodes, keyed
 /// by the exact bytes verified (key, context, message, signature): a forged
 /// signature can never hit the entry of a valid one. It also hands out one
 /// shared copy of each accepted certificate and announcement.
 #[derive(Debug, Default)]
 pub struct MemoCheck {
-    memo: Mutex<FxHashMap<u64, Vec<(Box<[u8]>, bool)>>>,
+    memo: Mutex<FxHashMap<u64, Vec<MemoEntry>>>,
     /// Accepted certificates by signed bytes (several only if an origin
     /// signed the same fields twice).
     certs: Mutex<FxHashMap<[u8; CERT_SIGNED_LEN], Vec<Arc<OriginCert>>>>,
     /// Accepted announcements by (shared certificate, seqno, proof).
-    announcements: Mutex<FxHashMap<(usize, u16, [u8; 32]), Arc<Announcement>>>,
+    announcements: Mutex<FxHashMap<SharedAnnouncementKey, Arc<Announcement>>>,
     verifications: AtomicU64,
 }
 
