@@ -12,8 +12,10 @@
 //!   (ack, nak with delay, in progress, term); an unacknowledged message is
 //!   redelivered after `ack_wait`; after `max_deliver` deliveries (or a term)
 //!   it is moved to the stream's **dead-letter stream** (`<stream>_DLQ`) with
-//!   the reason, the delivery count and its original headers. On NATS that
-//!   move is driven by the max-deliveries and terminated advisories.
+//!   the reason, the delivery count and its original headers. Both
+//!   backends make that move when a fetch meets the message past
+//!   `max_deliver` (NATS advisories are not stored, so one sent while no
+//!   backend listens would lose the message silently).
 //!
 //! The trait uses `impl Future + Send` returns so implementations can be
 //! written with `async fn` and driven from any tokio task.
@@ -206,6 +208,16 @@ pub enum BusError {
         sequence: u64,
         /// What is missing.
         reason: String,
+    },
+    /// The bus server (NATS) could not be reached or did not answer.
+    #[error("{what} at {server} failed: {message}; check that the server is running and reachable")]
+    Unavailable {
+        /// The request that failed.
+        what: String,
+        /// The server's address.
+        server: String,
+        /// What the client reported.
+        message: String,
     },
     /// A file operation failed.
     #[error("{op} {path}: {message}; check the disk and permissions, then reopen the bus")]

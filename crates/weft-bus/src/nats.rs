@@ -270,10 +270,10 @@ impl NatsBus {
     }
 
     fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> BusError {
-        BusError::Io {
-            op: "NATS request",
-            path: format!("{what} at {}", self.inner.url),
-            message: format!("{e}; check that nats-server -js is running and reachable there"),
+        BusError::Unavailable {
+            what: format!("NATS request {what}"),
+            server: self.inner.url.clone(),
+            message: format!("{e} (weft needs nats-server with JetStream: nats-server -js)"),
         }
     }
 
