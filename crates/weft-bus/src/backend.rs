@@ -808,6 +808,14 @@ pub enum AckKind {
     Term(Option<String>),
 }
 
+/// The dead-letter reason recorded for a [`AckKind::Term`] with `reason`.
+pub fn term_reason(reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("terminated by consumer: {r}"),
+        None => "terminated by consumer".to_owned(),
+    }
+}
+
 /// A message moved to a dead-letter stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

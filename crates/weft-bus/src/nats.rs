@@ -269,6 +269,28 @@ impl NatsBus {
         Ok(names)
     }
 
+    /// A direct get on stream `on` (`$JS.API.DIRECT.GET`); no responder
+    /// means the stream `named` in the error does not exist.
+    async fn direct_get(
+        &self,
+        on: &str,
+        named: &str,
+        request: Value,
+    ) -> Result<async_nats::Message, BusError> {
+        let subject = format!("$JS.API.DIRECT.GET.{on}");
+        let body = Bytes::from(request.to_string());
+        self.inner
+            .client
+            .request(subject.clone(), body)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => BusError::StreamNotFound {
+                    name: named.to_owned(),
+                },
+                _ => self.unavailable(&subject, e),
+            })
+    }
+
     fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> BusError {
         BusError::Unavailable {
             what: format!("NATS request {what}"),
@@ -1108,19 +1130,9 @@ impl Backend for NatsBus {
     }
 
     async fn get_message(&self, stream: &str, sequence: u64) -> Result<StoredMessage, BusError> {
-        let subject = format!("$JS.API.DIRECT.GET.{stream}");
-        let body = Bytes::from(json!({ "seq": sequence }).to_string());
         let reply = self
-            .inner
-            .client
-            .request(subject.clone(), body)
-            .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => BusError::StreamNotFound {
-                    name: stream.to_owned(),
-                },
-                _ => self.unavailable(&subject, e),
-            })?;
+            .direct_get(stream, stream, json!({ "seq": sequence }))
+            .await?;
         message_from_direct(stream, sequence, &reply)
     }
 
@@ -1277,10 +1289,7 @@ impl Backend for NatsBus {
                     Err(BusError::MessageNotFound { .. }) => None,
                     Err(e) => return Err(e),
                 };
-                let reason = match reason {
-                    Some(r) => format!("terminated by consumer: {r}"),
-                    None => "terminated by consumer".to_owned(),
-                };
+                let reason = crate::backend::term_reason(reason.as_deref());
                 self.dead_letter(token, &meta, message.as_ref(), meta.delivered, &reason)
                     .await?;
                 self.count(&meta.stream, |c| c.terminated += 1);
@@ -1296,23 +1305,13 @@ impl Backend for NatsBus {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BusError> {
         let dlq = dlq_stream_name(stream);
-        let subject = format!("$JS.API.DIRECT.GET.{dlq}");
         let filter = format!("$DLQ.{stream}.>");
         let mut seq = from_dlq_sequence.max(1);
         let mut out = Vec::new();
         while out.len() < limit {
-            let body = Bytes::from(json!({ "seq": seq, "next_by_subj": filter }).to_string());
             let reply = self
-                .inner
-                .client
-                .request(subject.clone(), body)
-                .await
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => BusError::StreamNotFound {
-                        name: stream.to_owned(),
-                    },
-                    _ => self.unavailable(&subject, e),
-                })?;
+                .direct_get(&dlq, stream, json!({ "seq": seq, "next_by_subj": filter }))
+                .await?;
             let m = match message_from_direct(&dlq, seq, &reply) {
                 Ok(m) => m,
                 Err(BusError::MessageNotFound { .. }) => break,

@@ -645,10 +645,7 @@ impl Backend for EmbeddedBus {
                 Ok(())
             }
             AckKind::Term(reason) => {
-                let reason = match reason {
-                    Some(r) => format!("terminated by consumer: {r}"),
-                    None => "terminated by consumer".to_owned(),
-                };
+                let reason = crate::backend::term_reason(reason.as_deref());
                 if let Some(cand) = s.begin_term(consumer, seq, reason)? {
                     self.inner.counters.stream(&s.name, |c| c.terminated += 1);
                     self.dead_letter(&s, consumer, cand).await?;
