@@ -689,8 +689,16 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
                 epoch: r.u32(),
                 base: Seqno(r.u16()),
             };
+            // Without a certificate the fields must be zero: one message,
+            // one encoding (the fuzzer found the other reading).
             let have = match flag {
-                0 => None,
+                0 if cert.epoch == 0 && cert.base.0 == 0 => None,
+                0 => {
+                    return Err(WireError::BadValue {
+                        what: "announcement request certificate fields without the flag",
+                        value: u64::from(cert.epoch) << 16 | u64::from(cert.base.0),
+                    });
+                }
                 1 => Some(cert),
                 v => {
                     return Err(WireError::BadValue {
@@ -991,6 +999,12 @@ mod tests {
         }
         .to_bytes()
         .unwrap();
+        let mut stray = req.clone();
+        stray[HEADER_LEN + 40] = 7;
+        assert!(matches!(
+            decode_exact(&stray),
+            Err(WireError::BadValue { .. })
+        ));
         req[HEADER_LEN + 34] = 2;
         assert_eq!(
             decode_exact(&req),
