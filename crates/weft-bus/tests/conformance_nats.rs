@@ -46,9 +46,10 @@ async fn cleanup(bus: &NatsBus, ns: &str) {
 }
 
 macro_rules! suite {
-    ($($name:ident $(, $extra:expr)?;)*) => {
+    ($($(#[$attr:meta])* $name:ident $(, $extra:expr)?;)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
             async fn $name() {
                 let bus = bus().await;
                 let ns = namespace();
@@ -78,28 +79,13 @@ suite! {
     dedup_window;
     ack_nak_term;
     redelivery_after_ack_timeout;
+    // Flaky on NATS (about 1 run in 5 on nats-server 2.9.10): around the
+    // max_deliver boundary the consumer sometimes sees one delivery too
+    // many or too few. Passes on both embedded backends. Run it with
+    // `cargo test -p weft-bus --test conformance_nats -- --ignored`;
+    // fixing it is the first open point of the bus issue.
+    #[ignore = "flaky on NATS 2.9 around the max_deliver boundary; under investigation"]
+    max_deliver_dead_letter_and_replay;
     refusals, MAX;
     deliver_policies;
-}
-
-// Flaky on NATS (about 1 run in 5 on nats-server 2.9.10): the consumer
-// sometimes sees a fourth delivery or misses the third around the
-// max_deliver boundary. Passes on both embedded backends. Run it with
-// `cargo test -p weft-bus --test conformance_nats -- --ignored`; fixing it
-// is the first open point of the bus issue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on NATS 2.9 around the max_deliver boundary; under investigation"]
-async fn max_deliver_dead_letter_and_replay() {
-    let bus = bus().await;
-    let ns = namespace();
-    let run = {
-        let bus = bus.clone();
-        let ns = ns.clone();
-        tokio::spawn(async move { c::max_deliver_dead_letter_and_replay(&bus, &ns).await })
-    };
-    let result = run.await;
-    cleanup(&bus, &ns).await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }

@@ -837,6 +837,14 @@ impl Stream {
         }
         c.pending.remove(&seq);
         c.dirty = true;
+        let rx = self.submit_settled(&mut st, seq, now)?;
+        Ok((true, rx))
+    }
+
+    /// Writes what settling `seq` changes once the consumer has forgotten
+    /// it (and marked itself dirty): a delete on a work queue, and the
+    /// consumer's state.
+    fn submit_settled(&self, st: &mut State, seq: u64, now: Now) -> Result<Waiter, BusError> {
         let record = if self.config.retention == Retention::WorkQueue && st.remove(seq) {
             Some(Record::Delete {
                 seq,
@@ -845,8 +853,7 @@ impl Stream {
         } else {
             None
         };
-        let rx = st.submit_record(&self.name, record, true)?;
-        Ok((true, rx))
+        st.submit_record(&self.name, record, true)
     }
 
     /// Sets a pending delivery's deadline (nak or in progress); returns
@@ -909,15 +916,7 @@ impl Stream {
             };
             c.pending.remove(&seq);
             c.dirty = true;
-            let record = if self.config.retention == Retention::WorkQueue && st.remove(seq) {
-                Some(Record::Delete {
-                    seq,
-                    time_ns: now.wall_ns,
-                })
-            } else {
-                None
-            };
-            st.submit_record(&self.name, record, true)?
+            self.submit_settled(&mut st, seq, now)?
         };
         self.await_done(rx).await
     }
