@@ -10,10 +10,33 @@
 //!   stream's description as JSON;
 //! - publish is a request with `Nats-Msg-Id` answered by the server's
 //!   publish ack (a duplicate answers the original sequence);
-//! - a consumer is a durable pull consumer with explicit acks; a fetch is
-//!   one or two `CONSUMER.MSG.NEXT` requests; the ack token is the
-//!   delivery's reply subject and acks are sent as requests, so an `ack`
-//!   returns once the server has applied it.
+//! - a consumer is a durable pull consumer with explicit acks; the ack
+//!   token is the delivery's reply subject and acks are sent as requests,
+//!   so an `ack` returns once the server has applied it;
+//! - a fetch sends only `no_wait` pull requests (`CONSUMER.MSG.NEXT`) and
+//!   waits on the client: between two requests it sleeps until a message
+//!   is published on the consumer's subjects (a core subscription used as
+//!   a hint) or a short poll interval (5 to 50 ms) passes, which is when
+//!   redeliveries are picked up.
+//!
+//! **Why no pull request ever waits on the server.** nats-server (seen on
+//! 2.9.10, and the code is the same in later releases) loses a delivery
+//! when the only waiting pull request expires, or loses its subscriber,
+//! at the moment a redelivery is due: the server takes the message off its
+//! redelivery queue and counts the delivery, finds no valid request, drops
+//! the request without a `408` (2.9) and "puts the message back" by moving
+//! its new-message cursor one back — which is right only for a first
+//! delivery. The redelivery is then lost until `ack_wait` passes again,
+//! its delivery count is one too high (so it is dead-lettered after fewer
+//! real deliveries than `max_deliver`), and the message before the cursor
+//! is delivered once more. A `no_wait` request is answered at once when
+//! nothing is pending and is otherwise served before the server looks for
+//! the next message, so it never expires with a message in hand. The one
+//! case where the server holds a `no_wait` request (something is pending
+//! but cannot be delivered yet, e.g. `max_ack_pending` is reached) is
+//! handled by never abandoning it: a background task keeps its subscription
+//! and queues whatever it later receives for the next fetch of that
+//! consumer, and no new request is sent for that consumer meanwhile.
 //!
 //! **Dead-lettering is done by the backend when a fetch sees a message
 //! past `max_deliver`, not from the max-deliveries advisory.** The server
@@ -36,10 +59,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Message, StatusCode};
+use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Message, StatusCode, Subscriber};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -57,6 +82,19 @@ use crate::subject::{Subject, SubjectFilter};
 /// namespace and is removed on every read.
 const ORDER_HEADER: &str = "Weft-Dlq-Header-Order";
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Shortest pause between two pull requests of a waiting fetch.
+const POLL_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between two pull requests of a waiting fetch (the most a
+/// due redelivery waits for a fetch that is already waiting).
+const POLL_MAX: Duration = Duration::from_millis(50);
+/// Least time a fetch gives the server to answer a `no_wait` request.
+const ANSWER_MIN: Duration = Duration::from_millis(500);
+/// Once a batch has started, the longest gap before the rest of the
+/// request is handed to a drainer.
+const BATCH_GAP: Duration = Duration::from_millis(50);
+/// Longest a drainer keeps an unanswered request's subscription.
+const DRAIN_MAX: Duration = Duration::from_secs(3600);
 
 // JetStream API error codes (`err_code`).
 const ERR_CONSUMER_NOT_FOUND: u64 = 10014;
@@ -146,6 +184,20 @@ struct Inner {
     streams: Mutex<HashMap<String, StreamConfig>>,
     consumers: Mutex<HashMap<(String, String), ConsumerConfig>>,
     counters: Mutex<BusCounters>,
+    /// Deliveries received for a pull request after its fetch returned,
+    /// by (stream, consumer); the next fetch hands them out first.
+    held: Mutex<HashMap<(String, String), Held>>,
+    /// Signalled when a drainer queues a delivery or ends.
+    held_changed: Notify,
+}
+
+/// What a consumer's drainers hold.
+#[derive(Default)]
+struct Held {
+    messages: VecDeque<Message>,
+    /// Pull requests not yet finished by the server, each with a task
+    /// reading its subscription.
+    drainers: usize,
 }
 
 /// A failed JetStream API call: the bus error, or the server's refusal.
@@ -226,6 +278,8 @@ impl NatsBus {
                 streams: Mutex::new(HashMap::new()),
                 consumers: Mutex::new(HashMap::new()),
                 counters: Mutex::new(BusCounters::default()),
+                held: Mutex::new(HashMap::new()),
+                held_changed: Notify::new(),
             }),
         };
         match bus.api("INFO", json!({})).await {
@@ -862,13 +916,17 @@ impl NatsBus {
         Some((token, meta, stored))
     }
 
-    /// One pull request; the messages it delivered (stops at a status).
+    /// One `no_wait` pull request for up to `batch` messages; the messages
+    /// it delivered. Waits for the server's answer until `answer_by`; a
+    /// request the server has not finished by then (it holds one when
+    /// something is pending that it cannot deliver yet) is handed to a
+    /// drainer rather than abandoned.
     async fn pull(
         &self,
         stream: &str,
         consumer: &str,
         batch: usize,
-        expires: Option<Duration>,
+        answer_by: Instant,
     ) -> Result<Vec<Message>, BusError> {
         let subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}");
         let inbox = self.inner.client.new_inbox();
@@ -878,41 +936,125 @@ impl NatsBus {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| self.unavailable(&subject, e))?;
-        let body = match expires {
-            None => json!({ "batch": batch, "no_wait": true }),
-            Some(d) => json!({ "batch": batch, "expires": nanos(d) }),
-        };
+        let body = json!({ "batch": batch, "no_wait": true });
         self.inner
             .client
             .publish_with_reply(subject.clone(), inbox, Bytes::from(body.to_string()))
             .await
             .map_err(|e| self.unavailable(&subject, e))?;
-        // The server ends the request with a status (404 none, 408 expired)
-        // or when the batch is full; the client-side limit only guards
-        // against a lost connection.
-        let limit = expires.unwrap_or_default() + self.inner.timeout;
-        let deadline = tokio::time::Instant::now() + limit;
+        // The server ends the request with a status (404: nothing pending,
+        // 408: delivered what there was) or when the batch is full.
         let mut out = Vec::new();
         while out.len() < batch {
-            let next = tokio::time::timeout_at(deadline, sub.next()).await;
-            let Ok(Some(m)) = next else {
-                if out.is_empty() && next.is_err() && expires.is_none() {
-                    return Err(self.unavailable(&subject, "no answer to a pull request"));
-                }
-                break;
+            let until = if out.is_empty() {
+                answer_by
+            } else {
+                answer_by.min(Instant::now() + BATCH_GAP)
             };
-            match m.status {
-                None => out.push(m),
-                Some(StatusCode::IDLE_HEARTBEAT) => {}
-                Some(StatusCode::NO_RESPONDERS) => {
-                    // No consumer (or stream) answers this subject.
-                    self.consumer_info(stream, consumer).await?;
+            match tokio::time::timeout_at(until, sub.next()).await {
+                Ok(Some(m)) => match m.status {
+                    None => out.push(m),
+                    Some(StatusCode::IDLE_HEARTBEAT) => {}
+                    Some(StatusCode::NO_RESPONDERS) => {
+                        // No consumer (or stream) answers this subject.
+                        self.consumer_info(stream, consumer).await?;
+                        break;
+                    }
+                    Some(_) => break,
+                },
+                // The connection is closed; the next request reports it.
+                Ok(None) => break,
+                Err(_) => {
+                    self.drain_later(stream, consumer, sub, batch - out.len());
                     break;
                 }
-                Some(_) => break,
             }
         }
         Ok(out)
+    }
+
+    /// Keeps reading an unfinished pull request's subscription in the
+    /// background and queues what it receives for the next fetch, so no
+    /// delivery the server counts is dropped by this client.
+    fn drain_later(&self, stream: &str, consumer: &str, mut sub: Subscriber, mut left: usize) {
+        let key = (stream.to_owned(), consumer.to_owned());
+        lock(&self.inner.held).entry(key.clone()).or_default().drainers += 1;
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + DRAIN_MAX;
+            while left > 0 {
+                let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+                    break;
+                };
+                match m.status {
+                    None => {
+                        let Some(inner) = inner.upgrade() else { break };
+                        lock(&inner.held)
+                            .entry(key.clone())
+                            .or_default()
+                            .messages
+                            .push_back(m);
+                        inner.held_changed.notify_waiters();
+                        left -= 1;
+                    }
+                    Some(StatusCode::IDLE_HEARTBEAT) => {}
+                    Some(_) => break,
+                }
+            }
+            if let Some(inner) = inner.upgrade() {
+                if let Some(h) = lock(&inner.held).get_mut(&key) {
+                    h.drainers = h.drainers.saturating_sub(1);
+                }
+                inner.held_changed.notify_waiters();
+            }
+        });
+    }
+
+    /// Up to `max` deliveries held for (stream, consumer), and whether a
+    /// pull request of that consumer is still unfinished.
+    fn take_held(&self, stream: &str, consumer: &str, max: usize) -> (Vec<Message>, bool) {
+        let key = (stream.to_owned(), consumer.to_owned());
+        let mut held = lock(&self.inner.held);
+        let Some(h) = held.get_mut(&key) else {
+            return (Vec::new(), false);
+        };
+        let n = h.messages.len().min(max);
+        let out: Vec<Message> = h.messages.drain(..n).collect();
+        let draining = h.drainers > 0;
+        if h.messages.is_empty() && !draining {
+            held.remove(&key);
+        }
+        (out, draining)
+    }
+
+    /// Core subscriptions on the subjects a consumer reads: a publish
+    /// there wakes a waiting fetch (a hint; correctness never depends on it).
+    async fn wake_subscription(
+        &self,
+        stream: &str,
+        config: &ConsumerConfig,
+    ) -> Result<futures_util::stream::SelectAll<Subscriber>, BusError> {
+        let subjects: Vec<String> = match &config.filter_subject {
+            Some(f) => vec![f.as_str().to_owned()],
+            None => self
+                .stream_config(stream)
+                .await?
+                .subjects
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+        };
+        let mut subs = Vec::with_capacity(subjects.len());
+        for s in subjects {
+            subs.push(
+                self.inner
+                    .client
+                    .subscribe(s.clone())
+                    .await
+                    .map_err(|e| self.unavailable(&format!("subscribe to {s}"), e))?,
+            );
+        }
+        Ok(futures_util::stream::select_all(subs))
     }
 
     /// Turns pulled messages into deliveries, dead-lettering those past
@@ -1230,37 +1372,57 @@ impl Backend for NatsBus {
                 reason: format!("must be at most 1 h, is {:?}", request.expires),
             });
         }
-        let max_deliver = self.consumer_config(stream, consumer).await?.max_deliver;
-        let deadline = tokio::time::Instant::now() + request.expires;
+        let config = self.consumer_config(stream, consumer).await?;
+        let max_deliver = config.max_deliver;
+        let max = request.max_messages;
+        let deadline = Instant::now() + request.expires;
+        let mut wake = None;
+        let mut pause = POLL_MIN;
         loop {
-            // What is there now, without waiting.
-            let now = self
-                .pull(stream, consumer, request.max_messages, None)
-                .await?;
-            let got = self.deliveries(stream, consumer, max_deliver, now).await?;
+            let changed = self.inner.held_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // Deliveries a drainer received for an earlier request first.
+            let (held, draining) = self.take_held(stream, consumer, max);
+            let mut got = self.deliveries(stream, consumer, max_deliver, held).await?;
+            // While a request of this consumer is unfinished the server
+            // serves it first; another would only queue behind it.
+            if got.len() < max && !draining {
+                let answer_by = deadline.max(Instant::now() + ANSWER_MIN);
+                let answer_by = answer_by.min(Instant::now() + self.inner.timeout.max(ANSWER_MIN));
+                let pulled = self
+                    .pull(stream, consumer, max - got.len(), answer_by)
+                    .await?;
+                got.extend(self.deliveries(stream, consumer, max_deliver, pulled).await?);
+            }
             if !got.is_empty() {
                 return Ok(got);
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left < Duration::from_millis(1) {
+            let now = Instant::now();
+            if now >= deadline {
                 return Ok(Vec::new());
             }
-            // Wait for the first, then take what else is there.
-            let first = self.pull(stream, consumer, 1, Some(left)).await?;
-            let mut got = self
-                .deliveries(stream, consumer, max_deliver, first)
-                .await?;
-            if !got.is_empty() {
-                if request.max_messages > 1 {
-                    let more = self
-                        .pull(stream, consumer, request.max_messages - 1, None)
-                        .await?;
-                    got.extend(self.deliveries(stream, consumer, max_deliver, more).await?);
+            let Some(sub) = wake.as_mut() else {
+                // Subscribe, then ask again at once: a message published
+                // between the last request and the subscription is not
+                // missed.
+                wake = Some(self.wake_subscription(stream, &config).await?);
+                continue;
+            };
+            tokio::select! {
+                woke = sub.next() => {
+                    if woke.is_some() {
+                        // The stream may not have stored it yet: look soon.
+                        pause = POLL_MIN;
+                    } else {
+                        // No hints (connection closing): poll.
+                        tokio::time::sleep_until(deadline.min(now + pause)).await;
+                    }
                 }
-                return Ok(got);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Vec::new());
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(deadline.min(now + pause)) => {
+                    pause = (pause * 2).min(POLL_MAX);
+                }
             }
         }
     }

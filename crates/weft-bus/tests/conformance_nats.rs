@@ -79,12 +79,6 @@ suite! {
     dedup_window;
     ack_nak_term;
     redelivery_after_ack_timeout;
-    // Flaky on NATS (about 1 run in 5 on nats-server 2.9.10): around the
-    // max_deliver boundary the consumer sometimes sees one delivery too
-    // many or too few. Passes on both embedded backends. Run it with
-    // `cargo test -p weft-bus --test conformance_nats -- --ignored`;
-    // fixing it is the first open point of the bus issue.
-    #[ignore = "flaky on NATS 2.9 around the max_deliver boundary; under investigation"]
     max_deliver_dead_letter_and_replay;
     refusals, MAX;
     deliver_policies;
