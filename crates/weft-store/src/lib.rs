@@ -1,0 +1,114 @@
+//! weft's control-plane persistence.
+//!
+//! - [`Store`]: the trait the control plane uses: networks and their CA,
+//!   join tokens and enrollment, nodes and revocation, API tokens, audit,
+//!   heartbeats, policies.
+//! - [`SqliteStore`]: the default backend, one SQLite file in WAL mode.
+//! - [`PgStore`]: PostgreSQL, for more than one control-plane process.
+//! - [`model`]: the records, their ids, and [`limits`] on every input.
+//! - [`conformance`]: the checks both backends pass, run by the tests.
+//!
+//! Both backends apply their versioned migrations when opened and share
+//! one implementation of the trait (the same SQL on both). Token secrets
+//! are never stored, only salted HMACs; CA keys are stored as the opaque
+//! blob the caller provides. No function panics on what it reads back: a
+//! row that breaks the rules is [`StoreError::Corrupt`].
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+pub mod error;
+pub mod model;
+pub mod postgres;
+mod secret;
+pub mod sqlite;
+pub mod store;
+
+use std::time::Duration;
+
+pub use error::{Result, StoreError};
+pub use model::limits;
+pub use model::{
+    ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord, AuditResult, Cursor, Enrolled,
+    Heartbeat, JoinToken, JoinTokenId, Network, NetworkId, NetworkName, NewApiToken,
+    NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node, NodeFilter, NodeStatus,
+    Page, PageRequest, Policy, PolicySummary, Revocation, Role, SecretBytes, SecretToken,
+    SvidRecord, Tags,
+};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+pub use store::Store;
+
+/// The schema version this build creates and expects: the newest migration
+/// in `migrations/sqlite` and `migrations/postgres` (kept equal).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Settings shared by both backends.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Most connections (PostgreSQL), or most reading connections beside
+    /// the one writer (SQLite); 1 to 256.
+    pub max_connections: u32,
+    /// How long to wait for a free connection, or for SQLite's write lock
+    /// held by another process; up to 10 minutes.
+    pub acquire_timeout: Duration,
+    /// Heartbeats kept per node (1 to
+    /// [`MAX_HEARTBEAT_HISTORY`](limits::MAX_HEARTBEAT_HISTORY)).
+    pub heartbeat_history: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+            heartbeat_history: limits::DEFAULT_HEARTBEAT_HISTORY,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Refuses out-of-range settings.
+    pub fn check(&self) -> Result<()> {
+        if !(1..=256).contains(&self.max_connections) {
+            return Err(StoreError::invalid(
+                "max_connections",
+                format!("{}; it must be 1 to 256", self.max_connections),
+            ));
+        }
+        if self.acquire_timeout.is_zero() || self.acquire_timeout > Duration::from_secs(600) {
+            return Err(StoreError::invalid(
+                "acquire_timeout",
+                format!(
+                    "{:?}; it must be above zero and at most 10 minutes",
+                    self.acquire_timeout
+                ),
+            ));
+        }
+        if !(1..=limits::MAX_HEARTBEAT_HISTORY).contains(&self.heartbeat_history) {
+            return Err(StoreError::invalid(
+                "heartbeat_history",
+                format!(
+                    "{}; it must be 1 to {}",
+                    self.heartbeat_history,
+                    limits::MAX_HEARTBEAT_HISTORY
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Explains a failed migration run.
+pub(crate) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
+    use sqlx::migrate::MigrateError as M;
+    let reason = match e {
+        M::VersionMissing(v) => format!(
+            "the database has schema version {v}, which this weft does not know (it knows up to {SCHEMA_VERSION}); run a newer weft"
+        ),
+        M::VersionMismatch(v) => format!(
+            "migration {v} applied to the database differs from this weft's; the database was made by another build"
+        ),
+        other => format!("{other}; check the database and its permissions"),
+    };
+    StoreError::Migration { reason }
+}

@@ -1,0 +1,136 @@
+//! Runs the conformance suite against both backends: SQLite in a temporary
+//! directory, and PostgreSQL at 127.0.0.1:5432 (user `postgres`, trust
+//! authentication, as in CI), where every test creates its own database
+//! and drops it afterwards, even when the check fails.
+//!
+//! If PostgreSQL is not reachable the PostgreSQL tests fail, naming the
+//! address.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use sqlx::Connection;
+use weft_store::conformance as c;
+use weft_store::{PgStore, SqliteStore, StoreConfig};
+
+/// Heartbeats kept per node in these tests (small, so pruning shows).
+const HISTORY: u32 = 5;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        heartbeat_history: HISTORY,
+        ..StoreConfig::default()
+    }
+}
+
+async fn sqlite_at(path: PathBuf) -> SqliteStore {
+    SqliteStore::open(&path, config()).await.unwrap()
+}
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn pg_url(db: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{db}")
+}
+
+/// Creates a uniquely named database and returns its name.
+async fn pg_create() -> String {
+    let name = format!("weft_store_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("the PostgreSQL tests need a server at {PG_ADMIN_URL} (user postgres, trust auth): {e}")
+        });
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    name
+}
+
+async fn pg_drop(name: &str) {
+    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+}
+
+macro_rules! suite {
+    ($($name:ident $(, $extra:expr)*;)*) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = sqlite_at(dir.path().join("weft.db")).await;
+                    c::$name(&store $(, $extra)*).await;
+                    weft_store::Store::close(&store).await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn migrations_idempotent() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("weft.db");
+                c::migrations_idempotent(|| sqlite_at(path.clone())).await;
+            }
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = pg_create().await;
+                    let run = {
+                        let db = db.clone();
+                        tokio::spawn(async move {
+                            let store = PgStore::connect(&pg_url(&db), config()).await.unwrap();
+                            c::$name(&store $(, $extra)*).await;
+                            weft_store::Store::close(&store).await;
+                        })
+                    };
+                    let result = run.await;
+                    pg_drop(&db).await;
+                    if let Err(e) = result {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn migrations_idempotent() {
+                let db = pg_create().await;
+                let run = {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        c::migrations_idempotent(|| async {
+                            PgStore::connect(&pg_url(&db), config()).await.unwrap()
+                        })
+                        .await;
+                    })
+                };
+                let result = run.await;
+                pg_drop(&db).await;
+                if let Err(e) = result {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    };
+}
+
+suite! {
+    networks;
+    enrollment;
+    concurrent_redemption, 5, 24;
+    revocation_epochs;
+    node_listing;
+    api_tokens;
+    audit_pagination;
+    heartbeat_history, HISTORY;
+    policies;
+}
