@@ -769,3 +769,280 @@ pub async fn deliver_policies<B: Backend>(bus: &B, ns: &str) {
     ));
     bus.delete_stream(&name).await.expect("delete");
 }
+
+async fn delete_queue<B: Backend>(bus: &B, config: &crate::jobs::JobQueueConfig) {
+    for s in [
+        config.job_stream(),
+        config.control_stream(),
+        config.event_stream(),
+    ] {
+        bus.delete_stream(&s).await.expect("delete job stream");
+    }
+}
+
+/// Jobs: the concurrency limit, complete, fail with backoff, retries
+/// exhausted into the DLQ with the reason, lease expiry and heartbeats,
+/// cancel before and during a run, progress and outcome events.
+pub async fn jobs_lifecycle<B: Backend + Clone>(bus: &B, ns: &str) {
+    use crate::jobs::{Heartbeat, JobEventKind, JobQueue, JobQueueConfig, Progress, Retry};
+    let mut config = JobQueueConfig::new(format!("{ns}_jl"));
+    config.lease = ACK_WAIT;
+    config.max_attempts = 3;
+    config.backoff_base = Duration::from_millis(200);
+    config.backoff_max = Duration::from_millis(400);
+    for s in [
+        config.job_stream(),
+        config.control_stream(),
+        config.event_stream(),
+    ] {
+        let _ = bus.delete_stream(&s).await;
+    }
+    let q = JobQueue::open(bus.clone(), config.clone())
+        .await
+        .expect("open queue");
+    // Opening again with the same settings is fine.
+    JobQueue::open(bus.clone(), config.clone())
+        .await
+        .expect("reopen queue");
+    assert!(
+        q.submit("bad.kind", "x").await.is_err(),
+        "a kind is one subject token"
+    );
+
+    // Concurrency limit 2: three jobs, two at a time.
+    let a = q.submit("resize", "a").await.expect("submit");
+    let b = q.submit("resize", "b").await.expect("submit");
+    let c = q.submit("resize", "c").await.expect("submit");
+    assert!(
+        q.submit_with_id(&a, "resize", "a again")
+            .await
+            .expect("resubmit"),
+        "a repeated id is a duplicate"
+    );
+    let w = q.worker(2).expect("worker");
+    let first = w.pull(10, Duration::from_millis(300)).await.expect("pull");
+    assert_eq!(first.len(), 2, "at most the concurrency limit");
+    assert_eq!(w.free_slots(), 0);
+    assert!(
+        w.pull(1, Duration::from_millis(50))
+            .await
+            .expect("pull")
+            .is_empty(),
+        "no job beyond the limit"
+    );
+    let ids: Vec<&str> = first.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, [a.as_str(), b.as_str()]);
+    assert_eq!(first[0].kind, "resize");
+    assert_eq!(&first[0].payload[..], b"a");
+    assert_eq!(first[0].attempt, 1);
+    let mut first = first.into_iter();
+    let ja = first.next().expect("job a");
+    let jb = first.next().expect("job b");
+    ja.complete(Some("done")).await.expect("complete");
+    assert_eq!(w.free_slots(), 1);
+    let next = w.pull(10, Duration::from_millis(300)).await.expect("pull");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, c);
+    let jc = next.into_iter().next().expect("job c");
+
+    // b fails with retry: back after the backoff (not before), attempt 2.
+    jb.fail("disk full", Retry::Yes).await.expect("fail");
+    assert!(
+        w.pull(1, Duration::ZERO).await.expect("pull").is_empty(),
+        "retried before its backoff"
+    );
+    // c is kept alive by heartbeats past its lease while b waits.
+    tokio::time::sleep(ACK_WAIT * 2 / 3).await;
+    assert_eq!(
+        jc.heartbeat(Some(Progress {
+            done: 1,
+            total: Some(2),
+            note: Some("half".into()),
+        }))
+        .await
+        .expect("heartbeat"),
+        Heartbeat::Continue
+    );
+    tokio::time::sleep(ACK_WAIT * 2 / 3).await;
+    let again = w.pull(1, Duration::from_secs(2)).await.expect("pull");
+    assert_eq!(again.len(), 1, "b comes back after its backoff");
+    assert_eq!(again[0].id, b, "c, heartbeating, is not handed out");
+    assert_eq!(again[0].attempt, 2);
+    let jb = again.into_iter().next().expect("job b");
+    jc.complete(None).await.expect("complete c");
+
+    // b times out (dropped without an outcome) and comes back, attempt 3;
+    // then fails on its last attempt into the DLQ with the reason.
+    drop(jb);
+    let again = w.pull(1, ACK_WAIT * 4).await.expect("pull");
+    assert_eq!(again.len(), 1, "redelivered after the lease");
+    assert_eq!(again[0].id, b);
+    assert_eq!(again[0].attempt, 3);
+    let jb = again.into_iter().next().expect("job b");
+    jb.fail("still full", Retry::Yes).await.expect("fail");
+    let dead = q.dead_letters(0, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].original_msg_id.as_deref(), Some(b.as_str()));
+    assert!(
+        dead[0].reason.contains("still full") && dead[0].reason.contains("attempt 3 of 3"),
+        "reason: {}",
+        dead[0].reason
+    );
+    assert!(
+        w.pull(1, Duration::from_millis(600))
+            .await
+            .expect("pull")
+            .is_empty(),
+        "a dead job is not retried"
+    );
+
+    // Cancel before the run: the job is removed, never handed out.
+    let d = q.submit("resize", "d").await.expect("submit");
+    q.cancel(&d).await.expect("cancel");
+    q.cancel(&d).await.expect("cancel twice");
+    assert!(
+        w.pull(2, Duration::from_millis(300))
+            .await
+            .expect("pull")
+            .is_empty(),
+        "a cancelled job is not run"
+    );
+    // Cancel during the run: the next heartbeat says so.
+    let e = q.submit("resize", "e").await.expect("submit");
+    let je = w
+        .pull(1, Duration::from_millis(300))
+        .await
+        .expect("pull")
+        .into_iter()
+        .next()
+        .expect("job e");
+    assert_eq!(je.id, e);
+    q.cancel(&e).await.expect("cancel");
+    assert_eq!(
+        je.heartbeat(None).await.expect("heartbeat"),
+        Heartbeat::Cancelled
+    );
+    drop(je);
+    assert!(
+        w.pull(1, ACK_WAIT * 3).await.expect("pull").is_empty(),
+        "a job cancelled while running is gone"
+    );
+    assert_eq!(
+        bus.stream_info(&config.job_stream())
+            .await
+            .expect("info")
+            .state
+            .messages,
+        0,
+        "nothing left in the queue"
+    );
+
+    let events = q.events(0, 100).await.expect("events");
+    let of = |id: &str| -> Vec<JobEventKind> {
+        events
+            .iter()
+            .filter(|e| e.id == id)
+            .map(|e| e.event)
+            .collect()
+    };
+    assert_eq!(of(&a), [JobEventKind::Completed]);
+    assert_eq!(of(&b), [JobEventKind::Retrying, JobEventKind::Failed]);
+    assert_eq!(of(&c), [JobEventKind::Progress, JobEventKind::Completed]);
+    assert_eq!(of(&d), [JobEventKind::Cancelled]);
+    assert_eq!(of(&e), [JobEventKind::Cancelled]);
+    let p = events
+        .iter()
+        .find(|e| e.event == JobEventKind::Progress)
+        .expect("progress event");
+    assert_eq!(
+        (p.done, p.total, p.note.as_deref()),
+        (Some(1), Some(2), Some("half"))
+    );
+    delete_queue(bus, &config).await;
+}
+
+/// Competing workers share one queue: every job runs once, the load is
+/// spread, and no worker runs more than its limit at a time.
+pub async fn jobs_competing_workers<B: Backend + Clone + 'static>(bus: &B, ns: &str) {
+    use crate::jobs::{JobQueue, JobQueueConfig};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut config = JobQueueConfig::new(format!("{ns}_jc"));
+    config.lease = Duration::from_secs(30);
+    for s in [
+        config.job_stream(),
+        config.control_stream(),
+        config.event_stream(),
+    ] {
+        let _ = bus.delete_stream(&s).await;
+    }
+    let q = JobQueue::open(bus.clone(), config.clone())
+        .await
+        .expect("open queue");
+    const N: usize = 60;
+    const LIMIT: usize = 2;
+    for i in 0..N {
+        q.submit("work", format!("j{i}")).await.expect("submit");
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let w = q.worker(LIMIT).expect("worker");
+        tasks.push(tokio::spawn(async move {
+            let running = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let mut handles = Vec::new();
+            let mut idle = 0;
+            while idle < 3 {
+                // Blocks while both slots are taken by running jobs.
+                let jobs = w
+                    .pull(LIMIT, Duration::from_millis(300))
+                    .await
+                    .expect("pull");
+                if jobs.is_empty() {
+                    idle += 1;
+                    continue;
+                }
+                idle = 0;
+                for j in jobs {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let running = running.clone();
+                    handles.push(tokio::spawn(async move {
+                        // The "work": lets other tasks run meanwhile.
+                        for _ in 0..3 {
+                            tokio::task::yield_now().await;
+                        }
+                        let payload = String::from_utf8_lossy(&j.payload).into_owned();
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        j.complete(None).await.expect("complete");
+                        payload
+                    }));
+                }
+            }
+            let mut done = Vec::new();
+            for h in handles {
+                done.push(h.await.expect("job task"));
+            }
+            let most = most.load(Ordering::SeqCst);
+            (done, most)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut busy = 0;
+    for t in tasks {
+        let (done, most) = t.await.expect("worker");
+        assert!(
+            most <= LIMIT,
+            "a worker ran {most} jobs at once (limit {LIMIT})"
+        );
+        if !done.is_empty() {
+            busy += 1;
+        }
+        all.extend(done);
+    }
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), N, "every job ran once");
+    assert_eq!(unique.len(), N, "no job ran twice");
+    assert!(busy >= 2, "the load was shared ({busy} workers ran jobs)");
+    delete_queue(bus, &config).await;
+}

@@ -13,6 +13,8 @@
 //! - [`conformance`]: the checks every backend must pass.
 //! - [`events`]: typed events over any backend (schema checks on both
 //!   ends, upcasting, unreadable messages dead-lettered).
+//! - [`jobs`]: jobs over any backend (submit, pull with a concurrency
+//!   limit, heartbeat, complete, fail with backoff, timeout, cancel).
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -20,6 +22,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod envelope;
 pub mod events;
+pub mod jobs;
 pub mod nats;
 pub mod record;
 pub mod schema;

@@ -63,11 +63,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Message, StatusCode, Subscriber};
-use tokio::sync::Notify;
-use tokio::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::backend::{
     AckKind, AckToken, Backend, BusCounters, BusError, ConsumerConfig, ConsumerInfo,
@@ -978,7 +978,10 @@ impl NatsBus {
     /// delivery the server counts is dropped by this client.
     fn drain_later(&self, stream: &str, consumer: &str, mut sub: Subscriber, mut left: usize) {
         let key = (stream.to_owned(), consumer.to_owned());
-        lock(&self.inner.held).entry(key.clone()).or_default().drainers += 1;
+        lock(&self.inner.held)
+            .entry(key.clone())
+            .or_default()
+            .drainers += 1;
         let inner: Weak<Inner> = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let deadline = Instant::now() + DRAIN_MAX;
@@ -1393,7 +1396,10 @@ impl Backend for NatsBus {
                 let pulled = self
                     .pull(stream, consumer, max - got.len(), answer_by)
                     .await?;
-                got.extend(self.deliveries(stream, consumer, max_deliver, pulled).await?);
+                got.extend(
+                    self.deliveries(stream, consumer, max_deliver, pulled)
+                        .await?,
+                );
             }
             if !got.is_empty() {
                 return Ok(got);

@@ -67,4 +67,6 @@ suite! {
     max_deliver_dead_letter_and_replay;
     refusals, MAX;
     deliver_policies;
+    jobs_lifecycle;
+    jobs_competing_workers;
 }

@@ -30,16 +30,18 @@ fn namespace() -> String {
     format!("n{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Deletes every stream of the namespace (and with it its dead letters).
+/// Deletes every stream of the namespace (and with it its dead letters):
+/// the checks' own (`<ns>_...`) and job queues' (`JOB_<ns>_...`).
 async fn cleanup(bus: &NatsBus, ns: &str) {
     let prefix = format!("{ns}_");
+    let ours = |name: &str| name.starts_with(&prefix) || name.contains(&format!("_{prefix}"));
     for name in bus.stream_names().await.unwrap() {
-        if name.starts_with(&prefix) && !name.ends_with("_DLQ") {
+        if ours(&name) && !name.ends_with("_DLQ") {
             let _ = bus.delete_stream(&name).await;
         }
     }
     for name in bus.stream_names().await.unwrap() {
-        if name.starts_with(&prefix) {
+        if ours(&name) {
             let _ = bus.delete_stream(&name).await;
         }
     }
@@ -82,4 +84,6 @@ suite! {
     max_deliver_dead_letter_and_replay;
     refusals, MAX;
     deliver_policies;
+    jobs_lifecycle;
+    jobs_competing_workers;
 }
