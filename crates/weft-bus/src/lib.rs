@@ -13,6 +13,8 @@
 //! - [`conformance`]: the checks every backend must pass.
 //! - [`events`]: typed events over any backend (schema checks on both
 //!   ends, upcasting, unreadable messages dead-lettered).
+//! - [`metrics`]: Prometheus metrics (counters by stream, consumer lag,
+//!   publish latency, refusals by reason) in the text format.
 //! - [`jobs`]: jobs over any backend (submit, pull with a concurrency
 //!   limit, heartbeat, complete, fail with backoff, timeout, cancel).
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod events;
 pub mod jobs;
+pub mod metrics;
 pub mod nats;
 pub mod record;
 pub mod schema;
