@@ -1160,3 +1160,77 @@ pub async fn policies<S: Store>(store: &S) {
         "{nowhere}"
     );
 }
+
+/// Rows changed behind the store's back (by `exec`, which runs one SQL
+/// statement on the same database) read back as
+/// [`StoreError::Corrupt`], naming the record, never as a panic.
+pub async fn corrupt_rows_are_errors<S, F, Fut>(store: &S, exec: F)
+where
+    S: Store,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let net = network(store, "corrupt").await;
+    let (token, secret) = join_token(store, &net, 1, true).await;
+    let id = node_id(7, 1);
+    store
+        .enroll_node(secret.expose(), new_node(&net, id), T0)
+        .await
+        .expect("enroll");
+    let expect_corrupt = |result: Result<(), StoreError>, what: &str| {
+        assert!(
+            matches!(result, Err(StoreError::Corrupt { .. })),
+            "{what}: expected a corrupt-record error, got {result:?}"
+        );
+    };
+    let node = format!("node_id = '{id}'");
+    for (sql, what) in [
+        (
+            format!("UPDATE nodes SET tags = '{{' WHERE {node}"),
+            "tags not JSON",
+        ),
+        (
+            format!("UPDATE nodes SET tags = '[\"UPPER\"]' WHERE {node}"),
+            "tag breaking the rules",
+        ),
+        (
+            format!("UPDATE nodes SET tags = '[]', spiffe_id = 'not a SPIFFE ID' WHERE {node}"),
+            "bad SPIFFE ID",
+        ),
+        (
+            format!(
+                "UPDATE nodes SET spiffe_id = 'spiffe://corrupt.weft.test/node/x', \
+                 svid_serial = NULL WHERE {node}"
+            ),
+            "half an SVID",
+        ),
+    ] {
+        exec(sql).await;
+        expect_corrupt(store.get_node(&id).await.map(|_| ()), what);
+        expect_corrupt(
+            store
+                .list_nodes(net.id, NodeFilter::default(), PageRequest::first(10))
+                .await
+                .map(|_| ()),
+            what,
+        );
+    }
+    exec(format!(
+        "UPDATE networks SET created_at = 9223372036854775807 WHERE name = '{}'",
+        net.name
+    ))
+    .await;
+    expect_corrupt(
+        store.get_network(net.id).await.map(|_| ()),
+        "time out of range",
+    );
+    exec(format!(
+        "UPDATE join_tokens SET description = '{}'",
+        "d".repeat(crate::limits::MAX_TEXT_LEN + 1)
+    ))
+    .await;
+    expect_corrupt(
+        store.get_join_token(token.id).await.map(|_| ()),
+        "text over its limit",
+    );
+}

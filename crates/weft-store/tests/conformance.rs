@@ -73,6 +73,24 @@ macro_rules! suite {
             )*
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn corrupt_rows_are_errors() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("weft.db");
+                let store = sqlite_at(path.clone()).await;
+                c::corrupt_rows_are_errors(&store, |sql| {
+                    let path = path.clone();
+                    async move {
+                        let url = format!("sqlite://{}", path.display());
+                        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+                        conn.close().await.unwrap();
+                    }
+                })
+                .await;
+                weft_store::Store::close(&store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn migrations_idempotent() {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("weft.db");
@@ -100,6 +118,32 @@ macro_rules! suite {
                     }
                 }
             )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn corrupt_rows_are_errors() {
+                let db = pg_create().await;
+                let run = {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        let store = PgStore::connect(&pg_url(&db), config()).await.unwrap();
+                        c::corrupt_rows_are_errors(&store, |sql| {
+                            let url = pg_url(&db);
+                            async move {
+                                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                                sqlx::query(&sql).execute(&mut conn).await.unwrap();
+                                conn.close().await.unwrap();
+                            }
+                        })
+                        .await;
+                        weft_store::Store::close(&store).await;
+                    })
+                };
+                let result = run.await;
+                pg_drop(&db).await;
+                if let Err(e) = result {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn migrations_idempotent() {
