@@ -5,6 +5,8 @@
 //!   heartbeats, policies.
 //! - [`SqliteStore`]: the default backend, one SQLite file in WAL mode.
 //! - [`PgStore`]: PostgreSQL, for more than one control-plane process.
+//! - [`AnyStore`]: either, chosen at run time from a [`Location`]
+//!   (`sqlite://…` or `postgres://…`).
 //! - [`model`]: the records, their ids, and [`limits`] on every input.
 //! - [`conformance`]: the checks both backends pass, run by the tests.
 //!
@@ -15,6 +17,7 @@
 //! row that breaks the rules is [`StoreError::Corrupt`].
 #![forbid(unsafe_code)]
 
+pub mod any;
 pub mod conformance;
 pub mod error;
 pub mod model;
@@ -25,6 +28,7 @@ pub mod store;
 
 use std::time::Duration;
 
+pub use any::{AnyStore, Location};
 pub use error::{Result, StoreError};
 pub use model::limits;
 pub use model::{

@@ -80,7 +80,7 @@ impl PgStore {
 }
 
 /// `url` without its password, for error messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let short: String = url.chars().take(200).collect();
     match (short.find("://"), short.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme + 3 => {

@@ -7,11 +7,11 @@
 //! address.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sqlx::Connection;
 use weft_store::conformance as c;
-use weft_store::{PgStore, SqliteStore, StoreConfig};
+use weft_store::{AnyStore, Location, PgStore, SqliteStore, StoreConfig};
 
 /// Heartbeats kept per node in these tests (small, so pruning shows).
 const HISTORY: u32 = 5;
@@ -97,6 +97,21 @@ macro_rules! suite {
                 c::migrations_idempotent(|| sqlite_at(path.clone())).await;
             }
         }
+        /// The same checks through `AnyStore`, opened from a location.
+        mod any_sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let location = Location::parse("sqlite://weft.db", dir.path()).unwrap();
+                    let store = AnyStore::open(&location, config()).await.unwrap();
+                    assert_eq!(store.backend(), "sqlite");
+                    c::$name(&store $(, $extra)*).await;
+                    weft_store::Store::close(&store).await;
+                }
+            )*
+        }
         mod postgres {
             use super::*;
             $(
@@ -151,8 +166,13 @@ macro_rules! suite {
                 let run = {
                     let db = db.clone();
                     tokio::spawn(async move {
+                        // Opened through `AnyStore`, as the control plane's
+                        // `--db postgres://…` does.
+                        let location = Location::parse(&pg_url(&db), Path::new(".")).unwrap();
                         c::migrations_idempotent(|| async {
-                            PgStore::connect(&pg_url(&db), config()).await.unwrap()
+                            let store = AnyStore::open(&location, config()).await.unwrap();
+                            assert_eq!(store.backend(), "postgres");
+                            store
                         })
                         .await;
                     })
