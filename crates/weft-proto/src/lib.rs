@@ -9,6 +9,7 @@
 //! - [`liveness`]: hellos, the loss-adaptive dead-neighbour detector, link cost.
 //! - [`node`]: one mesh node, tying the pieces together.
 //! - [`origin`]: signed route origins: acceptance rules, cache, refusal counters.
+//! - [`roster`]: the enrolled nodes under dense local indices.
 //! - [`route`]: the route table with Babel's feasibility condition.
 //! - [`time`]: the driver-supplied clock.
 
@@ -16,6 +17,7 @@ pub mod chain;
 pub mod liveness;
 pub mod node;
 pub mod origin;
+pub mod roster;
 pub mod route;
 pub mod time;
 pub mod wire;

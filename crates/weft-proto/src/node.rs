@@ -17,15 +17,30 @@ use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey, SignatureError}
 use crate::DetMap;
 use crate::liveness::{HelloTimer, LinkHealth, LinkLiveness, LivenessConfig};
 use crate::origin::{
-    Accepted, Arrival, Directory, OriginPolicy, OriginStore, OwnOrigin, ProofOutcome, Refusal,
-    SignatureCheck,
+    Accepted, Arrival, OriginPolicy, OriginStore, OwnOrigin, ProofOutcome, Refusal, SignatureCheck,
 };
-use crate::route::{Change, LinkId, RouteTable};
+use crate::roster::{NodeIndex, Roster};
+use crate::route::{Change, LinkSlot, RouteTable};
 use crate::time::Time;
 use crate::wire::{
     Announcement, Decoded, Hello, MAX_UPDATE_ENTRIES, Message, Metric, RevocationList, RouteEntry,
     Seqno, SeqnoProof, WireError, decode_frame,
 };
+
+/// Identifies a link: chosen by the driver, unique among a node's links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u64);
+
+/// Why a node could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node's own key is not in the roster it was given.
+    #[error("node {0} is not in its roster: enroll it before starting it")]
+    NotEnrolled(NodeId),
+    /// Its first announcement could not be signed.
+    #[error("signing the node's first announcement failed: {0}")]
+    Sign(#[from] SignatureError),
+}
 
 /// Node settings.
 #[derive(Debug, Clone)]
@@ -144,6 +159,8 @@ pub enum CloseReason {
     Revoked,
     /// The peer sent bytes that do not decode.
     Malformed,
+    /// The node has [`LinkSlot::MAX`] links already.
+    TooManyLinks,
 }
 
 /// Why a datagram was dropped.
@@ -248,55 +265,36 @@ pub struct Stats {
 }
 
 struct Link {
+    id: LinkId,
     peer: NodeId,
     live: LinkLiveness,
     /// Cost last given to the route table.
     cost: u16,
     /// Bytes received that do not yet form a whole frame.
     rx_buf: Vec<u8>,
-    /// Newest announcement seqno the peer is known to hold, per origin.
-    peer_has: DetMap<NodeId, Seqno>,
-    /// Route entries to send at the next flush, one per origin.
-    pending: DetMap<NodeId, RouteEntry>,
-    /// Announcements to send at the next flush (before the entries).
-    pending_ann: Vec<NodeId>,
+    /// The whole table goes out at the next flush (the link is new).
+    dump: bool,
+    /// Destinations to advertise on this link alone at the next flush
+    /// (answers to its seqno requests).
+    extra: Vec<NodeIndex>,
     /// Encoded frames for the reliable stream, written out at the end of
     /// the input being handled.
     tx: Vec<u8>,
 }
 
-impl Link {
-    /// Queues a route entry for the next flush.
-    fn queue_entry(&mut self, e: RouteEntry) {
-        // A seqno change travels with its proof (a 32-byte chain element)
-        // to every neighbour known to hold an older announcement of the
-        // origin, ahead of the entry, so the entry is usable on arrival.
-        // Whole certificates are not pushed by relays: a neighbour without
-        // one fetches it once from whoever advertised the route.
-        if !e.metric.is_infinite()
-            && self
-                .peer_has
-                .get(&e.origin)
-                .is_some_and(|s| e.seqno.is_newer_than(*s))
-        {
-            self.peer_has.insert(e.origin, e.seqno);
-            self.pending_ann.push(e.origin);
-        }
-        // A newer entry for the same origin replaces a pending one.
-        self.pending.insert(e.origin, e);
-    }
+/// An announcement fetch in flight for one origin: the seqno asked for and
+/// the link asked. `via == NO_SLOT`: none.
+#[derive(Debug, Clone, Copy)]
+struct Fetch {
+    seqno: u16,
+    via: u16,
 }
 
-/// Records that a peer holds the announcement of `origin` at `seqno`.
-fn note_has(peer_has: &mut DetMap<NodeId, Seqno>, origin: NodeId, seqno: Seqno) {
-    match peer_has.get_mut(&origin) {
-        Some(s) if !seqno.is_newer_than(*s) => {}
-        Some(s) => *s = seqno,
-        None => {
-            peer_has.insert(origin, seqno);
-        }
-    }
-}
+const NO_SLOT: u16 = u16::MAX;
+const NO_FETCH: Fetch = Fetch {
+    seqno: 0,
+    via: NO_SLOT,
+};
 
 /// Least time between two seqno requests for one destination.
 const SEQNO_REQUEST_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
@@ -305,33 +303,43 @@ const SEQNO_REQUEST_FANOUT: usize = 2;
 /// How often starving destinations are looked for.
 const STARVATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Pending-update capacity a link keeps between flushes.
-const PENDING_KEPT_CAPACITY: usize = 64;
-
 /// Limit on buffered partial frames per link.
 const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
 
 /// One mesh node.
+///
+/// Per-destination state lives in arrays indexed by the destination's
+/// [`NodeIndex`] in the roster (see [`crate::roster`]), links in a small
+/// array indexed by [`LinkSlot`]: a node of a 10 000-node mesh keeps
+/// about 60 bytes per destination.
 pub struct Node {
     id: NodeId,
+    me: NodeIndex,
     own: OwnOrigin,
     cfg: NodeConfig,
     seqno: Seqno,
-    links: BTreeMap<LinkId, Link>,
+    /// Links by slot; `None`: a free slot.
+    links: Vec<Option<Link>>,
+    /// Slots by the driver's link ids.
+    slots: BTreeMap<LinkId, LinkSlot>,
     table: RouteTable,
     origins: OriginStore,
     authority: CompositePublicKey,
     check: Arc<dyn SignatureCheck>,
     revocation: Option<RevocationList>,
-    /// Updates waiting for their origin's announcement: origin -> (link, entry).
-    waiting: DetMap<NodeId, Vec<(LinkId, RouteEntry)>>,
+    /// Announcement fetches in flight, by origin.
+    fetches: Vec<Fetch>,
     /// Neighbours whose seqno request for an origin this node relayed:
     /// origin -> (link, seqno asked).
-    asked_by: DetMap<NodeId, Vec<(LinkId, Seqno)>>,
-    /// Announcements requested and not yet received: (origin, seqno) -> link asked.
-    requested: DetMap<(NodeId, u16), LinkId>,
+    asked_by: DetMap<NodeIndex, Vec<(LinkSlot, Seqno)>>,
     /// Seqno requests relayed towards an origin: origin -> (seqno, when).
-    relayed: DetMap<NodeId, (Seqno, Time)>,
+    relayed: DetMap<NodeIndex, (Seqno, Time)>,
+    /// Destinations whose route changed since the last flush (sent to
+    /// every link), and the same as flags by index.
+    dirty: Vec<NodeIndex>,
+    is_dirty: Vec<bool>,
+    /// Our own seqno as last advertised.
+    own_advertised: Option<Seqno>,
     out: VecDeque<Output>,
     stats: Stats,
     hellos: HelloTimer,
@@ -340,7 +348,7 @@ pub struct Node {
     /// The time of the input being handled.
     now: Time,
     /// Last seqno request per destination.
-    seqno_requested: DetMap<NodeId, Time>,
+    seqno_requested: DetMap<NodeIndex, Time>,
     /// When to look for starving destinations next.
     next_starvation_check: Time,
 }
@@ -349,23 +357,38 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.id)
-            .field("links", &self.links.len())
+            .field("links", &self.slots.len())
             .finish_non_exhaustive()
     }
 }
 
+/// A route as the driver sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The link to the next hop.
+    pub link: LinkId,
+    /// The next hop.
+    pub next_hop: NodeId,
+    /// Seqno of the route.
+    pub seqno: Seqno,
+    /// Metric.
+    pub metric: Metric,
+}
+
 impl Node {
-    /// A node with identity `key`, trusting `directory` for enrolled keys
-    /// and `authority` for revocation lists.
+    /// A node with identity `key`, trusting the keys in `roster` (which
+    /// must hold its own) for route origins and `authority` for
+    /// revocation lists.
     pub fn new(
         key: Arc<CompositeSigningKey>,
         cfg: NodeConfig,
-        directory: Arc<dyn Directory>,
+        roster: Arc<Roster>,
         authority: CompositePublicKey,
         check: Arc<dyn SignatureCheck>,
-    ) -> Result<Self, SignatureError> {
+    ) -> Result<Self, NodeError> {
         let id = NodeId::of(key.public_key());
-        let mut origins = OriginStore::new(directory, check.clone(), cfg.origin);
+        let me = roster.index(&id).ok_or(NodeError::NotEnrolled(id))?;
+        let mut origins = OriginStore::new(roster, check.clone(), cfg.origin);
         let own = OwnOrigin::new(key, cfg.epoch, Seqno(0), cfg.unix_ms_at_zero)?;
         // Our own announcement is held like any other, so neighbours can fetch it.
         if let Some(a) = own.announcement(Seqno(0)) {
@@ -373,25 +396,29 @@ impl Node {
         }
         Ok(Self {
             id,
+            me,
             own,
             seqno: Seqno(0),
-            links: BTreeMap::new(),
-            table: RouteTable::new(id),
+            links: Vec::new(),
+            slots: BTreeMap::new(),
+            table: RouteTable::new(me),
             origins,
             authority,
             check,
             revocation: None,
-            waiting: DetMap::default(),
-            requested: DetMap::default(),
+            fetches: Vec::new(),
             relayed: DetMap::default(),
             asked_by: DetMap::default(),
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            own_advertised: None,
             out: VecDeque::new(),
             stats: Stats::default(),
-            // Jitter seeded by the node id: reproducible, and different per node.
             update_due: None,
             now: Time::ZERO,
             seqno_requested: DetMap::default(),
             next_starvation_check: Time::ZERO,
+            // Jitter seeded by the node id: reproducible, and different per node.
             hellos: HelloTimer::new(
                 Time::ZERO,
                 u64::from_le_bytes([
@@ -407,19 +434,43 @@ impl Node {
         self.id
     }
 
-    /// The route table.
+    /// The route table (indexed by roster index and link slot).
     pub fn table(&self) -> &RouteTable {
         &self.table
     }
 
+    /// The roster this node trusts.
+    pub fn roster(&self) -> &Arc<Roster> {
+        self.origins.roster()
+    }
+
+    /// Trusts a grown roster (new enrollments); refused (returns false)
+    /// unless it keeps every index of the current one.
+    pub fn set_roster(&mut self, roster: Arc<Roster>) -> bool {
+        self.origins.set_roster(roster)
+    }
+
+    /// The route selected to `dst`.
+    pub fn route(&self, dst: &NodeId) -> Option<Route> {
+        let d = self.roster().index(dst)?;
+        let s = self.table.selected(d)?;
+        let l = self.link(s.via)?;
+        Some(Route {
+            link: l.id,
+            next_hop: l.peer,
+            seqno: s.seqno,
+            metric: s.metric,
+        })
+    }
+
     /// The peer on a link.
     pub fn peer(&self, link: LinkId) -> Option<NodeId> {
-        self.links.get(&link).map(|l| l.peer)
+        self.link_by_id(link).map(|l| l.peer)
     }
 
     /// Health of a link.
     pub fn link_health(&self, link: LinkId) -> Option<LinkHealth> {
-        self.links.get(&link).map(|l| l.live.health())
+        self.link_by_id(link).map(|l| l.live.health())
     }
 
     /// Counters.
@@ -444,12 +495,13 @@ impl Node {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn next_deadline(&self) -> Option<Time> {
-        if self.links.is_empty() {
+        if self.slots.is_empty() {
             return None;
         }
         let dead = self
             .links
-            .values()
+            .iter()
+            .flatten()
             .filter_map(|l| l.live.dead_deadline())
             .min();
         let next = dead.map_or(self.hellos.next_at(), |d| d.min(self.hellos.next_at()));
@@ -460,14 +512,50 @@ impl Node {
         self.cfg.unix_ms_at_zero.saturating_add(now.0 / 1000)
     }
 
+    fn link(&self, slot: LinkSlot) -> Option<&Link> {
+        self.links.get(usize::from(slot.0)).and_then(Option::as_ref)
+    }
+
+    fn link_mut(&mut self, slot: LinkSlot) -> Option<&mut Link> {
+        self.links
+            .get_mut(usize::from(slot.0))
+            .and_then(Option::as_mut)
+    }
+
+    fn link_by_id(&self, link: LinkId) -> Option<&Link> {
+        self.slots.get(&link).and_then(|&s| self.link(s))
+    }
+
+    /// Slots of the live links, in order.
+    fn live_slots(&self) -> Vec<LinkSlot> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_some())
+            .map(|(s, _)| LinkSlot(s as u16))
+            .collect()
+    }
+
     /// Handles one input at `now`.
     pub fn handle(&mut self, now: Time, input: Input<'_>) {
         self.now = now;
         match input {
             Input::LinkUp { link, peer } => self.link_up(now, link, peer),
-            Input::LinkDown { link } => self.link_down(link),
-            Input::Received { link, bytes } => self.received(now, link, bytes),
-            Input::ReceivedDatagram { link, bytes } => self.received_datagram(now, link, bytes),
+            Input::LinkDown { link } => {
+                if let Some(&slot) = self.slots.get(&link) {
+                    self.link_down(slot);
+                }
+            }
+            Input::Received { link, bytes } => {
+                if let Some(&slot) = self.slots.get(&link) {
+                    self.received(now, slot, bytes);
+                }
+            }
+            Input::ReceivedDatagram { link, bytes } => {
+                if let Some(&slot) = self.slots.get(&link) {
+                    self.received_datagram(now, slot, bytes);
+                }
+            }
             Input::Send { dst, payload } => {
                 let hop_limit = self.cfg.hop_limit;
                 self.forward(self.id, dst, hop_limit.saturating_add(1), payload);
@@ -484,26 +572,32 @@ impl Node {
         let hellos_due = self.hellos.due(now, &cfg);
         let mut dead = Vec::new();
         let mut hellos = Vec::new();
-        for (&id, link) in &mut self.links {
+        for (s, link) in self.links.iter_mut().enumerate() {
+            let Some(link) = link else { continue };
+            let slot = LinkSlot(s as u16);
             if link.live.check_dead(now) {
-                dead.push(id);
+                dead.push(slot);
                 continue;
             }
             if hellos_due {
-                hellos.push((id, link.live.hello(now, &cfg)));
+                hellos.push((slot, link.live.hello(now, &cfg)));
             }
         }
-        for (link, h) in hellos {
-            self.send(link, &Message::Hello(h));
+        for (slot, h) in hellos {
+            self.send(slot, &Message::Hello(h));
         }
-        for link in dead {
-            self.out.push_back(Output::Close {
-                link,
-                reason: CloseReason::Dead,
-            });
-            self.link_down(link);
+        for slot in dead {
+            self.close(slot, CloseReason::Dead);
         }
         self.finish(now);
+    }
+
+    /// Tells the driver to close a link, and forgets it.
+    fn close(&mut self, slot: LinkSlot, reason: CloseReason) {
+        if let Some(l) = self.link(slot) {
+            self.out.push_back(Output::Close { link: l.id, reason });
+            self.link_down(slot);
+        }
     }
 
     fn link_up(&mut self, now: Time, link: LinkId, peer: NodeId) {
@@ -514,71 +608,83 @@ impl Node {
             });
             return;
         }
-        self.links.insert(
-            link,
-            Link {
-                peer,
-                live: LinkLiveness::new(&self.cfg.liveness),
-                cost: u16::MAX,
-                rx_buf: Vec::new(),
-                peer_has: DetMap::default(),
-                pending: DetMap::default(),
-                pending_ann: Vec::new(),
-                tx: Vec::new(),
-            },
-        );
-        self.table.set_link_cost(link, u16::MAX);
-        // The full table, once: our own route, every selected route, and
-        // the revocation list if we hold one.
-        if let Some(list) = self.revocation.clone() {
-            self.send(link, &Message::Revocation(list));
+        if self.slots.contains_key(&link) {
+            // The driver reused a live link's id: treat it as a new link.
+            if let Some(&slot) = self.slots.get(&link) {
+                self.link_down(slot);
+            }
         }
-        let mut entries = vec![RouteEntry {
-            origin: self.id,
-            seqno: self.seqno,
-            metric: Metric(0),
-        }];
-        let mut routes: Vec<_> = self
-            .table
-            .selected_routes()
-            .map(|(d, s)| RouteEntry {
-                origin: *d,
-                seqno: s.seqno,
-                metric: s.metric,
-            })
-            .collect();
-        routes.sort_by_key(|e| e.origin);
-        entries.extend(routes);
-        for e in entries {
-            self.queue_entry(link, e);
+        let slot = match self.links.iter().position(Option::is_none) {
+            Some(s) => s,
+            None if self.links.len() < LinkSlot::MAX => {
+                self.links.push(None);
+                self.links.len() - 1
+            }
+            None => {
+                self.out.push_back(Output::Close {
+                    link,
+                    reason: CloseReason::TooManyLinks,
+                });
+                return;
+            }
+        };
+        let slot = LinkSlot(slot as u16);
+        self.links[usize::from(slot.0)] = Some(Link {
+            id: link,
+            peer,
+            live: LinkLiveness::new(&self.cfg.liveness),
+            cost: u16::MAX,
+            rx_buf: Vec::new(),
+            // The full table, once, at the next flush: our own route and
+            // every selected route.
+            dump: true,
+            extra: Vec::new(),
+            tx: Vec::new(),
+        });
+        self.slots.insert(link, slot);
+        self.table.set_link_cost(slot, u16::MAX);
+        if let Some(list) = self.revocation.clone() {
+            self.send(slot, &Message::Revocation(list));
         }
         // The first hello goes out at once.
-        self.send_hello(now, link);
+        self.send_hello(now, slot);
     }
 
     /// Sends a hello on one link now, outside the node-wide hello timer.
-    fn send_hello(&mut self, now: Time, link: LinkId) {
+    fn send_hello(&mut self, now: Time, slot: LinkSlot) {
         let cfg = self.cfg.liveness.clone();
-        if let Some(l) = self.links.get_mut(&link) {
+        if let Some(l) = self.link_mut(slot) {
             let h = l.live.hello(now, &cfg);
-            self.send(link, &Message::Hello(h));
+            self.send(slot, &Message::Hello(h));
         }
     }
 
-    fn link_down(&mut self, link: LinkId) {
-        let Some(l) = self.links.remove(&link) else {
+    fn link_down(&mut self, slot: LinkSlot) {
+        let Some(l) = self
+            .links
+            .get_mut(usize::from(slot.0))
+            .and_then(Option::take)
+        else {
             return;
         };
+        self.slots.remove(&l.id);
         self.event(Event::NeighbourDead { peer: l.peer });
-        let changes = self.table.remove_link(link);
-        self.waiting
-            .values_mut()
-            .for_each(|v| v.retain(|(via, _)| *via != link));
+        let changes = self.table.remove_link(slot);
+        // The slot will be reused: nothing may still point at it.
+        for f in &mut self.fetches {
+            if f.via == slot.0 {
+                *f = NO_FETCH;
+            }
+        }
+        self.asked_by.retain(|_, v| {
+            v.retain(|(s, _)| *s != slot);
+            !v.is_empty()
+        });
         self.apply_changes(changes);
     }
 
-    fn received(&mut self, now: Time, link: LinkId, bytes: &[u8]) {
-        let Some(l) = self.links.get_mut(&link) else {
+    fn received(&mut self, now: Time, slot: LinkSlot, bytes: &[u8]) {
+        let Some(l) = self.link_mut(slot) else {
             return;
         };
         // Whole frames are decoded straight from `bytes`; only a partial
@@ -609,51 +715,48 @@ impl Node {
         let rest = input[at..].to_vec();
         buf.clear();
         buf.extend_from_slice(&rest);
-        if let Some(l) = self.links.get_mut(&link) {
+        if let Some(l) = self.link_mut(slot) {
             l.rx_buf = buf;
         }
         for m in messages {
-            self.on_message(now, link, m);
+            // A message may close the link (a revoked peer): the rest of
+            // its bytes are dropped with it.
+            if self.link(slot).is_none() {
+                return;
+            }
+            self.on_message(now, slot, m);
         }
         let overflow = self
-            .links
-            .get(&link)
+            .link(slot)
             .is_some_and(|l| l.rx_buf.len() > MAX_RX_BUFFER);
         if malformed.is_some() || overflow {
             self.stats.malformed += 1;
-            self.out.push_back(Output::Close {
-                link,
-                reason: CloseReason::Malformed,
-            });
-            self.link_down(link);
+            self.close(slot, CloseReason::Malformed);
         }
     }
 
-    fn received_datagram(&mut self, now: Time, link: LinkId, bytes: &[u8]) {
-        if !self.links.contains_key(&link) {
-            return;
-        }
+    fn received_datagram(&mut self, now: Time, slot: LinkSlot, bytes: &[u8]) {
         match crate::wire::decode_exact(bytes) {
             // Only hellos and datagrams travel unreliably; anything else
             // here is a confused or hostile peer, ignored and counted.
-            Ok(m @ (Message::Hello(_) | Message::Datagram { .. })) => self.on_message(now, link, m),
+            Ok(m @ (Message::Hello(_) | Message::Datagram { .. })) => self.on_message(now, slot, m),
             Ok(_) | Err(_) => self.stats.malformed += 1,
         }
     }
 
-    fn on_message(&mut self, now: Time, link: LinkId, msg: Message) {
+    fn on_message(&mut self, now: Time, slot: LinkSlot, msg: Message) {
         match msg {
-            Message::Hello(h) => self.on_hello(now, link, &h),
+            Message::Hello(h) => self.on_hello(now, slot, &h),
             Message::Update(entries) => {
                 for e in entries {
-                    self.on_entry(link, e);
+                    self.on_entry(slot, e);
                 }
             }
             Message::SeqnoRequest {
                 origin,
                 seqno,
                 hop_count,
-            } => self.on_seqno_request(now, link, origin, seqno, hop_count),
+            } => self.on_seqno_request(now, slot, origin, seqno, hop_count),
             Message::AnnouncementRequest {
                 origin,
                 seqno,
@@ -664,22 +767,21 @@ impl Node {
                 {
                     // The proof alone when the asker holds the right certificate.
                     let msg = if have == Some(a.cert.cert_ref()) {
-                        self.origins.proof(&origin).map(Message::SeqnoProof)
+                        Message::SeqnoProof(SeqnoProof {
+                            origin,
+                            cert: a.cert.cert_ref(),
+                            seqno: a.seqno,
+                            proof: a.proof,
+                        })
                     } else {
-                        Some(Message::Announcement(a.clone()))
+                        Message::Announcement(a.clone())
                     };
-                    let held = a.seqno;
-                    if let Some(l) = self.links.get_mut(&link) {
-                        note_has(&mut l.peer_has, origin, held);
-                    }
-                    if let Some(msg) = msg {
-                        self.send(link, &msg);
-                    }
+                    self.send(slot, &msg);
                 }
             }
-            Message::Announcement(a) => self.on_announcement(now, link, a),
-            Message::SeqnoProof(p) => self.on_seqno_proof(link, p),
-            Message::Revocation(list) => self.on_revocation(link, list),
+            Message::Announcement(a) => self.on_announcement(now, slot, a),
+            Message::SeqnoProof(p) => self.on_seqno_proof(slot, p),
+            Message::Revocation(list) => self.on_revocation(slot, list),
             Message::Datagram {
                 src,
                 dst,
@@ -689,17 +791,24 @@ impl Node {
             Message::Unreachable { reporter, src, dst } => {
                 if src == self.id {
                     self.event(Event::Unreachable { dst, reporter });
-                } else if let Some(sel) = self.table.selected(&src) {
+                } else if let Some(sel) = self.selected(&src) {
                     self.send(sel.via, &Message::Unreachable { reporter, src, dst });
                 }
             }
         }
     }
 
-    fn on_hello(&mut self, now: Time, link: LinkId, h: &Hello) {
+    /// The route selected to `dst`, by node id.
+    fn selected(&self, dst: &NodeId) -> Option<crate::route::Selected> {
+        self.roster()
+            .index(dst)
+            .and_then(|d| self.table.selected(d))
+    }
+
+    fn on_hello(&mut self, now: Time, slot: LinkSlot, h: &Hello) {
         let cfg = self.cfg.liveness.clone();
         let hysteresis = self.cfg.cost_hysteresis;
-        let Some(l) = self.links.get_mut(&link) else {
+        let Some(l) = self.link_mut(slot) else {
             return;
         };
         let was = l.live.health();
@@ -719,44 +828,48 @@ impl Node {
             // whenever our next hello is due. Links that get costs at
             // scattered times make routes form over whichever came first and
             // then improve many times over.
-            self.send_hello(now, link);
+            self.send_hello(now, slot);
         }
         if significant {
-            let changes = self.table.set_link_cost(link, cost);
+            let changes = self.table.set_link_cost(slot, cost);
             self.apply_changes(changes);
         }
     }
 
-    fn on_entry(&mut self, link: LinkId, e: RouteEntry) {
+    fn on_entry(&mut self, slot: LinkSlot, e: RouteEntry) {
         if e.origin == self.id {
-            return;
-        }
-        if self.origins.is_revoked(&e.origin) {
             return;
         }
         // Routes to nodes that are not enrolled are dropped at once: they
         // could never be verified, and holding them would let a neighbour
         // fill our memory with invented origins.
-        if !self.origins.is_enrolled(&e.origin) {
+        let Some(o) = self.roster().index(&e.origin) else {
             self.origins.count_refusal(Refusal::UnknownOrigin);
+            return;
+        };
+        if self.origins.is_revoked_at(o) {
             return;
         }
         if !e.metric.is_infinite() {
-            // A route with a seqno newer than the verified announcement needs
-            // the announcement first: ask the sender for it, hold the entry.
-            let held = self.origins.held(&e.origin).map(|a| a.seqno);
-            let needs = held.is_none_or(|s| e.seqno.is_newer_than(s));
+            // A route with a seqno newer than the verified announcement is
+            // kept but unusable until the announcement is verified: fetch
+            // it from the sender, once per origin unless a newer seqno
+            // shows up (a lost link frees the fetch).
+            let held = self.origins.held_at(o);
+            let needs = held.is_none_or(|a| e.seqno.is_newer_than(a.seqno));
             if needs {
-                self.waiting.entry(e.origin).or_default().push((link, e));
-                // One request per (origin, seqno) at a time, whichever
-                // neighbour advertised it first; a lost link frees it.
-                if let std::collections::hash_map::Entry::Vacant(v) =
-                    self.requested.entry((e.origin, e.seqno.0))
-                {
-                    v.insert(link);
-                    let have = self.origins.held(&e.origin).map(|a| a.cert.cert_ref());
+                let have = held.map(|a| a.cert.cert_ref());
+                if o.get() >= self.fetches.len() {
+                    self.fetches.resize(o.get() + 1, NO_FETCH);
+                }
+                let f = &mut self.fetches[o.get()];
+                if f.via == NO_SLOT || e.seqno.is_newer_than(Seqno(f.seqno)) {
+                    *f = Fetch {
+                        seqno: e.seqno.0,
+                        via: slot.0,
+                    };
                     self.send(
-                        link,
+                        slot,
                         &Message::AnnouncementRequest {
                             origin: e.origin,
                             seqno: e.seqno,
@@ -764,109 +877,102 @@ impl Node {
                         },
                     );
                 }
-                return;
             }
         }
-        if let Some(l) = self.links.get_mut(&link)
-            && !e.metric.is_infinite()
-        {
-            // It advertises the route, so it holds the announcement.
-            note_has(&mut l.peer_has, e.origin, e.seqno);
-        }
-        if let Some(change) = self.table.on_update(link, e.origin, e.seqno, e.metric) {
+        if let Some(change) = self.table.on_update(slot, o, e.seqno, e.metric) {
             self.apply_changes(vec![change]);
         }
         // An unfeasible offer while we have no route: ask for a newer seqno.
-        if !e.metric.is_infinite() && self.table.selected(&e.origin).is_none() {
-            self.request_seqno(e.origin);
+        if !e.metric.is_infinite() && self.table.selected(o).is_none() {
+            self.request_seqno(o);
         }
     }
 
-    fn on_announcement(&mut self, now: Time, link: LinkId, a: Announcement) {
+    /// The fetch in flight for `o`, if any.
+    fn fetch(&self, o: NodeIndex) -> Option<(Seqno, LinkSlot)> {
+        self.fetches
+            .get(o.get())
+            .filter(|f| f.via != NO_SLOT)
+            .map(|f| (Seqno(f.seqno), LinkSlot(f.via)))
+    }
+
+    fn on_announcement(&mut self, now: Time, slot: LinkSlot, a: Announcement) {
         let origin = *a.origin();
-        let requested = self.requested.remove(&(origin, a.seqno.0)).is_some();
+        let index = self.roster().index(&origin);
+        let requested = index
+            .and_then(|o| self.fetch(o))
+            .is_some_and(|(s, _)| s == a.seqno);
         let arrival = if requested {
             Arrival::Fetched
         } else {
             Arrival::Pushed
         };
-        match self.origins.offer(&a, arrival, self.unix_ms(now)) {
-            Ok(accepted) => {
-                if let Some(l) = self.links.get_mut(&link) {
-                    note_has(&mut l.peer_has, origin, a.seqno);
-                }
-                if accepted == Accepted::New {
-                    self.on_new_seqno(origin, a.seqno);
-                }
-            }
-            Err(reason) => self.refused_announcement(link, origin, a.seqno, reason),
+        match (self.origins.offer(&a, arrival, self.unix_ms(now)), index) {
+            (Ok(Accepted::New), Some(o)) => self.on_new_seqno(o, a.seqno),
+            (Ok(_), _) => {}
+            (Err(reason), _) => self.refused_announcement(slot, origin, a.seqno, reason),
         }
     }
 
-    fn on_seqno_proof(&mut self, link: LinkId, p: SeqnoProof) {
+    fn on_seqno_proof(&mut self, slot: LinkSlot, p: SeqnoProof) {
         match self.origins.offer_proof(&p) {
-            Ok(outcome) => {
-                if outcome != ProofOutcome::NeedCert
-                    && let Some(l) = self.links.get_mut(&link)
-                {
-                    note_has(&mut l.peer_has, p.origin, p.seqno);
+            Ok(ProofOutcome::New) => {
+                if let Some(o) = self.roster().index(&p.origin) {
+                    self.on_new_seqno(o, p.seqno);
                 }
-                if outcome == ProofOutcome::New {
-                    self.requested.remove(&(p.origin, p.seqno.0));
-                    self.on_new_seqno(p.origin, p.seqno);
-                }
-                // NeedCert: the update naming the seqno will fetch the
-                // whole announcement.
             }
-            Err(reason) => self.refused_announcement(link, p.origin, p.seqno, reason),
+            // NeedCert: the update naming the seqno will fetch the whole
+            // announcement.
+            Ok(_) => {}
+            Err(reason) => self.refused_announcement(slot, p.origin, p.seqno, reason),
         }
     }
 
     fn refused_announcement(
         &mut self,
-        link: LinkId,
+        slot: LinkSlot,
         origin: NodeId,
         seqno: Seqno,
         reason: Refusal,
     ) {
         self.event(Event::AnnouncementRefused { origin, reason });
-        if let Some(v) = self.waiting.get_mut(&origin) {
-            v.retain(|(via, e)| !(*via == link && e.seqno == seqno));
+        // The fetch failed: the next update naming the seqno asks again.
+        if let Some(o) = self.roster().index(&origin)
+            && self.fetch(o) == Some((seqno, slot))
+        {
+            self.fetches[o.get()] = NO_FETCH;
         }
     }
 
-    /// A newer seqno of `origin` is verified: pass it to the neighbours
-    /// whose seqno request we relayed, and release the entries waiting for it.
-    fn on_new_seqno(&mut self, origin: NodeId, seqno: Seqno) {
-        if let Some(asked) = self.asked_by.remove(&origin) {
+    /// A newer seqno of `o` is verified: pass it to the neighbours whose
+    /// seqno request we relayed, and let the routes waiting for it be used.
+    fn on_new_seqno(&mut self, o: NodeIndex, seqno: Seqno) {
+        if let Some(asked) = self.asked_by.remove(&o) {
             let (done, waiting): (Vec<_>, Vec<_>) = asked
                 .into_iter()
                 .partition(|(_, s)| !s.is_newer_than(seqno));
             if !waiting.is_empty() {
-                self.asked_by.insert(origin, waiting);
+                self.asked_by.insert(o, waiting);
             }
-            for (l, _) in done {
-                self.push_announcement(l, origin);
+            for (slot, _) in done {
+                self.push_announcement(slot, o);
             }
         }
-        let waiting = self.waiting.remove(&origin).unwrap_or_default();
-        let (ready, still): (Vec<_>, Vec<_>) = waiting
-            .into_iter()
-            .partition(|(_, e)| !e.seqno.is_newer_than(seqno));
-        if !still.is_empty() {
-            self.waiting.insert(origin, still);
+        if self.fetch(o).is_some_and(|(s, _)| !s.is_newer_than(seqno)) {
+            self.fetches[o.get()] = NO_FETCH;
         }
-        for (via, e) in ready {
-            if self.links.contains_key(&via) {
-                self.on_entry(via, e);
-            }
+        if let Some(change) = self.table.set_verified(o, seqno) {
+            self.apply_changes(vec![change]);
+        }
+        if self.table.selected(o).is_none() {
+            self.request_seqno(o);
         }
     }
 
     fn on_seqno_request(
         &mut self,
         now: Time,
-        link: LinkId,
+        slot: LinkSlot,
         origin: NodeId,
         seqno: Seqno,
         hops: u8,
@@ -875,41 +981,35 @@ impl Node {
             if seqno.is_newer_than(self.seqno) || seqno == self.seqno.next() {
                 self.bump_seqno(now);
             }
-            let own = RouteEntry {
-                origin: self.id,
-                seqno: self.seqno,
-                metric: Metric(0),
-            };
-            self.queue_entry(link, own);
+            let me = self.me;
+            self.advertise_on(slot, me);
             return;
         }
-        match self.table.selected(&origin) {
+        let Some(o) = self.roster().index(&origin) else {
+            return;
+        };
+        match self.table.selected(o) {
             Some(sel) if !seqno.is_newer_than(sel.seqno) => {
-                let e = RouteEntry {
-                    origin,
-                    seqno: sel.seqno,
-                    metric: sel.metric,
-                };
-                self.push_announcement(link, origin);
-                self.queue_entry(link, e);
+                self.push_announcement(slot, o);
+                self.advertise_on(slot, o);
             }
-            Some(sel) if hops > 1 && sel.via != link => {
+            Some(sel) if hops > 1 && sel.via != slot => {
                 // Remember who asked: the new announcement goes back along
                 // the request's path as soon as it arrives, sparing each hop
                 // a fetch round trip while the route is being repaired.
-                let asked = self.asked_by.entry(origin).or_default();
-                if asked.len() < 64 && !asked.iter().any(|(l, s)| *l == link && *s == seqno) {
-                    asked.push((link, seqno));
+                let asked = self.asked_by.entry(o).or_default();
+                if asked.len() < 64 && !asked.iter().any(|(l, s)| *l == slot && *s == seqno) {
+                    asked.push((slot, seqno));
                 }
                 // A request for the same or an older seqno relayed recently
                 // is on its way already (RFC 8966 §3.8.1.2): after a mass
                 // failure many nodes ask for the same origin at once.
-                if self.relayed.get(&origin).is_some_and(|&(s, at)| {
+                if self.relayed.get(&o).is_some_and(|&(s, at)| {
                     !seqno.is_newer_than(s) && now < at + SEQNO_REQUEST_SPACING
                 }) {
                     return;
                 }
-                self.relayed.insert(origin, (seqno, now));
+                self.relayed.insert(o, (seqno, now));
                 self.send(
                     sel.via,
                     &Message::SeqnoRequest {
@@ -923,25 +1023,30 @@ impl Node {
         }
     }
 
-    /// Sends the held announcement of `origin` on `link` unless the peer is
-    /// known to hold it already: the proof alone if the peer holds an
-    /// announcement of the origin (so most likely its certificate),
-    /// otherwise the whole announcement.
-    fn push_announcement(&mut self, link: LinkId, origin: NodeId) {
-        let Some(a) = self.origins.held(&origin) else {
+    /// Advertises our route to `d` on one link at the next flush.
+    fn advertise_on(&mut self, slot: LinkSlot, d: NodeIndex) {
+        if let Some(l) = self.link_mut(slot)
+            && !l.extra.contains(&d)
+        {
+            l.extra.push(d);
+        }
+    }
+
+    /// Sends the held announcement of `o` on a link unless the peer is
+    /// known to hold it already: the proof alone if the peer advertised an
+    /// older seqno of the origin (so it holds its certificate), otherwise
+    /// the whole announcement.
+    fn push_announcement(&mut self, slot: LinkSlot, o: NodeIndex) {
+        let Some(a) = self.origins.held_at(o) else {
             return;
         };
-        let Some(l) = self.links.get_mut(&link) else {
-            return;
-        };
-        let msg = match l.peer_has.get(&origin) {
-            Some(s) if !a.seqno.is_newer_than(*s) => return,
-            Some(_) => self.origins.proof(&origin).map(Message::SeqnoProof),
+        let msg = match self.table.heard_from(slot, o) {
+            Some(h) if !a.seqno.is_newer_than(h.seqno) => return,
+            Some(_) => self.origins.proof_at(o).map(Message::SeqnoProof),
             None => Some(Message::Announcement(a.clone())),
         };
-        note_has(&mut l.peer_has, origin, a.seqno);
         if let Some(msg) = msg {
-            self.send(link, &msg);
+            self.send(slot, &msg);
         }
     }
 
@@ -952,15 +1057,8 @@ impl Node {
                 self.stats.seqno_bumps += 1;
                 self.seqno = next;
                 let _ = self.origins.offer(&a, Arrival::Fetched, self.unix_ms(now));
-                let own = RouteEntry {
-                    origin: self.id,
-                    seqno: next,
-                    metric: Metric(0),
-                };
-                let links: Vec<LinkId> = self.links.keys().copied().collect();
-                for link in links {
-                    self.queue_entry(link, own);
-                }
+                let me = self.me;
+                self.mark_dirty(me);
             }
             Err(_) => {
                 // Signing cannot fail with a valid key; if aws-lc ever does,
@@ -970,7 +1068,7 @@ impl Node {
         }
     }
 
-    fn on_revocation(&mut self, from: LinkId, list: RevocationList) {
+    fn on_revocation(&mut self, from: LinkSlot, list: RevocationList) {
         if self.accepts_revocation(&list) {
             self.apply_revocation(Some(from), list);
         }
@@ -1011,36 +1109,29 @@ impl Node {
         valid
     }
 
-    fn apply_revocation(&mut self, from: Option<LinkId>, list: RevocationList) {
+    fn apply_revocation(&mut self, from: Option<LinkSlot>, list: RevocationList) {
         let epoch = list.epoch;
         let mut changes = Vec::new();
         for id in &list.revoked {
             self.origins.revoke(*id);
-            self.waiting.remove(id);
-            changes.extend(self.table.purge(id));
+            if let Some(o) = self.roster().index(id) {
+                if let Some(f) = self.fetches.get_mut(o.get()) {
+                    *f = NO_FETCH;
+                }
+                self.asked_by.remove(&o);
+                changes.extend(self.table.purge(o));
+            }
         }
-        let revoked_links: Vec<LinkId> = self
-            .links
-            .iter()
-            .filter(|(_, l)| list.revoked.contains(&l.peer))
-            .map(|(id, _)| *id)
-            .collect();
-        let gossip: Vec<LinkId> = self
-            .links
-            .keys()
-            .copied()
-            .filter(|l| Some(*l) != from && !revoked_links.contains(l))
-            .collect();
+        let slots = self.live_slots();
+        let (revoked_links, gossip): (Vec<LinkSlot>, Vec<LinkSlot>) = slots
+            .into_iter()
+            .partition(|&s| self.link(s).is_some_and(|l| list.revoked.contains(&l.peer)));
         self.revocation = Some(list.clone());
-        for link in gossip {
-            self.send(link, &Message::Revocation(list.clone()));
+        for slot in gossip.into_iter().filter(|&s| Some(s) != from) {
+            self.send(slot, &Message::Revocation(list.clone()));
         }
-        for link in revoked_links {
-            self.out.push_back(Output::Close {
-                link,
-                reason: CloseReason::Revoked,
-            });
-            self.link_down(link);
+        for slot in revoked_links {
+            self.close(slot, CloseReason::Revoked);
         }
         self.event(Event::RevocationApplied { epoch });
         self.apply_changes(changes);
@@ -1067,7 +1158,7 @@ impl Node {
             });
             return;
         }
-        match self.table.selected(&dst) {
+        match self.selected(&dst) {
             Some(sel) => self.send(
                 sel.via,
                 &Message::Datagram {
@@ -1093,7 +1184,7 @@ impl Node {
                         dst,
                         reporter: self.id,
                     });
-                } else if let Some(back) = self.table.selected(&src) {
+                } else if let Some(back) = self.selected(&src) {
                     self.send(back.via, &report);
                 }
             }
@@ -1102,47 +1193,40 @@ impl Node {
 
     fn apply_changes(&mut self, changes: Vec<Change>) {
         for change in changes {
-            let entry = match change {
-                Change::Added(dst, s) | Change::Changed(dst, s) => {
-                    let via = self.links.get(&s.via).map(|l| l.peer).unwrap_or(dst);
-                    let ev = if matches!(change, Change::Added(..)) {
-                        Event::RouteAdded {
-                            dst,
-                            via,
-                            metric: s.metric,
-                        }
-                    } else {
-                        Event::RouteChanged {
-                            dst,
-                            via,
-                            metric: s.metric,
-                        }
-                    };
-                    self.event(ev);
-                    RouteEntry {
-                        origin: dst,
-                        seqno: s.seqno,
-                        metric: s.metric,
-                    }
-                }
-                Change::Lost(dst) => {
-                    self.event(Event::RouteLost { dst });
-                    let seqno = self
-                        .table
-                        .feasibility_distance(&dst)
-                        .map(|fd| fd.seqno)
-                        .unwrap_or_default();
-                    self.request_seqno(dst);
-                    RouteEntry {
-                        origin: dst,
-                        seqno,
-                        metric: Metric::INFINITY,
-                    }
-                }
+            let (d, selected) = match change {
+                Change::Added(d, s) | Change::Changed(d, s) => (d, Some(s)),
+                Change::Lost(d) => (d, None),
             };
-            for l in self.links.values_mut() {
-                l.queue_entry(entry);
+            let Some(dst) = self.roster().id(d) else {
+                continue;
+            };
+            match selected {
+                Some(s) => {
+                    let via = self.link(s.via).map_or(dst, |l| l.peer);
+                    let metric = s.metric;
+                    self.event(if matches!(change, Change::Added(..)) {
+                        Event::RouteAdded { dst, via, metric }
+                    } else {
+                        Event::RouteChanged { dst, via, metric }
+                    });
+                }
+                None => {
+                    self.event(Event::RouteLost { dst });
+                    self.request_seqno(d);
+                }
             }
+            self.mark_dirty(d);
+        }
+    }
+
+    /// Queues our route to `d` for every link at the next flush.
+    fn mark_dirty(&mut self, d: NodeIndex) {
+        if d.get() >= self.is_dirty.len() {
+            self.is_dirty.resize(d.get() + 1, false);
+        }
+        if !self.is_dirty[d.get()] {
+            self.is_dirty[d.get()] = true;
+            self.dirty.push(d);
         }
     }
 
@@ -1151,30 +1235,24 @@ impl Node {
     /// At most once per [`SEQNO_REQUEST_SPACING`] per destination; the
     /// periodic starvation check resends, since a request can be dropped
     /// by a relay that had no route at that moment.
-    fn request_seqno(&mut self, dst: NodeId) {
-        if self.origins.is_revoked(&dst) || !self.table.is_starving(&dst) {
+    fn request_seqno(&mut self, dst: NodeIndex) {
+        if self.origins.is_revoked_at(dst) {
             return;
         }
         // Only the neighbours with the best unfeasible offers are asked:
         // after a mass failure most destinations starve at once, and asking
         // every neighbour multiplied requests mesh-wide. The periodic
         // starvation check asks again if the answer does not come.
-        let mut offers: Vec<(Metric, LinkId)> = self
+        let mut offers: Vec<(Metric, LinkSlot)> = self
             .table
-            .heard(&dst)
-            .iter()
-            .filter(|r| !r.metric.is_infinite())
+            .unfeasible_offers(dst)
+            .into_iter()
             .map(|r| (r.metric, r.via))
             .collect();
-        offers.sort_unstable();
-        let vias: Vec<LinkId> = offers
-            .into_iter()
-            .take(SEQNO_REQUEST_FANOUT)
-            .map(|(_, via)| via)
-            .collect();
-        if vias.is_empty() {
+        if offers.is_empty() || self.table.selected(dst).is_some() {
             return;
         }
+        offers.sort_unstable();
         let now = self.now;
         if self
             .seqno_requested
@@ -1183,18 +1261,21 @@ impl Node {
         {
             return;
         }
+        let Some(origin) = self.roster().id(dst) else {
+            return;
+        };
         self.seqno_requested.insert(dst, now);
         let seqno = self
             .table
-            .feasibility_distance(&dst)
+            .feasibility_distance(dst)
             .map(|fd| fd.seqno)
             .unwrap_or_default();
         let req = Message::SeqnoRequest {
-            origin: dst,
+            origin,
             seqno: seqno.next(),
             hop_count: self.cfg.seqno_request_hops,
         };
-        for via in vias {
+        for (_, via) in offers.into_iter().take(SEQNO_REQUEST_FANOUT) {
             self.send(via, &req);
         }
     }
@@ -1207,31 +1288,73 @@ impl Node {
         self.next_starvation_check = self.now + STARVATION_CHECK_INTERVAL;
         self.seqno_requested
             .retain(|_, at| self.now < *at + STARVATION_CHECK_INTERVAL);
-        let mut starving: Vec<NodeId> = self.table.starving().copied().collect();
-        starving.sort();
-        for dst in starving {
+        for dst in self.table.starving() {
             self.request_seqno(dst);
         }
     }
 
-    fn queue_entry(&mut self, link: LinkId, e: RouteEntry) {
-        if let Some(l) = self.links.get_mut(&link) {
-            l.queue_entry(e);
+    /// The entry advertising our route to `d` as it stands: our own route,
+    /// the selected route, or a retraction.
+    fn entry_for(&self, d: NodeIndex) -> Option<RouteEntry> {
+        if d == self.me {
+            return Some(RouteEntry {
+                origin: self.id,
+                seqno: self.seqno,
+                metric: Metric(0),
+            });
         }
+        let origin = self.roster().id(d)?;
+        Some(match self.table.selected(d) {
+            Some(s) => RouteEntry {
+                origin,
+                seqno: s.seqno,
+                metric: s.metric,
+            },
+            None => RouteEntry {
+                origin,
+                seqno: self
+                    .table
+                    .feasibility_distance(d)
+                    .map(|fd| fd.seqno)
+                    .unwrap_or_default(),
+                metric: Metric::INFINITY,
+            },
+        })
     }
 
-    /// Sends the queued announcements and route entries of every link once
+    /// Whether `e` advertises a seqno of `d` newer than the one this node
+    /// advertised last, so that neighbours need its proof.
+    fn is_new_seqno(&self, d: NodeIndex, e: &RouteEntry) -> bool {
+        if e.metric.is_infinite() {
+            return false;
+        }
+        let last = if d == self.me {
+            self.own_advertised
+        } else {
+            self.table.feasibility_distance(d).map(|fd| fd.seqno)
+        };
+        last.is_some_and(|s| e.seqno.is_newer_than(s))
+    }
+
+    /// Sends the queued route updates of every link once
     /// [`NodeConfig::update_delay`] has passed since the first was queued.
     ///
-    /// Queued seqno changes go as proofs, except that an origin pushes a
-    /// certificate it has just signed whole (while fresh: less than half
-    /// the skew window old, since peers refuse stale pushed certificates
-    /// as replays).
+    /// Each entry is computed from the table as it stands at the flush, so
+    /// a route that changed several times in the delay goes out once. A
+    /// seqno change travels with its proof (a 32-byte chain element) to
+    /// every neighbour that advertised an older seqno of the origin, ahead
+    /// of the entry, so the entry is usable on arrival; a neighbour that
+    /// never advertised the origin fetches what it lacks. Our own new
+    /// certificate is pushed whole while fresh (less than half the skew
+    /// window old, since peers refuse stale pushed certificates as
+    /// replays).
     fn flush(&mut self, now: Time) {
-        let queued = self
-            .links
-            .values()
-            .any(|l| !l.pending.is_empty() || !l.pending_ann.is_empty());
+        let queued = !self.dirty.is_empty()
+            || self
+                .links
+                .iter()
+                .flatten()
+                .any(|l| l.dump || !l.extra.is_empty());
         if !queued {
             self.update_due = None;
             return;
@@ -1244,62 +1367,128 @@ impl Node {
             Some(due) if now < due => return,
             _ => self.update_due = None,
         }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for d in &dirty {
+            self.is_dirty[d.get()] = false;
+        }
+        dirty.sort_unstable();
+        // The increment every link gets, with whether each entry carries a
+        // new seqno, judged before advertising moves the distances.
+        let shared: Vec<(NodeIndex, RouteEntry, bool)> = dirty
+            .iter()
+            .filter_map(|&d| {
+                let e = self.entry_for(d)?;
+                Some((d, e, self.is_new_seqno(d, &e)))
+            })
+            .collect();
         let now_ms = self.unix_ms(now);
         let fresh_ms = u64::try_from(self.cfg.origin.max_skew.as_millis() / 2).unwrap_or(u64::MAX);
-        let links: Vec<LinkId> = self.links.keys().copied().collect();
-        for link in links {
-            let Some(l) = self.links.get_mut(&link) else {
+        for slot in self.live_slots() {
+            let Some(l) = self.link_mut(slot) else {
                 continue;
             };
-            if l.pending.is_empty() && l.pending_ann.is_empty() {
-                continue;
-            }
-            let anns = std::mem::take(&mut l.pending_ann);
-            // Drained rather than taken: the map keeps some capacity for the
-            // next burst instead of growing again from nothing, but not a
-            // whole table's worth per link (memory grows with links × routes).
-            let mut entries: Vec<RouteEntry> = l.pending.drain().map(|(_, e)| e).collect();
-            l.pending.shrink_to(PENDING_KEPT_CAPACITY);
-            for origin in anns {
-                let Some(a) = self.origins.held(&origin) else {
-                    continue;
-                };
-                let new_cert = origin == self.id && a.seqno == a.cert.base;
-                if !new_cert {
-                    if let Some(p) = self.origins.proof(&origin) {
-                        self.send(link, &Message::SeqnoProof(p));
+            let dump = std::mem::take(&mut l.dump);
+            let extra = std::mem::take(&mut l.extra);
+            let mut entries: Vec<(NodeIndex, RouteEntry)> = Vec::new();
+            if dump {
+                // A new neighbour gets the whole table and fetches the
+                // announcements it lacks.
+                entries.extend(self.entry_for(self.me).map(|e| (self.me, e)));
+                let id = |d: NodeIndex| self.roster().id(d);
+                entries.extend(self.table.selected_routes().filter_map(|(d, s)| {
+                    Some((
+                        d,
+                        RouteEntry {
+                            origin: id(d)?,
+                            seqno: s.seqno,
+                            metric: s.metric,
+                        },
+                    ))
+                }));
+            } else {
+                for &(d, e, new_seqno) in &shared {
+                    if new_seqno {
+                        self.push_new_seqno(slot, d, &e, now_ms, fresh_ms);
                     }
-                } else if a.cert.timestamp_ms.saturating_add(fresh_ms) >= now_ms {
-                    let a = a.clone();
-                    self.send(link, &Message::Announcement(a));
-                } else if let Some(l) = self.links.get_mut(&link) {
-                    // Too old to push: the peer will fetch it.
-                    l.peer_has.remove(&origin);
+                    entries.push((d, e));
+                }
+                for d in extra {
+                    if dirty.binary_search(&d).is_err()
+                        && let Some(e) = self.entry_for(d)
+                    {
+                        entries.push((d, e));
+                    }
                 }
             }
-            entries.sort_unstable_by_key(|e| e.origin);
-            // Advertising is what sets the feasibility distance (RFC 8966 §3.7.3).
-            for e in &entries {
-                self.table.advertised(e.origin, e.seqno, e.metric);
+            if entries.is_empty() {
+                continue;
             }
+            // Advertising is what sets the feasibility distance (RFC 8966 §3.7.3).
+            for (d, e) in &entries {
+                if *d == self.me {
+                    self.own_advertised = Some(e.seqno);
+                } else {
+                    self.table.advertised(*d, e.seqno, e.metric);
+                }
+            }
+            let entries: Vec<RouteEntry> = entries.into_iter().map(|(_, e)| e).collect();
             for chunk in entries.chunks(MAX_UPDATE_ENTRIES) {
-                self.send(link, &Message::Update(chunk.to_vec()));
+                self.send(slot, &Message::Update(chunk.to_vec()));
             }
         }
     }
 
-    /// Sends `msg` on `link`: hellos and datagrams at once as unreliable
-    /// transmissions; everything else into the link's stream buffer,
-    /// written out as one transmission when the input is handled.
-    fn send(&mut self, link: LinkId, msg: &Message) {
-        let reliable = !matches!(msg, Message::Hello(_) | Message::Datagram { .. });
-        let encoded = if reliable {
-            match self.links.get_mut(&link) {
-                Some(l) => msg.encode(&mut l.tx).map(|()| msg.encoded_len()),
-                // The link is gone: nothing to send on.
-                None => return,
+    /// Sends ahead of entry `e` what the peer needs to use its new seqno.
+    fn push_new_seqno(
+        &mut self,
+        slot: LinkSlot,
+        d: NodeIndex,
+        e: &RouteEntry,
+        now_ms: u64,
+        fresh_ms: u64,
+    ) {
+        let msg = if d == self.me {
+            let Some(a) = self.origins.held_at(d) else {
+                return;
+            };
+            if a.seqno != a.cert.base {
+                self.origins.proof_at(d).map(Message::SeqnoProof)
+            } else if a.cert.timestamp_ms.saturating_add(fresh_ms) >= now_ms {
+                Some(Message::Announcement(a.clone()))
+            } else {
+                // Too old to push: the peers will fetch it.
+                None
             }
         } else {
+            match self.table.heard_from(slot, d) {
+                Some(h) if e.seqno.is_newer_than(h.seqno) => {
+                    self.origins.proof_at(d).map(Message::SeqnoProof)
+                }
+                _ => None,
+            }
+        };
+        if let Some(msg) = msg {
+            self.send(slot, &msg);
+        }
+    }
+
+    /// Sends `msg` on a link: hellos and datagrams at once as unreliable
+    /// transmissions; everything else into the link's stream buffer,
+    /// written out as one transmission when the input is handled.
+    fn send(&mut self, slot: LinkSlot, msg: &Message) {
+        let reliable = !matches!(msg, Message::Hello(_) | Message::Datagram { .. });
+        let Some(l) = self
+            .links
+            .get_mut(usize::from(slot.0))
+            .and_then(Option::as_mut)
+        else {
+            // The link is gone: nothing to send on.
+            return;
+        };
+        let encoded = if reliable {
+            msg.encode(&mut l.tx).map(|()| msg.encoded_len())
+        } else {
+            let link = l.id;
             msg.to_bytes().map(|bytes| {
                 let len = bytes.len();
                 self.out.push_back(Output::Transmit {
@@ -1328,10 +1517,10 @@ impl Node {
     /// to the driver as one stream write.
     fn finish(&mut self, now: Time) {
         self.flush(now);
-        for (&link, l) in &mut self.links {
+        for l in self.links.iter_mut().flatten() {
             if !l.tx.is_empty() {
                 self.out.push_back(Output::Transmit {
-                    link,
+                    link: l.id,
                     bytes: std::mem::take(&mut l.tx),
                     reliable: true,
                 });

@@ -4,7 +4,7 @@
 //! An announcement is an origin certificate (signed once per seqno chain,
 //! see [`crate::chain`]) plus the chain element proving one seqno. Rules
 //! for a whole announcement, in order:
-//! 1. the origin must be enrolled (its public key is in the [`Directory`]);
+//! 1. the origin must be enrolled (its public key is in the [`Roster`]);
 //! 2. it must not be revoked;
 //! 3. `(epoch, seqno)` must not be older than the announcement held for it
 //!    (an equal one is a duplicate and costs nothing);
@@ -26,7 +26,6 @@
 //! results across nodes (the simulator does), keeping the cost at one
 //! verification per distinct signature.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,28 +35,8 @@ use weft_crypto::sign::{
 };
 
 use crate::chain::{self, CHAIN_LEN, Chain};
+use crate::roster::{NodeIndex, Roster};
 use crate::wire::{Announcement, OriginCert, Seqno, SeqnoProof};
-
-/// Public keys of the enrolled nodes (from the control plane).
-pub trait Directory: Send + Sync {
-    /// The composite public key of `node`, if it is enrolled.
-    fn public_key(&self, node: &NodeId) -> Option<CompositePublicKey>;
-
-    /// Whether `node` is enrolled.
-    fn contains(&self, node: &NodeId) -> bool {
-        self.public_key(node).is_some()
-    }
-}
-
-impl<S: std::hash::BuildHasher + Send + Sync> Directory for HashMap<NodeId, CompositePublicKey, S> {
-    fn public_key(&self, node: &NodeId) -> Option<CompositePublicKey> {
-        self.get(node).cloned()
-    }
-
-    fn contains(&self, node: &NodeId) -> bool {
-        self.contains_key(node)
-    }
-}
 
 /// Verifies composite signatures; implementations may memoize.
 pub trait SignatureCheck: Send + Sync {
@@ -175,29 +154,63 @@ impl Default for OriginPolicy {
 
 /// The announcements one node holds, and its refusal counters.
 pub struct OriginStore {
-    directory: Arc<dyn Directory>,
+    roster: Arc<Roster>,
     check: Arc<dyn SignatureCheck>,
     policy: OriginPolicy,
-    held: crate::DetMap<NodeId, Arc<Announcement>>,
+    /// Held announcements by roster index.
+    held: Vec<Option<Arc<Announcement>>>,
     revoked: rustc_hash::FxHashSet<NodeId>,
+    /// `revoked`, by roster index.
+    revoked_at: Vec<bool>,
     refused: crate::DetMap<Refusal, u64>,
 }
 
 impl OriginStore {
-    /// A store that trusts `directory` and verifies with `check`.
-    pub fn new(
-        directory: Arc<dyn Directory>,
-        check: Arc<dyn SignatureCheck>,
-        policy: OriginPolicy,
-    ) -> Self {
+    /// A store that trusts the keys in `roster` and verifies with `check`.
+    pub fn new(roster: Arc<Roster>, check: Arc<dyn SignatureCheck>, policy: OriginPolicy) -> Self {
         Self {
-            directory,
+            roster,
             check,
             policy,
-            held: crate::DetMap::default(),
+            held: Vec::new(),
             revoked: Default::default(),
+            revoked_at: Vec::new(),
             refused: Default::default(),
         }
+    }
+
+    /// The roster trusted.
+    pub fn roster(&self) -> &Arc<Roster> {
+        &self.roster
+    }
+
+    /// Trusts a grown roster; refused (returns false) unless it keeps
+    /// every index of the current one.
+    pub fn set_roster(&mut self, roster: Arc<Roster>) -> bool {
+        if !self.roster.is_prefix_of(&roster) {
+            return false;
+        }
+        self.roster = roster;
+        for id in &self.revoked {
+            if let Some(i) = self.roster.index(id) {
+                mark(&mut self.revoked_at, i);
+            }
+        }
+        true
+    }
+
+    fn slot(&mut self, i: NodeIndex) -> &mut Option<Arc<Announcement>> {
+        if i.get() >= self.held.len() {
+            self.held.resize(i.get() + 1, None);
+        }
+        &mut self.held[i.get()]
+    }
+
+    fn held_arc(&self, origin: &NodeId) -> Option<&Arc<Announcement>> {
+        self.roster
+            .index(origin)
+            .and_then(|i| self.held.get(i.get()))
+            .and_then(Option::as_ref)
     }
 
     /// Offers an announcement received at wall-clock `now_unix_ms`.
@@ -215,7 +228,9 @@ impl OriginStore {
                     seqno: a.seqno,
                     proof: a.proof,
                 });
-                self.held.insert(*a.origin(), shared);
+                if let Some(i) = self.roster.index(a.origin()) {
+                    *self.slot(i) = Some(shared);
+                }
                 Ok(Accepted::New)
             }
             Ok(None) => Ok(Accepted::Duplicate),
@@ -227,10 +242,11 @@ impl OriginStore {
     }
 
     /// The origin's key, if it is enrolled and not revoked.
-    fn admit(&self, origin: &NodeId) -> Result<CompositePublicKey, Refusal> {
+    fn admit(&self, origin: &NodeId) -> Result<&CompositePublicKey, Refusal> {
         let key = self
-            .directory
-            .public_key(origin)
+            .roster
+            .index(origin)
+            .and_then(|i| self.roster.key(i))
             .ok_or(Refusal::UnknownOrigin)?;
         if self.revoked.contains(origin) {
             return Err(Refusal::RevokedOrigin);
@@ -247,7 +263,7 @@ impl OriginStore {
         now_ms: u64,
     ) -> Result<Option<Arc<OriginCert>>, Refusal> {
         let key = self.admit(a.origin())?;
-        let held = self.held.get(a.origin());
+        let held = self.held_arc(a.origin());
         if let Some(h) = held {
             if **h == *a {
                 return Ok(None);
@@ -296,7 +312,7 @@ impl OriginStore {
             return Err(Refusal::Forged);
         }
         if !self.check.verify(
-            &key,
+            key,
             &a.cert.signed_bytes(),
             OriginCert::CONTEXT,
             &a.cert.signature[..],
@@ -311,13 +327,15 @@ impl OriginStore {
         let result = self.judge_proof(p);
         match result {
             Ok(ProofOutcome::New) => {
-                if let Some(h) = self.held.get(&p.origin) {
+                if let Some(h) = self.held_arc(&p.origin) {
                     let shared = self.check.share(Announcement {
                         cert: h.cert.clone(),
                         seqno: p.seqno,
                         proof: p.proof,
                     });
-                    self.held.insert(p.origin, shared);
+                    if let Some(i) = self.roster.index(&p.origin) {
+                        *self.slot(i) = Some(shared);
+                    }
                 }
             }
             Err(r) => *self.refused.entry(r).or_default() += 1,
@@ -328,7 +346,7 @@ impl OriginStore {
 
     fn judge_proof(&self, p: &SeqnoProof) -> Result<ProofOutcome, Refusal> {
         self.admit(&p.origin)?;
-        let Some(h) = self.held.get(&p.origin) else {
+        let Some(h) = self.held_arc(&p.origin) else {
             return Ok(ProofOutcome::NeedCert);
         };
         if h.cert.cert_ref() != p.cert {
@@ -361,9 +379,9 @@ impl OriginStore {
         }
     }
 
-    /// Whether `origin` is enrolled (its key is in the directory).
+    /// Whether `origin` is enrolled (its key is in the roster).
     pub fn is_enrolled(&self, origin: &NodeId) -> bool {
-        self.directory.contains(origin)
+        self.roster.contains(origin)
     }
 
     /// Counts a refusal made outside [`offer`](Self::offer).
@@ -373,18 +391,24 @@ impl OriginStore {
 
     /// The announcement held for `origin`.
     pub fn held(&self, origin: &NodeId) -> Option<&Announcement> {
-        self.held.get(origin).map(|a| &**a)
+        self.held_arc(origin).map(|a| &**a)
+    }
+
+    /// The announcement held for the node at roster index `i`.
+    pub fn held_at(&self, i: NodeIndex) -> Option<&Announcement> {
+        self.held.get(i.get()).and_then(Option::as_deref)
     }
 
     /// Whether `(origin, seqno)` is covered by a verified announcement.
     pub fn is_verified(&self, origin: &NodeId, seqno: Seqno) -> bool {
-        self.held.get(origin).is_some_and(|a| a.seqno == seqno)
+        self.held(origin).is_some_and(|a| a.seqno == seqno)
     }
 
-    /// The proof of the held seqno of `origin`, for a peer holding its certificate.
-    pub fn proof(&self, origin: &NodeId) -> Option<SeqnoProof> {
-        self.held.get(origin).map(|a| SeqnoProof {
-            origin: *origin,
+    /// The proof of the held seqno of the node at `i`, for a peer holding
+    /// its certificate.
+    pub fn proof_at(&self, i: NodeIndex) -> Option<SeqnoProof> {
+        self.held_at(i).map(|a| SeqnoProof {
+            origin: *a.origin(),
             cert: a.cert.cert_ref(),
             seqno: a.seqno,
             proof: a.proof,
@@ -393,13 +417,21 @@ impl OriginStore {
 
     /// Marks `origin` revoked and forgets its announcement.
     pub fn revoke(&mut self, origin: NodeId) {
-        self.held.remove(&origin);
+        if let Some(i) = self.roster.index(&origin) {
+            *self.slot(i) = None;
+            mark(&mut self.revoked_at, i);
+        }
         self.revoked.insert(origin);
     }
 
     /// Whether `origin` is revoked.
     pub fn is_revoked(&self, origin: &NodeId) -> bool {
         self.revoked.contains(origin)
+    }
+
+    /// Whether the node at roster index `i` is revoked.
+    pub fn is_revoked_at(&self, i: NodeIndex) -> bool {
+        self.revoked_at.get(i.get()).copied().unwrap_or(false)
     }
 
     /// Refusals so far, by reason.
@@ -411,10 +443,17 @@ impl OriginStore {
 impl std::fmt::Debug for OriginStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OriginStore")
-            .field("held", &self.held.len())
+            .field("held", &self.held.iter().flatten().count())
             .field("revoked", &self.revoked.len())
             .finish_non_exhaustive()
     }
+}
+
+fn mark(flags: &mut Vec<bool>, i: NodeIndex) {
+    if i.get() >= flags.len() {
+        flags.resize(i.get() + 1, false);
+    }
+    flags[i.get()] = true;
 }
 
 /// A node's own origin: its current certificate and the chain behind it.
@@ -523,10 +562,9 @@ mod tests {
 
     fn setup() -> (Arc<CompositeSigningKey>, OriginStore) {
         let key = Arc::new(CompositeSigningKey::generate().unwrap());
-        let mut dir = HashMap::new();
-        dir.insert(NodeId::of(key.public_key()), key.public_key().clone());
+        let roster = Roster::of([key.public_key().clone()]).unwrap();
         let store = OriginStore::new(
-            Arc::new(dir),
+            Arc::new(roster),
             Arc::new(DirectCheck),
             OriginPolicy::default(),
         );
@@ -577,7 +615,7 @@ mod tests {
         s.offer(&a, Arrival::Fetched, NOW).unwrap();
         assert_eq!(s.offer_proof(&proof_of(&a12)), Ok(ProofOutcome::New));
         assert!(s.is_verified(&origin, Seqno(12)));
-        assert_eq!(s.proof(&origin), Some(proof_of(&a12)));
+        assert_eq!(s.proof_at(NodeIndex(0)), Some(proof_of(&a12)));
         // Older or equal: stale, not a refusal.
         let a11 = o.announcement(Seqno(11)).unwrap();
         assert_eq!(s.offer_proof(&proof_of(&a11)), Ok(ProofOutcome::Stale));

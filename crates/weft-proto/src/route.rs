@@ -6,18 +6,36 @@
 //! selected next hop dies another *feasible* route is selected at once
 //! (fast reroute), before any new announcement arrives.
 //!
+//! A heard route is usable only once the origin's announcement for its
+//! seqno is verified (see [`RouteTable::set_verified`]); until then it is
+//! kept but ignored, so an update never waits in a queue of its own.
+//!
+//! Layout: destinations are [`NodeIndex`]es from the roster and links are
+//! small [`LinkSlot`]s, so the table is a few flat arrays: per destination
+//! 16 bytes of state, plus 4 bytes per (destination, link slot) for what
+//! each neighbour advertised, stored destination-major so that choosing a
+//! route reads one cache line. A mesh of 10 000 nodes thus needs well under
+//! a megabyte per node of route state.
+//!
 //! This module is pure data: no time, no I/O. The node feeds it updates
 //! and link changes and reads back what changed.
 
-use weft_crypto::NodeId;
-
-use crate::DetMap;
-
+use crate::roster::NodeIndex;
 use crate::wire::{Metric, Seqno};
 
-/// Identifies a link (a neighbour) within one node.
+/// Identifies a link within one node: a small index the node hands out at
+/// link-up and reuses after link-down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LinkId(pub u64);
+pub struct LinkSlot(pub u16);
+
+impl LinkSlot {
+    /// Most link slots one node uses at once.
+    pub const MAX: usize = u16::MAX as usize - 1;
+
+    fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
 
 /// The feasibility distance of a source: the best (seqno, metric) this
 /// node has ever advertised for it.
@@ -42,14 +60,15 @@ pub fn is_feasible(fd: Option<FeasibilityDistance>, seqno: Seqno, metric: Metric
     }
 }
 
-/// A route heard from one neighbour.
+/// What one neighbour last advertised for one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeardRoute {
     /// The neighbour's link.
-    pub via: LinkId,
+    pub via: LinkSlot,
     /// Seqno the neighbour advertised.
     pub seqno: Seqno,
-    /// Metric the neighbour advertised (its own distance).
+    /// Metric the neighbour advertised (its own distance); infinite for a
+    /// retraction.
     pub metric: Metric,
 }
 
@@ -57,218 +76,431 @@ pub struct HeardRoute {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selected {
     /// Next hop.
-    pub via: LinkId,
+    pub via: LinkSlot,
     /// Seqno of the route.
     pub seqno: Seqno,
     /// Our metric: the neighbour's plus the link cost.
     pub metric: Metric,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Destination {
-    heard: Vec<HeardRoute>,
-    selected: Option<Selected>,
-}
-
 /// What a table operation changed for one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// A route was selected where there was none.
-    Added(NodeId, Selected),
+    Added(NodeIndex, Selected),
     /// The selected route changed (next hop, seqno or metric).
-    Changed(NodeId, Selected),
+    Changed(NodeIndex, Selected),
     /// No feasible route remains.
-    Lost(NodeId),
+    Lost(NodeIndex),
+}
+
+/// What a neighbour advertised: `(seqno, metric)`, packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    seqno: Seqno,
+    metric: Metric,
+}
+
+/// The slot value of a neighbour that never advertised the destination.
+/// (A retraction of seqno 0xffff reads the same: the only loss is the
+/// knowledge of which seqno that neighbour holds.)
+const NOT_HEARD: Heard = Heard {
+    seqno: Seqno(u16::MAX),
+    metric: Metric::INFINITY,
+};
+
+const NONE: u16 = u16::MAX;
+const VERIFIED: u8 = 1;
+/// Listed in `candidates` (may be starving).
+const CANDIDATE: u8 = 2;
+
+/// Per-destination state, packed into 16 bytes (an `Option` per field
+/// would double it). `sel_via == NONE`: no route selected;
+/// `fd_metric == INFINITY`: no feasibility distance (a distance is never
+/// infinite).
+#[derive(Debug, Clone, Copy)]
+struct Dest {
+    sel_via: u16,
+    sel_seqno: u16,
+    sel_metric: u16,
+    fd_seqno: u16,
+    fd_metric: u16,
+    verified: u16,
+    flags: u8,
+}
+
+const EMPTY: Dest = Dest {
+    sel_via: NONE,
+    sel_seqno: 0,
+    sel_metric: 0,
+    fd_seqno: 0,
+    fd_metric: u16::MAX,
+    verified: 0,
+    flags: 0,
+};
+
+impl Dest {
+    fn selected(&self) -> Option<Selected> {
+        (self.sel_via != NONE).then_some(Selected {
+            via: LinkSlot(self.sel_via),
+            seqno: Seqno(self.sel_seqno),
+            metric: Metric(self.sel_metric),
+        })
+    }
+
+    fn set_selected(&mut self, s: Option<Selected>) {
+        match s {
+            Some(s) => {
+                self.sel_via = s.via.0;
+                self.sel_seqno = s.seqno.0;
+                self.sel_metric = s.metric.0;
+            }
+            None => self.sel_via = NONE,
+        }
+    }
+
+    fn fd(&self) -> Option<FeasibilityDistance> {
+        (self.fd_metric != u16::MAX).then_some(FeasibilityDistance {
+            seqno: Seqno(self.fd_seqno),
+            metric: Metric(self.fd_metric),
+        })
+    }
+
+    fn verified(&self) -> Option<Seqno> {
+        (self.flags & VERIFIED != 0).then_some(Seqno(self.verified))
+    }
+
+    /// Whether a route with `seqno` may be used: the origin's
+    /// announcement for that seqno (or a newer one) is verified.
+    fn usable(&self, seqno: Seqno) -> bool {
+        self.flags & VERIFIED != 0 && !seqno.is_newer_than(Seqno(self.verified))
+    }
 }
 
 /// The route table of one node.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    me: NodeId,
-    destinations: DetMap<NodeId, Destination>,
-    fds: DetMap<NodeId, FeasibilityDistance>,
-    costs: DetMap<LinkId, u16>,
+    me: NodeIndex,
+    dests: Vec<Dest>,
+    /// What each neighbour advertised: `heard[d * stride + slot]`.
+    heard: Vec<Heard>,
+    stride: usize,
+    /// Cost per link slot; `u16::MAX` for an unknown or infinite cost, or
+    /// a slot without a link.
+    costs: Vec<u16>,
+    /// Destinations left without a route while a neighbour offers one
+    /// (flag [`CANDIDATE`]): the only ones that can be starving, so the
+    /// periodic starvation check never walks the whole table.
+    candidates: Vec<NodeIndex>,
 }
 
 impl RouteTable {
     /// An empty table for node `me`.
-    pub fn new(me: NodeId) -> Self {
+    pub fn new(me: NodeIndex) -> Self {
         Self {
             me,
-            destinations: DetMap::default(),
-            fds: DetMap::default(),
-            costs: DetMap::default(),
+            dests: Vec::new(),
+            heard: Vec::new(),
+            stride: 0,
+            costs: Vec::new(),
+            candidates: Vec::new(),
         }
+    }
+
+    fn ensure_dest(&mut self, d: NodeIndex) {
+        if d.get() >= self.dests.len() {
+            let n = d.get() + 1;
+            self.dests.resize(n, EMPTY);
+            self.heard.resize(n * self.stride, NOT_HEARD);
+        }
+    }
+
+    /// Widens the per-destination rows to hold `slot` (rare: only when a
+    /// node has more links at once than ever before).
+    fn ensure_slot(&mut self, slot: LinkSlot) {
+        if slot.get() >= self.costs.len() {
+            self.costs.resize(slot.get() + 1, u16::MAX);
+        }
+        if slot.get() < self.stride {
+            return;
+        }
+        let stride = slot.get() + 1;
+        let mut heard = vec![NOT_HEARD; self.dests.len() * stride];
+        if self.stride > 0 {
+            for (new, old) in heard
+                .chunks_exact_mut(stride)
+                .zip(self.heard.chunks_exact(self.stride))
+            {
+                new[..self.stride].copy_from_slice(old);
+            }
+        }
+        self.heard = heard;
+        self.stride = stride;
+    }
+
+    fn row(&self, d: usize) -> &[Heard] {
+        &self.heard[d * self.stride..(d + 1) * self.stride]
     }
 
     /// Sets the cost of a link (infinite removes it from selection).
     /// Returns the destinations whose selection changed.
-    pub fn set_link_cost(&mut self, link: LinkId, cost: u16) -> Vec<Change> {
-        if self.costs.insert(link, cost) == Some(cost) {
+    pub fn set_link_cost(&mut self, link: LinkSlot, cost: u16) -> Vec<Change> {
+        self.ensure_slot(link);
+        if self.costs[link.get()] == cost {
             return Vec::new();
         }
-        let affected: Vec<NodeId> = self
-            .destinations
-            .iter()
-            .filter(|(_, d)| d.heard.iter().any(|r| r.via == link))
-            .map(|(id, _)| *id)
+        self.costs[link.get()] = cost;
+        let (stride, s) = (self.stride, link.get());
+        let affected: Vec<usize> = (0..self.dests.len())
+            .filter(|&d| !self.heard[d * stride + s].metric.is_infinite())
             .collect();
         affected
             .into_iter()
-            .filter_map(|id| self.reselect(id))
+            .filter_map(|d| self.reselect(NodeIndex(d as u32)))
             .collect()
     }
 
     /// Forgets a link and every route through it; selection falls over to
-    /// the best remaining feasible route at once.
-    pub fn remove_link(&mut self, link: LinkId) -> Vec<Change> {
-        self.costs.remove(&link);
+    /// the best remaining feasible route at once. The slot may be reused.
+    pub fn remove_link(&mut self, link: LinkSlot) -> Vec<Change> {
+        if link.get() >= self.stride {
+            return Vec::new();
+        }
+        self.costs[link.get()] = u16::MAX;
+        let (stride, s) = (self.stride, link.get());
         let mut affected = Vec::new();
-        for (id, d) in &mut self.destinations {
-            let before = d.heard.len();
-            d.heard.retain(|r| r.via != link);
-            if d.heard.len() != before {
-                affected.push(*id);
+        for d in 0..self.dests.len() {
+            let h = &mut self.heard[d * stride + s];
+            if *h != NOT_HEARD {
+                if !h.metric.is_infinite() {
+                    affected.push(d);
+                }
+                *h = NOT_HEARD;
             }
         }
         affected
             .into_iter()
-            .filter_map(|id| self.reselect(id))
+            .filter_map(|d| self.reselect(NodeIndex(d as u32)))
             .collect()
     }
 
     /// Records an update from a neighbour. Returns the change in selection, if any.
     pub fn on_update(
         &mut self,
-        via: LinkId,
-        origin: NodeId,
+        via: LinkSlot,
+        origin: NodeIndex,
         seqno: Seqno,
         metric: Metric,
     ) -> Option<Change> {
         if origin == self.me {
             return None;
         }
-        let d = self.destinations.entry(origin).or_default();
-        match d.heard.iter_mut().find(|r| r.via == via) {
-            Some(r) => {
-                r.seqno = seqno;
-                r.metric = metric;
-            }
-            None => d.heard.push(HeardRoute { via, seqno, metric }),
-        }
-        if metric.is_infinite() {
-            d.heard
-                .retain(|r| !(r.via == via && r.metric.is_infinite()));
-        }
+        self.ensure_slot(via);
+        self.ensure_dest(origin);
+        self.heard[origin.get() * self.stride + via.get()] = Heard { seqno, metric };
         self.reselect(origin)
     }
 
-    /// Drops every route to `origin` (a revoked node).
-    pub fn purge(&mut self, origin: &NodeId) -> Option<Change> {
-        let d = self.destinations.remove(origin)?;
-        self.fds.remove(origin);
-        d.selected.map(|_| Change::Lost(*origin))
+    /// Records that the origin's announcement is verified up to `seqno`:
+    /// routes heard with that seqno or an older one become usable.
+    pub fn set_verified(&mut self, origin: NodeIndex, seqno: Seqno) -> Option<Change> {
+        if origin == self.me {
+            return None;
+        }
+        self.ensure_dest(origin);
+        let d = &mut self.dests[origin.get()];
+        if d.verified().is_some_and(|v| !seqno.is_newer_than(v)) {
+            return None;
+        }
+        d.verified = seqno.0;
+        d.flags |= VERIFIED;
+        self.reselect(origin)
+    }
+
+    /// The newest verified seqno of `origin`.
+    pub fn verified(&self, origin: NodeIndex) -> Option<Seqno> {
+        self.dests.get(origin.get()).and_then(Dest::verified)
+    }
+
+    /// Drops every route to `origin` (a revoked node) and what is known of it.
+    pub fn purge(&mut self, origin: NodeIndex) -> Option<Change> {
+        let i = origin.get();
+        let d = self.dests.get_mut(i)?;
+        let had = d.selected();
+        *d = EMPTY;
+        let stride = self.stride;
+        self.heard[i * stride..(i + 1) * stride].fill(NOT_HEARD);
+        had.map(|_| Change::Lost(origin))
     }
 
     /// Records that this node advertised `(seqno, metric)` for `origin`,
     /// lowering its feasibility distance (RFC 8966 §3.7.3).
-    pub fn advertised(&mut self, origin: NodeId, seqno: Seqno, metric: Metric) {
-        if metric.is_infinite() {
+    pub fn advertised(&mut self, origin: NodeIndex, seqno: Seqno, metric: Metric) {
+        if metric.is_infinite() || origin == self.me {
             return;
         }
-        let fd = self
-            .fds
-            .entry(origin)
-            .or_insert(FeasibilityDistance { seqno, metric });
-        if seqno.is_newer_than(fd.seqno) || (seqno == fd.seqno && metric < fd.metric) {
-            *fd = FeasibilityDistance { seqno, metric };
+        self.ensure_dest(origin);
+        let d = &mut self.dests[origin.get()];
+        let better = match d.fd() {
+            None => true,
+            Some(fd) => seqno.is_newer_than(fd.seqno) || (seqno == fd.seqno && metric < fd.metric),
+        };
+        if better {
+            d.fd_seqno = seqno.0;
+            d.fd_metric = metric.0;
         }
     }
 
     /// The feasibility distance of `origin`.
-    pub fn feasibility_distance(&self, origin: &NodeId) -> Option<FeasibilityDistance> {
-        self.fds.get(origin).copied()
+    pub fn feasibility_distance(&self, origin: NodeIndex) -> Option<FeasibilityDistance> {
+        self.dests.get(origin.get()).and_then(Dest::fd)
     }
 
     /// The selected route to `origin`.
-    pub fn selected(&self, origin: &NodeId) -> Option<Selected> {
-        self.destinations.get(origin).and_then(|d| d.selected)
+    pub fn selected(&self, origin: NodeIndex) -> Option<Selected> {
+        self.dests.get(origin.get()).and_then(Dest::selected)
     }
 
-    /// Every selected route.
-    pub fn selected_routes(&self) -> impl Iterator<Item = (&NodeId, &Selected)> {
-        self.destinations
+    /// Every selected route, in index order.
+    pub fn selected_routes(&self) -> impl Iterator<Item = (NodeIndex, Selected)> + '_ {
+        self.dests
             .iter()
-            .filter_map(|(id, d)| d.selected.as_ref().map(|s| (id, s)))
+            .enumerate()
+            .filter_map(|(i, d)| d.selected().map(|s| (NodeIndex(i as u32), s)))
     }
 
-    /// Every route heard for `origin`.
-    pub fn heard(&self, origin: &NodeId) -> &[HeardRoute] {
-        self.destinations
-            .get(origin)
-            .map(|d| d.heard.as_slice())
-            .unwrap_or(&[])
+    /// What each neighbour last advertised for `origin` (retractions
+    /// included), whether usable yet or not.
+    pub fn heard(&self, origin: NodeIndex) -> impl Iterator<Item = HeardRoute> + '_ {
+        let row = if origin.get() < self.dests.len() {
+            self.row(origin.get())
+        } else {
+            &[]
+        };
+        row.iter()
+            .enumerate()
+            .filter(|(_, h)| **h != NOT_HEARD)
+            .map(|(s, h)| HeardRoute {
+                via: LinkSlot(s as u16),
+                seqno: h.seqno,
+                metric: h.metric,
+            })
     }
 
-    /// The newest seqno any neighbour advertised for `origin`.
-    pub fn newest_heard_seqno(&self, origin: &NodeId) -> Option<Seqno> {
+    /// What the neighbour on `link` last advertised for `origin`.
+    pub fn heard_from(&self, link: LinkSlot, origin: NodeIndex) -> Option<HeardRoute> {
+        if origin.get() >= self.dests.len() || link.get() >= self.stride {
+            return None;
+        }
+        let h = self.heard[origin.get() * self.stride + link.get()];
+        (h != NOT_HEARD).then_some(HeardRoute {
+            via: link,
+            seqno: h.seqno,
+            metric: h.metric,
+        })
+    }
+
+    /// Routes to `origin` that could be selected but for the feasibility
+    /// condition: finite, verified, over a link with a known cost.
+    pub fn unfeasible_offers(&self, origin: NodeIndex) -> Vec<HeardRoute> {
+        let Some(d) = self.dests.get(origin.get()) else {
+            return Vec::new();
+        };
+        let fd = d.fd();
         self.heard(origin)
-            .iter()
-            .map(|r| r.seqno)
-            .reduce(|a, b| if b.is_newer_than(a) { b } else { a })
+            .filter(|r| {
+                !r.metric.is_infinite()
+                    && d.usable(r.seqno)
+                    && self.costs[r.via.get()] != u16::MAX
+                    && !is_feasible(fd, r.seqno, r.metric)
+            })
+            .collect()
     }
 
     /// Whether `origin` is starving: no route selected, yet a neighbour on
-    /// a usable link offers one that only the feasibility condition rules
-    /// out (a newer seqno from the origin would unblock it). Routes over
-    /// links whose cost is not known yet do not count.
-    pub fn is_starving(&self, origin: &NodeId) -> bool {
-        let Some(d) = self.destinations.get(origin) else {
-            return false;
-        };
-        let fd = self.fds.get(origin).copied();
-        d.selected.is_none()
-            && d.heard.iter().any(|r| {
-                !r.metric.is_infinite()
-                    && self.costs.get(&r.via).is_some_and(|&c| c != u16::MAX)
-                    && !is_feasible(fd, r.seqno, r.metric)
-            })
+    /// a usable link offers a verified route that only the feasibility
+    /// condition rules out (a newer seqno from the origin would unblock
+    /// it). Routes over links whose cost is not known yet do not count.
+    pub fn is_starving(&self, origin: NodeIndex) -> bool {
+        self.dests
+            .get(origin.get())
+            .is_some_and(|d| d.sel_via == NONE)
+            && !self.unfeasible_offers(origin).is_empty()
     }
 
-    /// Every starving destination (see [`is_starving`](Self::is_starving)).
-    pub fn starving(&self) -> impl Iterator<Item = &NodeId> {
-        self.destinations.keys().filter(|id| self.is_starving(id))
-    }
-
-    fn reselect(&mut self, origin: NodeId) -> Option<Change> {
-        let fd = self.fds.get(&origin).copied();
-        let costs = &self.costs;
-        let d = self.destinations.get_mut(&origin)?;
-        let best = d
-            .heard
-            .iter()
-            .filter(|r| !r.metric.is_infinite() && is_feasible(fd, r.seqno, r.metric))
-            .filter_map(|r| {
-                let cost = *costs.get(&r.via)?;
-                let metric = r.metric.plus(cost);
-                (!metric.is_infinite()).then_some(Selected {
-                    via: r.via,
-                    seqno: r.seqno,
-                    metric,
-                })
-            })
-            // Prefer the current next hop on ties to avoid needless churn;
-            // then lowest link id for determinism.
-            .min_by_key(|s| {
-                let current = d.selected.is_some_and(|c| c.via == s.via);
-                (s.metric, !current, s.via)
-            });
-        let previous = d.selected;
-        d.selected = best;
-        if d.heard.is_empty() && best.is_none() {
-            self.destinations.remove(&origin);
+    /// Every starving destination, in index order (see
+    /// [`is_starving`](Self::is_starving)). Walks only the destinations
+    /// that lost their route or never had one while offered.
+    pub fn starving(&mut self) -> Vec<NodeIndex> {
+        let mut listed = std::mem::take(&mut self.candidates);
+        for d in &listed {
+            self.dests[d.get()].flags &= !CANDIDATE;
         }
-        match (previous, best) {
+        listed.retain(|&d| {
+            let keep = self.dests[d.get()].sel_via == NONE
+                && self.row(d.get()).iter().any(|h| !h.metric.is_infinite());
+            // Duplicates (a destination purged and listed again) collapse.
+            let fresh = self.dests[d.get()].flags & CANDIDATE == 0;
+            if keep && fresh {
+                self.dests[d.get()].flags |= CANDIDATE;
+            }
+            keep && fresh
+        });
+        let mut starving: Vec<NodeIndex> = listed
+            .iter()
+            .copied()
+            .filter(|&d| self.is_starving(d))
+            .collect();
+        self.candidates = listed;
+        starving.sort_unstable();
+        starving
+    }
+
+    fn reselect(&mut self, origin: NodeIndex) -> Option<Change> {
+        let i = origin.get();
+        let d = self.dests[i];
+        let fd = d.fd();
+        let current = d.selected();
+        let mut best: Option<(Selected, bool)> = None;
+        let mut offered = false;
+        for (s, h) in self.row(i).iter().enumerate() {
+            if h.metric.is_infinite() {
+                continue;
+            }
+            offered = true;
+            if !d.usable(h.seqno) || !is_feasible(fd, h.seqno, h.metric) {
+                continue;
+            }
+            let metric = h.metric.plus(self.costs[s]);
+            if metric.is_infinite() {
+                continue;
+            }
+            let cand = Selected {
+                via: LinkSlot(s as u16),
+                seqno: h.seqno,
+                metric,
+            };
+            // Prefer the current next hop on ties to avoid needless churn;
+            // then the lowest slot (slots are scanned in order).
+            let is_current = current.is_some_and(|c| c.via == cand.via);
+            let better = match best {
+                None => true,
+                Some((b, b_current)) => {
+                    metric < b.metric || (metric == b.metric && is_current && !b_current)
+                }
+            };
+            if better {
+                best = Some((cand, is_current));
+            }
+        }
+        let best = best.map(|(s, _)| s);
+        let dm = &mut self.dests[i];
+        dm.set_selected(best);
+        if best.is_none() && offered && dm.flags & CANDIDATE == 0 {
+            dm.flags |= CANDIDATE;
+            self.candidates.push(origin);
+        }
+        match (current, best) {
             (None, Some(s)) => Some(Change::Added(origin, s)),
             (Some(p), Some(s)) if p != s => Some(Change::Changed(origin, s)),
             (Some(_), None) => Some(Change::Lost(origin)),
@@ -282,8 +514,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn n(i: u8) -> NodeId {
-        NodeId([i; 32])
+    fn n(i: u32) -> NodeIndex {
+        NodeIndex(i)
+    }
+
+    /// A table for node 0 in which every seqno of the given origins is verified.
+    fn table(verified: &[u32]) -> RouteTable {
+        let mut t = RouteTable::new(n(0));
+        for &o in verified {
+            t.set_verified(n(o), Seqno(0x7fff));
+        }
+        t
     }
 
     #[test]
@@ -316,8 +557,8 @@ mod tests {
 
     #[test]
     fn selects_the_cheapest_feasible_route_and_fails_over_at_once() {
-        let mut t = RouteTable::new(n(0));
-        let (a, b) = (LinkId(1), LinkId(2));
+        let mut t = table(&[9]);
+        let (a, b) = (LinkSlot(0), LinkSlot(1));
         t.set_link_cost(a, 10);
         t.set_link_cost(b, 10);
         assert_eq!(
@@ -347,12 +588,36 @@ mod tests {
                 }
             )]
         );
+        assert_eq!(t.heard_from(a, n(9)), None, "a freed slot starts empty");
+    }
+
+    #[test]
+    fn unverified_routes_wait_for_their_announcement() {
+        let mut t = RouteTable::new(n(0));
+        t.set_link_cost(LinkSlot(0), 10);
+        assert_eq!(t.on_update(LinkSlot(0), n(4), Seqno(3), Metric(5)), None);
+        assert!(!t.is_starving(n(4)), "waiting for a fetch is not starving");
+        // Verified up to an older seqno: still unusable.
+        assert_eq!(t.set_verified(n(4), Seqno(2)), None);
+        assert!(matches!(
+            t.set_verified(n(4), Seqno(3)),
+            Some(Change::Added(
+                _,
+                Selected {
+                    metric: Metric(15),
+                    ..
+                }
+            ))
+        ));
+        // Lowering the verified seqno is ignored.
+        assert_eq!(t.set_verified(n(4), Seqno(1)), None);
+        assert_eq!(t.verified(n(4)), Some(Seqno(3)));
     }
 
     #[test]
     fn infeasible_alternate_is_not_used_until_a_newer_seqno() {
-        let mut t = RouteTable::new(n(0));
-        let (a, b) = (LinkId(1), LinkId(2));
+        let mut t = table(&[9]);
+        let (a, b) = (LinkSlot(0), LinkSlot(1));
         t.set_link_cost(a, 10);
         t.set_link_cost(b, 10);
         t.on_update(a, n(9), Seqno(1), Metric(20));
@@ -360,7 +625,8 @@ mod tests {
         // b's route (metric 40 >= FD 30) might lead back through us: unusable.
         t.on_update(b, n(9), Seqno(1), Metric(40));
         assert_eq!(t.remove_link(a), vec![Change::Lost(n(9))]);
-        assert_eq!(t.starving().collect::<Vec<_>>(), vec![&n(9)]);
+        assert_eq!(t.starving(), vec![n(9)]);
+        assert_eq!(t.unfeasible_offers(n(9)).len(), 1);
         // A newer seqno makes it feasible again.
         assert!(matches!(
             t.on_update(b, n(9), Seqno(2), Metric(40)),
@@ -372,39 +638,67 @@ mod tests {
                 }
             ))
         ));
+        assert_eq!(t.starving(), vec![]);
     }
 
     #[test]
     fn retraction_and_purge() {
-        let mut t = RouteTable::new(n(0));
-        t.set_link_cost(LinkId(1), 5);
-        t.on_update(LinkId(1), n(3), Seqno(4), Metric(1));
+        let mut t = table(&[3, 4]);
+        t.set_link_cost(LinkSlot(1), 5);
+        t.on_update(LinkSlot(1), n(3), Seqno(4), Metric(1));
         assert_eq!(
-            t.on_update(LinkId(1), n(3), Seqno(4), Metric::INFINITY),
+            t.on_update(LinkSlot(1), n(3), Seqno(4), Metric::INFINITY),
             Some(Change::Lost(n(3)))
         );
-        assert!(t.heard(&n(3)).is_empty());
-        t.on_update(LinkId(1), n(4), Seqno(4), Metric(1));
-        assert_eq!(t.purge(&n(4)), Some(Change::Lost(n(4))));
-        assert_eq!(t.selected(&n(4)), None);
+        // The retraction is remembered (the neighbour holds seqno 4) but
+        // offers nothing.
+        assert_eq!(
+            t.heard_from(LinkSlot(1), n(3)).map(|h| h.seqno),
+            Some(Seqno(4))
+        );
+        assert!(t.unfeasible_offers(n(3)).is_empty());
+        t.on_update(LinkSlot(1), n(4), Seqno(4), Metric(1));
+        assert_eq!(t.purge(n(4)), Some(Change::Lost(n(4))));
+        assert_eq!(t.selected(n(4)), None);
+        assert_eq!(t.heard(n(4)).count(), 0);
+        assert_eq!(t.verified(n(4)), None);
         // Routes to ourselves are ignored.
-        assert_eq!(t.on_update(LinkId(1), n(0), Seqno(1), Metric(1)), None);
+        assert_eq!(t.on_update(LinkSlot(1), n(0), Seqno(1), Metric(1)), None);
     }
 
     #[test]
     fn link_cost_changes_reselect() {
-        let mut t = RouteTable::new(n(0));
-        t.set_link_cost(LinkId(1), 10);
-        t.set_link_cost(LinkId(2), 10);
-        t.on_update(LinkId(1), n(5), Seqno(1), Metric(10));
-        t.on_update(LinkId(2), n(5), Seqno(1), Metric(12));
-        assert_eq!(t.selected(&n(5)).map(|s| s.via), Some(LinkId(1)));
+        let mut t = table(&[5]);
+        t.set_link_cost(LinkSlot(1), 10);
+        t.set_link_cost(LinkSlot(2), 10);
+        t.on_update(LinkSlot(1), n(5), Seqno(1), Metric(10));
+        t.on_update(LinkSlot(2), n(5), Seqno(1), Metric(12));
+        assert_eq!(t.selected(n(5)).map(|s| s.via), Some(LinkSlot(1)));
         // Link 1 degrades: link 2 wins (no FD yet, both feasible).
-        let ch = t.set_link_cost(LinkId(1), 100);
+        let ch = t.set_link_cost(LinkSlot(1), 100);
         assert!(matches!(
             ch.as_slice(),
-            [Change::Changed(_, Selected { via: LinkId(2), .. })]
+            [Change::Changed(
+                _,
+                Selected {
+                    via: LinkSlot(2),
+                    ..
+                }
+            )]
         ));
+    }
+
+    #[test]
+    fn rows_widen_when_a_node_gets_more_links() {
+        let mut t = table(&[1, 2]);
+        t.set_link_cost(LinkSlot(0), 1);
+        t.on_update(LinkSlot(0), n(1), Seqno(1), Metric(1));
+        t.on_update(LinkSlot(0), n(2), Seqno(1), Metric(2));
+        t.set_link_cost(LinkSlot(7), 1);
+        t.on_update(LinkSlot(7), n(2), Seqno(1), Metric(1));
+        assert_eq!(t.selected(n(1)).map(|s| s.via), Some(LinkSlot(0)));
+        assert_eq!(t.selected(n(2)).map(|s| s.via), Some(LinkSlot(7)));
+        assert_eq!(t.heard(n(2)).count(), 2);
     }
 
     /// Babel's invariant, checked on random event sequences over a small
@@ -427,16 +721,19 @@ mod tests {
             ], 1..300)) {
             // A ring of 6 nodes plus two chords; node 0 is the destination.
             let edges = [(0,1),(1,2),(2,3),(3,4),(4,5),(5,0),(1,4),(2,5)];
-            let nodes: Vec<NodeId> = (0..6u8).map(n).collect();
-            let mut tables: Vec<RouteTable> = nodes.iter().map(|&id| RouteTable::new(id)).collect();
+            let mut tables: Vec<RouteTable> = (0..6).map(|i| {
+                let mut t = RouteTable::new(n(i));
+                t.set_verified(n(0), Seqno(0x7fff));
+                t
+            }).collect();
             let mut up = [true; 8];
-            // Link id for (node, edge index).
-            let link = |e: usize| LinkId(e as u64);
+            // Link slot for (node, edge index).
+            let link = |e: usize| LinkSlot(e as u16);
             for (e, &(x, y)) in edges.iter().enumerate() {
                 tables[x].set_link_cost(link(e), 1 + (e as u16 % 3));
                 tables[y].set_link_cost(link(e), 1 + (e as u16 % 3));
             }
-            let dest = nodes[0];
+            let dest = n(0);
             let mut seqno = Seqno(1);
             // Pending updates: (to node, via edge, seqno, metric).
             let mut queue: Vec<(usize, usize, Seqno, Metric)> = Vec::new();
@@ -458,7 +755,7 @@ mod tests {
                         let (to, e, s, m) = queue.remove(first);
                         if !up[e] || to == 0 { continue; }
                         if tables[to].on_update(link(e), dest, s, m).is_some() {
-                            let sel = tables[to].selected(&dest);
+                            let sel = tables[to].selected(dest);
                             let (s2, m2) = sel.map(|s| (s.seqno, s.metric)).unwrap_or((s, Metric::INFINITY));
                             tables[to].advertised(dest, s2, m2);
                             announce(to, s2, m2, &mut queue, &up);
@@ -471,7 +768,7 @@ mod tests {
                             for node in [x, y] {
                                 if node == 0 { continue; }
                                 if !tables[node].remove_link(link(e)).is_empty() {
-                                    let sel = tables[node].selected(&dest);
+                                    let sel = tables[node].selected(dest);
                                     let (s2, m2) = sel.map(|s| (s.seqno, s.metric)).unwrap_or((seqno, Metric::INFINITY));
                                     tables[node].advertised(dest, s2, m2);
                                     announce(node, s2, m2, &mut queue, &up);
@@ -493,8 +790,8 @@ mod tests {
                     while at != 0 {
                         prop_assert!(!seen[at], "forwarding loop through node {}", at);
                         seen[at] = true;
-                        let Some(sel) = tables[at].selected(&dest) else { break };
-                        let (x, y) = edges[sel.via.0 as usize];
+                        let Some(sel) = tables[at].selected(dest) else { break };
+                        let (x, y) = edges[usize::from(sel.via.0)];
                         at = if x == at { y } else { x };
                     }
                 }

@@ -22,9 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 use weft_crypto::NodeId;
 use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey};
+use weft_proto::node::LinkId;
 use weft_proto::node::{Event, Input, Node, NodeConfig, Output};
 use weft_proto::origin::{DirectCheck, SignatureCheck};
-use weft_proto::route::LinkId;
 use weft_proto::time::Time;
 use weft_proto::wire::{Announcement, CERT_SIGNED_LEN, OriginCert, RevocationList};
 
@@ -278,6 +278,12 @@ pub enum SimError {
     /// Key generation or signing failed.
     #[error("signature setup failed: {0}")]
     Sign(#[from] weft_crypto::sign::SignatureError),
+    /// A node could not be built (its roster or first announcement).
+    #[error("node setup failed: {0}")]
+    Node(#[from] weft_proto::node::NodeError),
+    /// The roster could not hold the nodes (two with the same key).
+    #[error("roster setup failed: {0}")]
+    Roster(#[from] weft_proto::roster::RosterError),
     /// A link names a node that does not exist.
     #[error("link {a}-{b} names a node outside 0..{n}")]
     BadLink {
@@ -307,18 +313,16 @@ impl Sim {
         let keys = (0..n)
             .map(|_| keygen(&mut rng))
             .collect::<Result<Vec<_>, _>>()?;
-        let directory: rustc_hash::FxHashMap<NodeId, CompositePublicKey> = keys
-            .iter()
-            .map(|k| (NodeId::of(k.public_key()), k.public_key().clone()))
-            .collect();
-        let directory = Arc::new(directory);
+        let roster = Arc::new(weft_proto::roster::Roster::of(
+            keys.iter().map(|k| k.public_key().clone()),
+        )?);
         let memo = Arc::new(MemoCheck::default());
         let mut nodes = Vec::with_capacity(n);
         for key in &keys {
             let node = Node::new(
                 key.clone(),
                 cfg.clone(),
-                directory.clone(),
+                roster.clone(),
                 authority.public_key().clone(),
                 memo.clone(),
             )?;
@@ -505,8 +509,8 @@ impl Sim {
 
     /// The neighbour node `i` forwards to for `dst`, read from its route table.
     pub fn next_hop_in_table(&self, i: usize, dst: usize) -> Option<usize> {
-        let sel = self.nodes[i].node.table().selected(&self.ids[dst])?;
-        let l = self.links.get(sel.via.0 as usize)?;
+        let route = self.nodes[i].node.route(&self.ids[dst])?;
+        let l = self.links.get(route.link.0 as usize)?;
         Some(if l.ends[0] == i { l.ends[1] } else { l.ends[0] })
     }
 

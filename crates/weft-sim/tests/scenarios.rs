@@ -104,7 +104,7 @@ fn a_dead_relay_is_detected_and_routed_around() {
 fn forged_and_unknown_announcements_are_refused() {
     let mut s = sim(3, &[(0, 1), (1, 2)], 3);
     run_checked(&mut s, Time::from_secs(2));
-    let route_before = s.node(0).table().selected(&s.ids()[2]);
+    let route_before = s.node(0).route(&s.ids()[2]);
 
     // Node 1 (compromised) claims a new seqno for node 2 with a bad signature.
     let now_ms = s.now().0 / 1000;
@@ -146,7 +146,7 @@ fn forged_and_unknown_announcements_are_refused() {
     assert_eq!(s.node(0).refused(Refusal::Forged), 2);
     assert_eq!(s.node(0).refused(Refusal::UnknownOrigin), 1);
     assert_eq!(s.node(0).held_announcement(&s.ids()[2]), Some(&held));
-    assert_eq!(s.node(0).table().selected(&s.ids()[2]), route_before);
+    assert_eq!(s.node(0).route(&s.ids()[2]), route_before);
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn a_revoked_node_loses_every_route_and_its_links() {
     let id2 = s.ids()[2];
     for i in [0, 1, 3] {
         assert!(
-            s.node(i).table().selected(&id2).is_none(),
+            s.node(i).route(&id2).is_none(),
             "node {i} still routes to the revoked node"
         );
         assert!(
