@@ -1042,6 +1042,35 @@ pub async fn heartbeat_history<S: Store>(store: &S, history: u32) {
     assert_eq!(rest.items.len(), 1);
     assert!(rest.next.is_none());
 
+    // A batch: refused heartbeats are reported and skipped, the rest kept.
+    let outcomes = store
+        .record_heartbeats(vec![
+            heartbeat(b, 100, 1),
+            heartbeat(node_id(6, 99), 100, 0),
+            Heartbeat {
+                node_id: b,
+                at: at(101),
+                payload: "[]".into(),
+            },
+            heartbeat(b, 102, 2),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(StoreError::NotFound { .. })));
+    assert!(matches!(outcomes[2], Err(StoreError::InvalidInput { .. })));
+    assert_eq!(
+        store.latest_heartbeat(&b).await.expect("latest"),
+        Some(heartbeat(b, 102, 2))
+    );
+    assert_eq!(store.heartbeat_history(&b, 10).await.expect("b").len(), 3);
+    let too_many = vec![heartbeat(b, 1, 0); crate::limits::MAX_HEARTBEAT_BATCH + 1];
+    assert!(matches!(
+        store.record_heartbeats(too_many).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+
     let unknown = store
         .record_heartbeat(heartbeat(node_id(6, 99), 1, 0))
         .await

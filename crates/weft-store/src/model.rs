@@ -55,6 +55,8 @@ pub mod limits {
     pub const MAX_CURSOR_LEN: usize = 128;
     /// Most heartbeats kept per node.
     pub const MAX_HEARTBEAT_HISTORY: u32 = 10_000;
+    /// Most heartbeats written in one batch.
+    pub const MAX_HEARTBEAT_BATCH: usize = 1000;
     /// Heartbeats kept per node by default.
     pub const DEFAULT_HEARTBEAT_HISTORY: u32 = 120;
 }

@@ -1181,63 +1181,37 @@ impl Store for Backend {
 
     async fn record_heartbeat(&self, hb: Heartbeat) -> Result<()> {
         check_heartbeat(&hb)?;
-        let node_id = hb.node_id.to_string();
-        let at = to_micros(hb.at);
+        let keep = i64::from(self.config().heartbeat_history);
         let mut tx = self.begin().await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM nodes WHERE node_id = $1")
-            .bind(&node_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::db("record a heartbeat"))?
-            .ok_or_else(|| StoreError::not_found("node", &node_id))?;
-        let status: NodeStatus = status
-            .parse()
-            .map_err(|e| StoreError::corrupt("node", &node_id, e))?;
-        if status != NodeStatus::Approved {
-            return Err(StoreError::NodeState {
-                node_id,
-                status,
-                action: "send heartbeats",
-            });
-        }
-        sqlx::query(
-            "INSERT INTO heartbeats_latest (node_id, at, payload) VALUES ($1, $2, $3) \
-             ON CONFLICT (node_id) DO UPDATE SET at = excluded.at, payload = excluded.payload \
-             WHERE heartbeats_latest.at <= excluded.at",
-        )
-        .bind(&node_id)
-        .bind(at)
-        .bind(&hb.payload)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("record a heartbeat"))?;
-        sqlx::query("INSERT INTO heartbeat_history (node_id, at, payload) VALUES ($1, $2, $3)")
-            .bind(&node_id)
-            .bind(at)
-            .bind(&hb.payload)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::db("record a heartbeat"))?;
-        sqlx::query(
-            "DELETE FROM heartbeat_history WHERE node_id = $1 AND seq <= \
-             (SELECT seq FROM heartbeat_history WHERE node_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
-        )
-        .bind(&node_id)
-        .bind(i64::from(self.config().heartbeat_history))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("prune heartbeat history"))?;
-        sqlx::query(
-            "UPDATE nodes SET last_seen = $2 WHERE node_id = $1 AND (last_seen IS NULL OR last_seen < $2)",
-        )
-        .bind(&node_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("record a heartbeat"))?;
+        heartbeat_in_tx(&mut tx, &hb, keep).await??;
         tx.commit()
             .await
             .map_err(StoreError::db("record a heartbeat"))
+    }
+
+    async fn record_heartbeats(&self, batch: Vec<Heartbeat>) -> Result<Vec<Result<()>>> {
+        if batch.len() > MAX_HEARTBEAT_BATCH {
+            return Err(StoreError::invalid(
+                "heartbeat batch",
+                format!(
+                    "{} heartbeats; the limit is {MAX_HEARTBEAT_BATCH}",
+                    batch.len()
+                ),
+            ));
+        }
+        let keep = i64::from(self.config().heartbeat_history);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut tx = self.begin().await?;
+        for hb in &batch {
+            outcomes.push(match check_heartbeat(hb) {
+                Ok(()) => heartbeat_in_tx(&mut tx, hb, keep).await?,
+                Err(e) => Err(e),
+            });
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::db("record heartbeats"))?;
+        Ok(outcomes)
     }
 
     async fn latest_heartbeat(&self, node_id: &NodeId) -> Result<Option<Heartbeat>> {
@@ -1448,6 +1422,73 @@ impl Store for Backend {
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// Records one checked heartbeat in `tx`. The outer error is a database
+/// failure (the transaction is lost); the inner one refuses this heartbeat
+/// only (unknown or unapproved node) and changes nothing.
+async fn heartbeat_in_tx(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    hb: &Heartbeat,
+    keep: i64,
+) -> Result<Result<()>> {
+    let node_id = hb.node_id.to_string();
+    let at = to_micros(hb.at);
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM nodes WHERE node_id = $1")
+        .bind(&node_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::db("record a heartbeat"))?;
+    let Some(status) = status else {
+        return Ok(Err(StoreError::not_found("node", &node_id)));
+    };
+    let status: NodeStatus = match status.parse() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(StoreError::corrupt("node", &node_id, e))),
+    };
+    if status != NodeStatus::Approved {
+        return Ok(Err(StoreError::NodeState {
+            node_id,
+            status,
+            action: "send heartbeats",
+        }));
+    }
+    sqlx::query(
+        "INSERT INTO heartbeats_latest (node_id, at, payload) VALUES ($1, $2, $3) \
+         ON CONFLICT (node_id) DO UPDATE SET at = excluded.at, payload = excluded.payload \
+         WHERE heartbeats_latest.at <= excluded.at",
+    )
+    .bind(&node_id)
+    .bind(at)
+    .bind(&hb.payload)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::db("record a heartbeat"))?;
+    sqlx::query("INSERT INTO heartbeat_history (node_id, at, payload) VALUES ($1, $2, $3)")
+        .bind(&node_id)
+        .bind(at)
+        .bind(&hb.payload)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::db("record a heartbeat"))?;
+    sqlx::query(
+        "DELETE FROM heartbeat_history WHERE node_id = $1 AND seq <= \
+         (SELECT seq FROM heartbeat_history WHERE node_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+    )
+    .bind(&node_id)
+    .bind(keep)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::db("prune heartbeat history"))?;
+    sqlx::query(
+        "UPDATE nodes SET last_seen = $2 WHERE node_id = $1 AND (last_seen IS NULL OR last_seen < $2)",
+    )
+    .bind(&node_id)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::db("record a heartbeat"))?;
+    Ok(Ok(()))
 }
 
 async fn network_exists(tx: &mut sqlx::Transaction<'static, Db>, id: NetworkId) -> Result<()> {

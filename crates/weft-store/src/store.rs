@@ -231,6 +231,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// ones pruned) and its `last_seen`.
     fn record_heartbeat(&self, heartbeat: Heartbeat) -> impl Future<Output = Result<()>> + Send;
 
+    /// Records up to
+    /// [`MAX_HEARTBEAT_BATCH`](crate::limits::MAX_HEARTBEAT_BATCH)
+    /// heartbeats in one transaction (one commit instead of one per
+    /// heartbeat: what a busy control plane should use, collecting for a
+    /// few milliseconds). Returns one outcome per heartbeat, in order: a
+    /// refused heartbeat (bad payload, unknown or unapproved node) changes
+    /// nothing and the others are still recorded; a database failure
+    /// records none and is the error of the whole call.
+    fn record_heartbeats(
+        &self,
+        batch: Vec<Heartbeat>,
+    ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
+
     /// A node's latest heartbeat, if it sent one.
     fn latest_heartbeat(
         &self,
