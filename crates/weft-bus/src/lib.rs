@@ -10,6 +10,9 @@
 //! - [`record`]: the embedded log's on-disk record format (pure functions).
 //! - [`embedded`]: the embedded backend, on disk or in memory.
 //! - [`nats`]: the NATS JetStream backend.
+//! - [`admin`]: either backend chosen at run time, and what the `weft bus`
+//!   commands do.
+//! - [`bench`]: `weft bench bus`, the bus against raw baselines.
 //! - [`conformance`]: the checks every backend must pass.
 //! - [`events`]: typed events over any backend (schema checks on both
 //!   ends, upcasting, unreadable messages dead-lettered).
@@ -19,7 +22,9 @@
 //!   limit, heartbeat, complete, fail with backoff, timeout, cancel).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
+pub mod bench;
 pub mod conformance;
 pub mod embedded;
 pub mod envelope;

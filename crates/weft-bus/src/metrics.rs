@@ -38,6 +38,12 @@ use crate::backend::{
 };
 
 type Labels = Vec<(String, String)>;
+/// One per-stream counter: name, help, how to read it.
+type StreamMetric = (
+    &'static str,
+    &'static str,
+    fn(&crate::backend::StreamCounters) -> u64,
+);
 
 /// A backend whose publishes are timed and whose consumers are watched
 /// for lag. It implements [`Backend`] by delegating. Cheap to clone.
@@ -115,7 +121,7 @@ pub fn encode_snapshot(
     publish_latency: Option<&Histogram>,
 ) -> Result<String, BusError> {
     let mut registry = Registry::with_prefix("weft_bus");
-    let per_stream: [(&str, &str, fn(&crate::backend::StreamCounters) -> u64); 8] = [
+    let per_stream: [StreamMetric; 8] = [
         ("published_messages", "Messages stored", |c| c.published),
         (
             "duplicate_messages",

@@ -120,7 +120,9 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: "127.0.0.1:4222".into(),
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            // The server's default max_payload (1 MiB) less the 64 KiB
+            // kept for headers, so the default works with a default server.
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024,
             request_timeout: Duration::from_secs(5),
         }
     }

@@ -50,6 +50,9 @@ enum Command {
     /// Measure a subsystem against a baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Publish, consume, list streams and handle dead letters on the event
+    /// bus (the embedded log in --data-dir, or NATS JetStream with --nats).
+    Bus(BusArgs),
     /// Simulate a mesh of weft-proto nodes on a virtual clock: converge, forge,
     /// kill a fraction of the nodes at half time, and measure detection,
     /// reconvergence, loops, reachability and traffic.
@@ -181,6 +184,180 @@ enum CaCommand {
 enum BenchCommand {
     /// X-Wing, composite signatures vs their components, and mTLS handshakes per second.
     Crypto(CryptoBenchArgs),
+    /// Event bus publish rates against a bare write+fdatasync loop and a bare
+    /// NATS client, in-memory rate, and end-to-end latency at a fixed rate.
+    Bus(BusBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BusBenchArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Directory on the disk to measure (a temporary subdirectory is used and removed).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    dir: PathBuf,
+    /// Messages per publish-rate run.
+    #[arg(long, default_value_t = weft_bus::bench::BenchConfig::default().messages)]
+    messages: usize,
+    /// Concurrent publishers (group commit batches up to this many).
+    #[arg(long, default_value_t = weft_bus::bench::BenchConfig::default().publishers)]
+    publishers: usize,
+    /// NATS server to measure too (skipped with a note when unreachable).
+    #[arg(long, default_value = "127.0.0.1:4222", value_name = "URL")]
+    nats: String,
+    /// Do not measure NATS.
+    #[arg(long)]
+    no_nats: bool,
+}
+
+#[derive(Debug, Args)]
+struct BusArgs {
+    /// Directory of the embedded bus (created if missing).
+    #[arg(
+        long,
+        default_value = "weft-data/bus",
+        env = "WEFT_BUS_DATA_DIR",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Use the NATS JetStream server at this address instead of --data-dir.
+    #[arg(long, env = "WEFT_BUS_NATS", value_name = "URL")]
+    nats: Option<String>,
+    #[command(subcommand)]
+    command: BusCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BusCommand {
+    /// Publish one message; prints its stream and sequence.
+    Pub {
+        /// Subject, e.g. `telemetry.node-a.cpu`.
+        subject: String,
+        /// Payload (UTF-8 text).
+        payload: String,
+        /// Dedup id (a repeat within the stream's window is stored once).
+        #[arg(long)]
+        id: Option<String>,
+        /// Header `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch messages from a durable consumer (created if missing) and settle them.
+    Sub {
+        /// The stream.
+        stream: String,
+        /// The durable consumer's name.
+        #[arg(long, default_value = "weft-cli")]
+        consumer: String,
+        /// Most messages to fetch.
+        #[arg(long, default_value_t = 10)]
+        max: usize,
+        /// Longest wait for the first message, e.g. `500ms`, `5s`.
+        #[arg(long, default_value = "1s", value_parser = parse_wait)]
+        wait: Duration,
+        /// What to do with each message.
+        #[arg(long, value_enum, default_value_t = SettleArg::Ack)]
+        settle: SettleArg,
+        /// Reason recorded with --settle term.
+        #[arg(long, default_value = "terminated from the command line")]
+        reason: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and create streams.
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+    /// Dead letters: list, show, replay.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SettleArg {
+    /// Acknowledge.
+    Ack,
+    /// Leave unacknowledged (redelivered after ack_wait).
+    None,
+    /// Redeliver at once.
+    Nak,
+    /// Move to the dead-letter stream with --reason.
+    Term,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// Every stream with its messages, bytes and sequences.
+    List {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a stream (and its dead-letter stream).
+    Create {
+        /// Name: letters, digits, `-`, `_`.
+        name: String,
+        /// Subject filter captured, e.g. `telemetry.>`; repeatable.
+        #[arg(long = "subject", required = true, value_name = "FILTER")]
+        subjects: Vec<String>,
+        /// Delete each message once acknowledged.
+        #[arg(long)]
+        work_queue: bool,
+        /// Drop messages older than this, e.g. `7d`.
+        #[arg(long, value_parser = parse_duration)]
+        max_age: Option<Duration>,
+        /// Keep at most this many messages.
+        #[arg(long)]
+        max_msgs: Option<u64>,
+        /// Keep at most this many bytes.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead letters of a stream.
+    List {
+        /// The stream whose dead letters to list.
+        stream: String,
+        /// First dead-letter sequence.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with its headers and payload.
+    Show {
+        /// The stream.
+        stream: String,
+        /// Its dead-letter sequence (from `dlq list`).
+        seq: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a dead letter again to its original subject and remove it.
+    Replay {
+        /// The stream.
+        stream: String,
+        /// Its dead-letter sequence (from `dlq list`).
+        seq: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +374,11 @@ struct CryptoBenchArgs {
     /// Loopback mTLS handshakes to time.
     #[arg(long, default_value_t = bench::BenchConfig::default().handshakes)]
     handshakes: usize,
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; use a number with a unit, e.g. 0s, 500ms, 5s"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -259,6 +441,8 @@ fn run(command: Command) -> Result<()> {
             json,
         }) => ca_verify(&ca, &file, &revoked, json),
         Command::Bench(BenchCommand::Crypto(args)) => bench_crypto(&args),
+        Command::Bench(BenchCommand::Bus(args)) => bench_bus(&args),
+        Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
     }
 }
@@ -548,5 +732,342 @@ fn sim(args: &SimArgs) -> Result<()> {
     );
     println!("signature verifications    {}", r.signature_verifications);
     println!("trace hash                 {}", r.trace_hash);
+    Ok(())
+}
+
+fn bench_bus(args: &BusBenchArgs) -> Result<()> {
+    let cfg = weft_bus::bench::BenchConfig {
+        dir: args.dir.clone(),
+        messages: args.messages,
+        publishers: args.publishers,
+        nats_url: (!args.no_nats).then(|| args.nats.clone()),
+        ..weft_bus::bench::BenchConfig::default()
+    };
+    let r = weft_bus::bench::run(&cfg).context("bus bench failed")?;
+    if args.json {
+        return print_json(&serde_json::to_value(&r)?);
+    }
+    println!(
+        "embedded publish msgs/s     {:>12.0}  (1 KiB, durable, group commit)",
+        r.embedded_publish_msgs_per_sec
+    );
+    println!(
+        "raw append msgs/s           {:>12.0}  (write + fdatasync, same records and batches)",
+        r.raw_append_msgs_per_sec
+    );
+    println!(
+        "embedded / raw append       {:>12.3}  (target >= 0.7)",
+        r.embedded_ratio_vs_raw_append
+    );
+    println!(
+        "memory publish msgs/s       {:>12.0}  (target >= 1,000,000)",
+        r.memory_publish_msgs_per_sec
+    );
+    println!(
+        "e2e p50 / p99 ms            {:>5.2} / {:<5.2}  (10k msg/s offered, embedded; target p99 <= 5)",
+        r.e2e_p50_ms, r.e2e_p99_ms
+    );
+    match (
+        r.nats_publish_msgs_per_sec,
+        r.nats_raw_client_msgs_per_sec,
+        r.nats_ratio_vs_raw_client,
+    ) {
+        (Some(ours), Some(bare), Some(ratio)) => {
+            println!("nats publish msgs/s         {ours:>12.0}");
+            println!("bare nats client msgs/s     {bare:>12.0}");
+            println!("nats / bare client          {ratio:>12.3}  (target >= 0.8)");
+        }
+        _ => println!(
+            "nats                        not measured: {}",
+            r.nats_skipped.as_deref().unwrap_or("unknown")
+        ),
+    }
+    Ok(())
+}
+
+fn bus(args: BusArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let bus = match &args.nats {
+            Some(url) => weft_bus::admin::AnyBus::Nats(
+                weft_bus::NatsBus::connect(weft_bus::NatsConfig {
+                    url: url.clone(),
+                    ..weft_bus::NatsConfig::default()
+                })
+                .await?,
+            ),
+            None => weft_bus::admin::AnyBus::Embedded(
+                weft_bus::EmbeddedBus::open(&args.data_dir, weft_bus::EmbeddedConfig::default())
+                    .with_context(|| {
+                        format!("cannot open the bus in {}", args.data_dir.display())
+                    })?,
+            ),
+        };
+        let result = bus_command(&bus, args.command).await;
+        bus.close().await;
+        result
+    })
+}
+
+fn text(payload: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(payload);
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+fn headers_json(h: &weft_bus::Headers) -> serde_json::Value {
+    h.iter()
+        .map(|(n, v)| json!([n, v]))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn dead_letter_json(d: &weft_bus::DeadLetter) -> serde_json::Value {
+    json!({
+        "dlq_sequence": d.dlq_sequence,
+        "time_ns": d.time_ns,
+        "stream": d.stream,
+        "consumer": d.consumer,
+        "original_sequence": d.original_sequence,
+        "original_subject": d.original_subject.as_str(),
+        "original_msg_id": d.original_msg_id,
+        "reason": d.reason,
+        "deliveries": d.deliveries,
+        "headers": headers_json(&d.headers),
+        "payload": String::from_utf8_lossy(&d.payload),
+    })
+}
+
+async fn bus_command(bus: &weft_bus::admin::AnyBus, command: BusCommand) -> Result<()> {
+    use weft_bus::Backend;
+    use weft_bus::admin::{self, Settle};
+    match command {
+        BusCommand::Pub {
+            subject,
+            payload,
+            id,
+            headers,
+            json,
+        } => {
+            let mut hs = Vec::with_capacity(headers.len());
+            for h in &headers {
+                let (n, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("invalid --header {h:?}: expected NAME:VALUE"))?;
+                hs.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            let ack = admin::publish(
+                bus,
+                &subject,
+                bytes::Bytes::from(payload),
+                id.as_deref(),
+                &hs,
+            )
+            .await
+            .with_context(|| format!("cannot publish to {subject:?}"))?;
+            if json {
+                return print_json(&serde_json::to_value(&ack)?);
+            }
+            println!(
+                "stream {}  sequence {}{}",
+                ack.stream,
+                ack.sequence,
+                if ack.duplicate { "  (duplicate)" } else { "" }
+            );
+        }
+        BusCommand::Sub {
+            stream,
+            consumer,
+            max,
+            wait,
+            settle,
+            reason,
+            json,
+        } => {
+            let settle = match settle {
+                SettleArg::Ack => Settle::Ack,
+                SettleArg::None => Settle::None,
+                SettleArg::Nak => Settle::Nak,
+                SettleArg::Term => Settle::Term(reason),
+            };
+            let got = admin::subscribe(bus, &stream, &consumer, max, wait, &settle)
+                .await
+                .with_context(|| format!("cannot consume from stream {stream:?}"))?;
+            if json {
+                let v: Vec<serde_json::Value> = got
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "stream": d.message.stream,
+                            "sequence": d.message.sequence,
+                            "subject": d.message.subject.as_str(),
+                            "time_ns": d.message.time_ns,
+                            "msg_id": d.message.msg_id,
+                            "delivered": d.delivered,
+                            "headers": headers_json(&d.message.headers),
+                            "payload": String::from_utf8_lossy(&d.message.payload),
+                        })
+                    })
+                    .collect();
+                return print_json(&v.into());
+            }
+            println!(
+                "{:>8}  {:<32}  {:>9}  payload",
+                "seq", "subject", "delivered"
+            );
+            for d in &got {
+                println!(
+                    "{:>8}  {:<32}  {:>9}  {}",
+                    d.message.sequence,
+                    d.message.subject.as_str(),
+                    d.delivered,
+                    text(&d.message.payload, 60)
+                );
+            }
+        }
+        BusCommand::Streams(StreamsCommand::List { json }) => {
+            let streams = bus.streams().await.context("cannot list streams")?;
+            if json {
+                return print_json(&serde_json::to_value(&streams)?);
+            }
+            println!(
+                "{:<24}  {:<28}  {:>10}  {:>12}  {:>8}  {:>8}",
+                "stream", "subjects", "messages", "bytes", "first", "last"
+            );
+            for s in &streams {
+                let subjects: Vec<&str> = s.config.subjects.iter().map(|f| f.as_str()).collect();
+                println!(
+                    "{:<24}  {:<28}  {:>10}  {:>12}  {:>8}  {:>8}",
+                    s.config.name,
+                    subjects.join(","),
+                    s.state.messages,
+                    s.state.bytes,
+                    s.state.first_seq,
+                    s.state.last_seq
+                );
+            }
+        }
+        BusCommand::Streams(StreamsCommand::Create {
+            name,
+            subjects,
+            work_queue,
+            max_age,
+            max_msgs,
+            max_bytes,
+            json,
+        }) => {
+            let mut filters = Vec::with_capacity(subjects.len());
+            for s in &subjects {
+                filters.push(
+                    weft_bus::subject::SubjectFilter::new(s)
+                        .with_context(|| format!("invalid --subject {s:?}"))?,
+                );
+            }
+            let mut c = weft_bus::StreamConfig::new(&name, filters);
+            if work_queue {
+                c.retention = weft_bus::Retention::WorkQueue;
+            }
+            c.max_age = max_age;
+            c.max_messages = max_msgs;
+            c.max_bytes = max_bytes;
+            let info = bus
+                .create_stream(c)
+                .await
+                .with_context(|| format!("cannot create stream {name:?}"))?;
+            if json {
+                return print_json(&serde_json::to_value(&info)?);
+            }
+            println!(
+                "stream {} created (dead letters in {})",
+                info.config.name,
+                info.dead_letter_stream.as_deref().unwrap_or("-")
+            );
+        }
+        BusCommand::Dlq(DlqCommand::List {
+            stream,
+            from,
+            limit,
+            json,
+        }) => {
+            let dls = bus
+                .dlq_list(&stream, from, limit)
+                .await
+                .with_context(|| format!("cannot list dead letters of {stream:?}"))?;
+            if json {
+                let v: Vec<serde_json::Value> = dls.iter().map(dead_letter_json).collect();
+                return print_json(&v.into());
+            }
+            println!(
+                "{:>6}  {:>8}  {:<16}  {:>10}  reason",
+                "dlq", "orig seq", "consumer", "deliveries"
+            );
+            for d in &dls {
+                println!(
+                    "{:>6}  {:>8}  {:<16}  {:>10}  {}",
+                    d.dlq_sequence,
+                    d.original_sequence,
+                    d.consumer,
+                    d.deliveries,
+                    text(d.reason.as_bytes(), 80)
+                );
+            }
+        }
+        BusCommand::Dlq(DlqCommand::Show { stream, seq, json }) => {
+            let d = bus
+                .dlq_show(&stream, seq)
+                .await
+                .with_context(|| format!("cannot show dead letter {seq} of {stream:?}"))?;
+            if json {
+                return print_json(&dead_letter_json(&d));
+            }
+            println!("dead letter  {} of {}", d.dlq_sequence, d.stream);
+            println!("reason       {}", d.reason);
+            println!("consumer     {}", d.consumer);
+            println!("deliveries   {}", d.deliveries);
+            println!(
+                "original     sequence {} on {}{}",
+                d.original_sequence,
+                d.original_subject.as_str(),
+                d.original_msg_id
+                    .as_deref()
+                    .map(|i| format!(" (id {i})"))
+                    .unwrap_or_default()
+            );
+            for (n, v) in d.headers.iter() {
+                println!("header       {n}: {v}");
+            }
+            println!("payload      {}", text(&d.payload, 2000));
+        }
+        BusCommand::Dlq(DlqCommand::Replay { stream, seq, json }) => {
+            let ack = bus
+                .dlq_replay(&stream, seq)
+                .await
+                .with_context(|| format!("cannot replay dead letter {seq} of {stream:?}"))?;
+            if json {
+                return print_json(&serde_json::to_value(&ack)?);
+            }
+            println!(
+                "replayed to stream {} as sequence {}{}",
+                ack.stream,
+                ack.sequence,
+                if ack.duplicate {
+                    "  (duplicate: already replayed)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     Ok(())
 }

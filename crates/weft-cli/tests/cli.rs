@@ -272,3 +272,115 @@ fn json_logs_and_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
 }
+
+#[test]
+fn bus_commands_against_a_temp_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("bus");
+    let d = d.to_str().unwrap();
+    let bus = |args: &[&str]| -> Vec<String> {
+        let mut v = vec!["bus".to_owned(), "--data-dir".to_owned(), d.to_owned()];
+        v.extend(args.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok_json(&a, dir.path())
+    };
+    let created = run(bus(&[
+        "streams",
+        "create",
+        "jobs",
+        "--subject",
+        "jobs.>",
+        "--json",
+    ]));
+    assert_eq!(created["dead_letter_stream"], "jobs_DLQ");
+    let a = run(bus(&[
+        "pub",
+        "jobs.a",
+        "one",
+        "--id",
+        "m1",
+        "--header",
+        "X-Tenant: blue",
+        "--json",
+    ]));
+    assert_eq!(
+        (a["stream"].as_str(), a["sequence"].as_u64()),
+        (Some("jobs"), Some(1))
+    );
+    let dup = run(bus(&["pub", "jobs.a", "one again", "--id", "m1", "--json"]));
+    assert_eq!(dup["duplicate"], true);
+    assert_eq!(dup["sequence"], 1);
+    run(bus(&["pub", "jobs.b", "two", "--json"]));
+
+    // Terminate the first into the dead-letter stream, ack the second.
+    let got = run(bus(&[
+        "sub",
+        "jobs",
+        "--max",
+        "1",
+        "--wait",
+        "0s",
+        "--settle",
+        "term",
+        "--reason",
+        "bad input",
+        "--json",
+    ]));
+    assert_eq!(got[0]["payload"], "one");
+    assert_eq!(got[0]["headers"][0][1], "blue");
+    let got = run(bus(&["sub", "jobs", "--wait", "0s", "--json"]));
+    assert_eq!(got.as_array().unwrap().len(), 1);
+    assert_eq!(got[0]["payload"], "two");
+    let none = run(bus(&["sub", "jobs", "--wait", "0s", "--json"]));
+    assert!(none.as_array().unwrap().is_empty());
+
+    let list = run(bus(&["dlq", "list", "jobs", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0]["reason"].as_str().unwrap().contains("bad input"));
+    let seq = list[0]["dlq_sequence"].as_u64().unwrap().to_string();
+    let shown = run(bus(&["dlq", "show", "jobs", &seq, "--json"]));
+    assert_eq!(shown["original_msg_id"], "m1");
+    assert_eq!(shown["payload"], "one");
+    let replayed = run(bus(&["dlq", "replay", "jobs", &seq, "--json"]));
+    assert_eq!(replayed["stream"], "jobs");
+    assert!(replayed["sequence"].as_u64().unwrap() > 2);
+    assert!(
+        run(bus(&["dlq", "list", "jobs", "--json"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let back = run(bus(&["sub", "jobs", "--wait", "0s", "--json"]));
+    assert_eq!(back[0]["payload"], "one");
+    assert_eq!(back[0]["delivered"], 1);
+
+    let streams = run(bus(&["streams", "list", "--json"]));
+    let names: Vec<&str> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["config"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["jobs", "jobs_DLQ"]);
+
+    // Table output by default; errors are one line.
+    let out = weft(
+        &bus(&["streams", "list"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        dir.path(),
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("stream "), "{table}");
+    assert!(table.contains("jobs_DLQ"), "{table}");
+    let args = bus(&["pub", "nostream.x", "x"]);
+    let err = one_line_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        dir.path(),
+    );
+    assert!(err.contains("no stream captures"), "{err}");
+}

@@ -225,6 +225,11 @@ impl EmbeddedBus {
         })
     }
 
+    /// Names of all streams (dead-letter streams included), sorted.
+    pub fn stream_names(&self) -> Vec<String> {
+        self.streams_read().keys().cloned().collect()
+    }
+
     /// Where the bus is stored (none in memory mode).
     pub fn root(&self) -> Option<&Path> {
         self.inner.root.as_deref()
