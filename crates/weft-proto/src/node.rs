@@ -300,8 +300,15 @@ const NO_FETCH: Fetch = Fetch {
 const SEQNO_REQUEST_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
 /// Neighbours asked by one seqno request.
 const SEQNO_REQUEST_FANOUT: usize = 2;
+/// How long a relayed seqno request waits for its answer: past this the
+/// relay forgets who asked (the askers ask again if still starving), so
+/// requests for origins that died are not remembered forever.
+const RELAYED_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often starving destinations are looked for.
 const STARVATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Output queue capacity a node keeps between inputs.
+const OUT_KEPT_CAPACITY: usize = 64;
 
 /// Limit on buffered partial frames per link.
 const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
@@ -388,6 +395,7 @@ impl Node {
     ) -> Result<Self, NodeError> {
         let id = NodeId::of(key.public_key());
         let me = roster.index(&id).ok_or(NodeError::NotEnrolled(id))?;
+        let n = roster.len();
         let mut origins = OriginStore::new(roster, check.clone(), cfg.origin);
         let own = OwnOrigin::new(key, cfg.epoch, Seqno(0), cfg.unix_ms_at_zero)?;
         // Our own announcement is held like any other, so neighbours can fetch it.
@@ -401,16 +409,16 @@ impl Node {
             seqno: Seqno(0),
             links: Vec::new(),
             slots: BTreeMap::new(),
-            table: RouteTable::new(me),
+            table: RouteTable::with_destinations(me, n),
             origins,
             authority,
             check,
             revocation: None,
-            fetches: Vec::new(),
+            fetches: vec![NO_FETCH; n],
             relayed: DetMap::default(),
             asked_by: DetMap::default(),
             dirty: Vec::new(),
-            is_dirty: Vec::new(),
+            is_dirty: vec![false; n],
             own_advertised: None,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -447,7 +455,14 @@ impl Node {
     /// Trusts a grown roster (new enrollments); refused (returns false)
     /// unless it keeps every index of the current one.
     pub fn set_roster(&mut self, roster: Arc<Roster>) -> bool {
-        self.origins.set_roster(roster)
+        let n = roster.len();
+        if !self.origins.set_roster(roster) {
+            return false;
+        }
+        self.table.reserve_destinations(n);
+        self.fetches.resize(n.max(self.fetches.len()), NO_FETCH);
+        self.is_dirty.resize(n.max(self.is_dirty.len()), false);
+        true
     }
 
     /// The route selected to `dst`.
@@ -490,7 +505,14 @@ impl Node {
 
     /// The next output to carry out.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if out.is_none() && self.out.capacity() > OUT_KEPT_CAPACITY {
+            // A burst (a full table arriving) leaves a large queue behind;
+            // kept by every node of a big mesh, it would cost more than
+            // the route table.
+            self.out.shrink_to(OUT_KEPT_CAPACITY);
+        }
+        out
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -1286,8 +1308,13 @@ impl Node {
             return;
         }
         self.next_starvation_check = self.now + STARVATION_CHECK_INTERVAL;
+        let now = self.now;
         self.seqno_requested
-            .retain(|_, at| self.now < *at + STARVATION_CHECK_INTERVAL);
+            .retain(|_, at| now < *at + STARVATION_CHECK_INTERVAL);
+        self.relayed
+            .retain(|_, (_, at)| now < *at + RELAYED_REQUEST_TTL);
+        let relayed = &self.relayed;
+        self.asked_by.retain(|o, _| relayed.contains_key(o));
         for dst in self.table.starving() {
             self.request_seqno(dst);
         }

@@ -168,11 +168,12 @@ pub struct OriginStore {
 impl OriginStore {
     /// A store that trusts the keys in `roster` and verifies with `check`.
     pub fn new(roster: Arc<Roster>, check: Arc<dyn SignatureCheck>, policy: OriginPolicy) -> Self {
+        let n = roster.len();
         Self {
             roster,
             check,
             policy,
-            held: Vec::new(),
+            held: vec![None; n],
             revoked: Default::default(),
             revoked_at: Vec::new(),
             refused: Default::default(),
@@ -191,6 +192,11 @@ impl OriginStore {
             return false;
         }
         self.roster = roster;
+        let n = self.roster.len();
+        if n > self.held.len() {
+            self.held.reserve_exact(n - self.held.len());
+            self.held.resize(n, None);
+        }
         for id in &self.revoked {
             if let Some(i) = self.roster.index(id) {
                 mark(&mut self.revoked_at, i);

@@ -207,11 +207,27 @@ impl RouteTable {
         }
     }
 
+    /// An empty table for node `me`, sized for `n` destinations (the
+    /// roster's size) so that it never grows by doubling.
+    pub fn with_destinations(me: NodeIndex, n: usize) -> Self {
+        let mut t = Self::new(me);
+        t.reserve_destinations(n);
+        t
+    }
+
+    /// Sizes the table for `n` destinations exactly (a grown roster).
+    pub fn reserve_destinations(&mut self, n: usize) {
+        if n > self.dests.len() {
+            self.dests.reserve_exact(n - self.dests.len());
+            self.dests.resize(n, EMPTY);
+            self.heard.reserve_exact(n * self.stride - self.heard.len());
+            self.heard.resize(n * self.stride, NOT_HEARD);
+        }
+    }
+
     fn ensure_dest(&mut self, d: NodeIndex) {
         if d.get() >= self.dests.len() {
-            let n = d.get() + 1;
-            self.dests.resize(n, EMPTY);
-            self.heard.resize(n * self.stride, NOT_HEARD);
+            self.reserve_destinations(d.get() + 1);
         }
     }
 
