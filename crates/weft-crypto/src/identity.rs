@@ -20,6 +20,7 @@ use aws_lc_rs::digest;
 use crate::files::{FileError, read_secret_file, write_secret_file};
 use crate::kem::{self, DecapsulationKey, EncapsulationKey};
 use crate::sign::{self, CompositePublicKey, CompositeSigningKey};
+use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// PEM label of node key files.
 pub const KEY_FILE_LABEL: &str = "WEFT NODE KEY";
@@ -109,6 +110,27 @@ impl NodeId {
         let mut id = [0u8; 32];
         id.copy_from_slice(d.as_ref());
         Self(id)
+    }
+
+    /// Path of a node's SPIFFE ID: `/node/<node id>`. The control plane
+    /// issues a node's X.509-SVID for this path, which is how a mesh peer
+    /// authenticated by its SVID is tied to the key that signs its routes.
+    pub const SPIFFE_PATH_PREFIX: &'static str = "/node/";
+
+    /// The node's SPIFFE ID in `trust_domain`.
+    pub fn spiffe_id(&self, trust_domain: &TrustDomain) -> SpiffeId {
+        // Infallible: 52 base32 characters are valid path characters, and
+        // a trust domain of at most 255 bytes keeps the ID far below the
+        // length limit.
+        SpiffeId::from_parts(trust_domain, &format!("{}{self}", Self::SPIFFE_PATH_PREFIX))
+            .expect("a node path is a valid SPIFFE ID path")
+    }
+
+    /// The node a SPIFFE ID names, if its path is `/node/<node id>`.
+    pub fn from_spiffe_id(id: &SpiffeId) -> Option<NodeId> {
+        id.path()
+            .strip_prefix(Self::SPIFFE_PATH_PREFIX)
+            .and_then(|rest| rest.parse().ok())
     }
 }
 
@@ -310,6 +332,19 @@ impl fmt::Debug for NodeIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_spiffe_id_round_trips() {
+        let td = TrustDomain::new("mesh.example").unwrap();
+        let id = NodeId([7; 32]);
+        let spiffe = id.spiffe_id(&td);
+        assert_eq!(spiffe.as_str(), format!("spiffe://mesh.example/node/{id}"));
+        assert_eq!(NodeId::from_spiffe_id(&spiffe), Some(id));
+        let other = SpiffeId::parse("spiffe://mesh.example/control").unwrap();
+        assert_eq!(NodeId::from_spiffe_id(&other), None);
+        let bad = SpiffeId::parse("spiffe://mesh.example/node/notanid").unwrap();
+        assert_eq!(NodeId::from_spiffe_id(&bad), None);
+    }
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 

@@ -488,6 +488,11 @@ impl Node {
         self.link_by_id(link).map(|l| l.live.health())
     }
 
+    /// The newest revocation list accepted (from the driver or a neighbour).
+    pub fn revocation(&self) -> Option<&RevocationList> {
+        self.revocation.as_ref()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -1,0 +1,807 @@
+//! weft's node agent: the sans-IO mesh core ([`weft_proto::node::Node`])
+//! driven on tokio over post-quantum QUIC links.
+//!
+//! One task owns the node and is the only place its state changes: link
+//! tasks, the API and timers send it [`Command`]s over one channel, it feeds
+//! them to the node and carries out the node's outputs (stream writes,
+//! QUIC datagrams, link closes, events). A link is one QUIC connection
+//! (see [`quic`]) whose peer proved in the handshake that it holds an
+//! ML-DSA-65 X.509-SVID of the network's trust domain naming an enrolled,
+//! unrevoked node.
+
+#![forbid(unsafe_code)]
+
+pub mod quic;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey};
+use weft_crypto::svid::{RevokedSerials, SvidVerifier, TrustBundle};
+use weft_crypto::tls::{SpiffePeerVerifier, SvidCredentials, TlsError};
+use weft_crypto::{NodeId, SpiffeId};
+use weft_proto::liveness::LinkHealth;
+use weft_proto::node::{
+    CloseReason, Event, Input, LinkId, Node, NodeConfig, NodeError, Output, Route,
+};
+use weft_proto::origin::DirectCheck;
+use weft_proto::roster::Roster;
+use weft_proto::time::Time;
+use weft_proto::wire::RevocationList;
+
+pub use quic::{RefusalCounts, Refusals};
+
+/// Errors starting or using an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The TLS configuration could not be built from the credentials.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] TlsError),
+    /// The QUIC configuration was refused.
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {reason}; is the port in use?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The mesh node could not be created (identity not in the roster).
+    #[error("mesh node: {0}")]
+    Node(#[from] NodeError),
+    /// Dialing a peer failed.
+    #[error("link to {addr} failed: {reason}")]
+    Connect {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The agent has stopped.
+    #[error("the agent has stopped")]
+    Stopped,
+}
+
+/// What an agent needs to run.
+pub struct AgentConfig {
+    /// The node's mesh identity: signs its route announcements.
+    pub key: Arc<CompositeSigningKey>,
+    /// The node's X.509-SVID (ML-DSA-65) for the QUIC handshakes; its
+    /// SPIFFE ID must be `/node/<node id>` of `key`.
+    pub svid: SvidCredentials,
+    /// The trust domain's CA bundle.
+    pub bundle: TrustBundle,
+    /// The network's enrolled nodes.
+    pub roster: Arc<Roster>,
+    /// The key that signs revocation lists (the trust domain's authority).
+    pub authority: CompositePublicKey,
+    /// UDP address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Mesh protocol settings.
+    pub node: NodeConfig,
+}
+
+/// A neighbour as [`Agent::peers`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerInfo {
+    /// The neighbour.
+    pub id: NodeId,
+    /// Its UDP address.
+    pub addr: SocketAddr,
+    /// Measured health of the link, once hellos have been exchanged.
+    pub health: Option<LinkHealth>,
+}
+
+/// QUIC application error codes used when closing links.
+mod close_code {
+    pub const DEAD: u32 = 1;
+    pub const REVOKED: u32 = 2;
+    pub const MALFORMED: u32 = 3;
+    pub const TOO_MANY_LINKS: u32 = 4;
+    pub const DUPLICATE: u32 = 5;
+    pub const OVERFLOW: u32 = 6;
+    pub const SHUTDOWN: u32 = 7;
+}
+
+/// Frames queued for one link's stream before the link is given up as too
+/// slow (a reliable stream cannot drop; one write per node input).
+const LINK_QUEUE: usize = 4096;
+/// Largest read from a link's stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Capacity of the event broadcast; slow subscribers miss old events.
+const EVENT_CAPACITY: usize = 4096;
+/// Redial delays for persistent peers.
+const REDIAL_MIN: Duration = Duration::from_millis(200);
+const REDIAL_MAX: Duration = Duration::from_secs(10);
+
+enum Command {
+    LinkUp {
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        peer: NodeId,
+        dialed_by_us: bool,
+        ready: Option<oneshot::Sender<Result<NodeId, AgentError>>>,
+    },
+    Received {
+        link: LinkId,
+        bytes: Bytes,
+    },
+    Datagram {
+        link: LinkId,
+        bytes: Bytes,
+    },
+    LinkClosed {
+        link: LinkId,
+    },
+    Send {
+        dst: NodeId,
+        payload: Vec<u8>,
+    },
+    Routes(oneshot::Sender<Vec<(NodeId, Route)>>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Revoke(RevocationList, oneshot::Sender<bool>),
+    Shutdown,
+}
+
+/// State the handshake checks read outside the driver task.
+struct Shared {
+    me: NodeId,
+    roster: RwLock<Arc<Roster>>,
+    revoked: RwLock<std::collections::HashSet<NodeId>>,
+    refusals: Refusals,
+}
+
+impl Shared {
+    /// The handshake policy: the SVID must name an enrolled, unrevoked
+    /// node other than us.
+    fn authorize(&self, id: &SpiffeId) -> Result<(), String> {
+        let Some(node) = NodeId::from_spiffe_id(id) else {
+            Refusals::count(&self.refusals.not_a_node);
+            return Err(format!("{id} does not name a node (/node/<node id>)"));
+        };
+        if node == self.me {
+            Refusals::count(&self.refusals.own_identity);
+            return Err("the peer presented our own identity".into());
+        }
+        if read(&self.revoked).contains(&node) {
+            Refusals::count(&self.refusals.revoked);
+            return Err(format!("node {node} is revoked"));
+        }
+        if !read(&self.roster).contains(&node) {
+            Refusals::count(&self.refusals.not_enrolled);
+            return Err(format!("node {node} is not enrolled in this network"));
+        }
+        Ok(())
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running agent. Dropping it does not stop it; call [`Agent::shutdown`].
+pub struct Agent {
+    id: NodeId,
+    local_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<Event>,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the agent: binds the endpoint and runs the node. Must be
+    /// called inside a tokio runtime.
+    pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        let node = Node::new(
+            cfg.key,
+            cfg.node,
+            cfg.roster.clone(),
+            cfg.authority,
+            Arc::new(DirectCheck),
+        )?;
+        let id = node.id();
+        let shared = Arc::new(Shared {
+            me: id,
+            roster: RwLock::new(cfg.roster),
+            revoked: RwLock::new(Default::default()),
+            refusals: Refusals::default(),
+        });
+        let policy = shared.clone();
+        let verifier = SpiffePeerVerifier::new(
+            SvidVerifier::new(cfg.bundle, RevokedSerials::default()),
+            Arc::new(move |spiffe: &SpiffeId| policy.authorize(spiffe)),
+        );
+        let (endpoint, client) = quic::endpoint(cfg.listen, &cfg.svid, verifier)?;
+        let local_addr = endpoint.local_addr().map_err(|e| AgentError::Bind {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        })?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let driver = Driver {
+            node,
+            start: Instant::now(),
+            links: HashMap::new(),
+            by_peer: HashMap::new(),
+            next_link: 0,
+            commands: commands.clone(),
+            events: events.clone(),
+            shared: shared.clone(),
+        };
+        let mut tasks = vec![tokio::spawn(driver.run(rx))];
+        tasks.push(tokio::spawn(accept_loop(
+            endpoint.clone(),
+            commands.clone(),
+            shared.clone(),
+        )));
+        tracing::info!(node = %id, addr = %local_addr, "agent started");
+        Ok(Agent {
+            id,
+            local_addr,
+            endpoint,
+            client,
+            commands,
+            events,
+            shared,
+            tasks,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The UDP address links reach this agent at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Peers refused so far, by reason.
+    pub fn refusals(&self) -> RefusalCounts {
+        self.shared.refusals.snapshot()
+    }
+
+    /// Subscribes to the node's events (routes, deliveries, neighbours).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Dials `addr` once and returns the neighbour's id when the link is up.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<NodeId, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        dial(
+            &self.endpoint,
+            &self.client,
+            addr,
+            &self.commands,
+            &self.shared,
+            Some(tx),
+        )
+        .await?;
+        rx.await.map_err(|_| AgentError::Stopped)?
+    }
+
+    /// Keeps a link to `addr`: dials it now and again whenever the link is
+    /// lost, with backoff, until the agent stops.
+    pub fn add_peer(&mut self, addr: SocketAddr) {
+        let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
+        let (commands, shared) = (self.commands.clone(), self.shared.clone());
+        self.tasks.push(tokio::spawn(async move {
+            let mut delay = REDIAL_MIN;
+            loop {
+                match dial_and_wait(&endpoint, &client, addr, &commands, &shared).await {
+                    // The link lived: start over quickly.
+                    Ok(()) => delay = REDIAL_MIN,
+                    Err(AgentError::Stopped) => return,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "dial failed");
+                        delay = (delay * 2).min(REDIAL_MAX);
+                    }
+                }
+                if commands.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }));
+    }
+
+    /// Sends a mesh datagram to `dst`.
+    pub fn send(&self, dst: NodeId, payload: Vec<u8>) -> Result<(), AgentError> {
+        self.commands
+            .send(Command::Send { dst, payload })
+            .map_err(|_| AgentError::Stopped)
+    }
+
+    /// The selected route to every reachable destination.
+    pub async fn routes(&self) -> Result<Vec<(NodeId, Route)>, AgentError> {
+        self.ask(Command::Routes).await
+    }
+
+    /// The current neighbours.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, AgentError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Applies a revocation list (from the control plane); true if it was
+    /// newer than the one held and correctly signed. Revoked peers' links
+    /// are closed and their routes withdrawn mesh-wide.
+    pub async fn revoke(&self, list: RevocationList) -> Result<bool, AgentError> {
+        self.ask(|tx| Command::Revoke(list, tx)).await
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    /// Stops the agent: closes every link (peers see the close at once
+    /// rather than waiting for their detectors) and the endpoint.
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(Command::Shutdown);
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"agent shutting down");
+        for t in self.tasks {
+            t.abort();
+        }
+        // Let the close frames leave before the socket goes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Dials `addr`, and waits until the link so made closes.
+async fn dial_and_wait(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    addr: SocketAddr,
+    commands: &mpsc::UnboundedSender<Command>,
+    shared: &Arc<Shared>,
+) -> Result<(), AgentError> {
+    let conn = dial(endpoint, client, addr, commands, shared, None).await?;
+    conn.closed().await;
+    Ok(())
+}
+
+/// Dials `addr`, authenticates the peer and hands the link to the driver.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    addr: SocketAddr,
+    commands: &mpsc::UnboundedSender<Command>,
+    shared: &Arc<Shared>,
+    ready: Option<oneshot::Sender<Result<NodeId, AgentError>>>,
+) -> Result<quinn::Connection, AgentError> {
+    if commands.is_closed() {
+        return Err(AgentError::Stopped);
+    }
+    let failed = |reason: String| AgentError::Connect { addr, reason };
+    let connecting = endpoint
+        .connect_with(client.clone(), addr, "weft-peer")
+        .map_err(|e| failed(e.to_string()))?;
+    let conn = connecting.await.map_err(|e| {
+        if matches!(e, quinn::ConnectionError::TransportError(_)) {
+            Refusals::count(&shared.refusals.handshake);
+        }
+        failed(e.to_string())
+    })?;
+    let peer = peer_node(&conn).map_err(failed)?;
+    // The server checks our certificate after our side of the handshake
+    // is done: the link exists only once its preamble answers ours.
+    let (send, recv) = tokio::time::timeout(quic::STREAM_SETUP_TIMEOUT, async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(quic::STREAM_PREAMBLE)
+            .await
+            .map_err(|e| e.to_string())?;
+        quic::read_preamble(&mut recv).await?;
+        Ok::<_, String>((send, recv))
+    })
+    .await
+    .map_err(|_| failed("the peer did not answer the link preamble".into()))?
+    .map_err(|e| {
+        if conn.close_reason().is_some() {
+            Refusals::count(&shared.refusals.handshake);
+        }
+        failed(format!("the peer refused the link: {e}"))
+    })?;
+    commands
+        .send(Command::LinkUp {
+            conn: conn.clone(),
+            send,
+            recv,
+            peer,
+            dialed_by_us: true,
+            ready,
+        })
+        .map_err(|_| AgentError::Stopped)?;
+    Ok(conn)
+}
+
+fn peer_node(conn: &quinn::Connection) -> Result<NodeId, String> {
+    let spiffe = quic::peer_spiffe_id(conn)?;
+    NodeId::from_spiffe_id(&spiffe).ok_or_else(|| format!("{spiffe} does not name a node"))
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (commands, shared) = (commands.clone(), shared.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(reason) = accept_one(incoming, &commands, &shared).await {
+                tracing::info!(%remote, %reason, "refused incoming link");
+            }
+        });
+    }
+}
+
+async fn accept_one(
+    incoming: quinn::Incoming,
+    commands: &mpsc::UnboundedSender<Command>,
+    shared: &Shared,
+) -> Result<(), String> {
+    let conn = incoming.await.map_err(|e| {
+        if matches!(
+            e,
+            quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_)
+        ) {
+            Refusals::count(&shared.refusals.handshake);
+        }
+        e.to_string()
+    })?;
+    let peer = peer_node(&conn)?;
+    let accepted = tokio::time::timeout(quic::STREAM_SETUP_TIMEOUT, async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        quic::read_preamble(&mut recv).await?;
+        send.write_all(quic::STREAM_PREAMBLE)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((send, recv))
+    })
+    .await
+    .map_err(|_| "the peer opened no stream in time".to_string())
+    .and_then(|r| r);
+    let (send, recv) = match accepted {
+        Ok(s) => s,
+        Err(reason) => {
+            conn.close(close_code::MALFORMED.into(), reason.as_bytes());
+            return Err(reason);
+        }
+    };
+    commands
+        .send(Command::LinkUp {
+            conn,
+            send,
+            recv,
+            peer,
+            dialed_by_us: false,
+            ready: None,
+        })
+        .map_err(|_| "the agent has stopped".to_string())
+}
+
+struct LinkHandle {
+    conn: quinn::Connection,
+    peer: NodeId,
+    dialed_by_us: bool,
+    writer: mpsc::Sender<Vec<u8>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+struct Driver {
+    node: Node,
+    start: Instant,
+    links: HashMap<LinkId, LinkHandle>,
+    by_peer: HashMap<NodeId, LinkId>,
+    next_link: u64,
+    commands: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<Event>,
+    shared: Arc<Shared>,
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(&self, t: Time) -> Instant {
+        self.start + Duration::from_micros(t.0)
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self.node.next_deadline().map(|t| self.instant(t));
+            let command = tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => Some(c),
+                    None => break,
+                },
+                () = sleep_until(deadline) => None,
+            };
+            match command {
+                Some(Command::Shutdown) => break,
+                Some(c) => self.handle(c),
+                None => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                }
+            }
+            self.flush();
+        }
+        for (_, l) in self.links.drain() {
+            l.conn
+                .close(close_code::SHUTDOWN.into(), b"agent shutting down");
+            for t in l.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::LinkUp {
+                conn,
+                send,
+                recv,
+                peer,
+                dialed_by_us,
+                ready,
+            } => {
+                let result = self.link_up(conn, send, recv, peer, dialed_by_us);
+                if let Some(ready) = ready {
+                    let _ = ready.send(result.map(|()| peer));
+                }
+            }
+            Command::Received { link, bytes } => {
+                if self.links.contains_key(&link) {
+                    self.node.handle(
+                        now,
+                        Input::Received {
+                            link,
+                            bytes: &bytes,
+                        },
+                    );
+                }
+            }
+            Command::Datagram { link, bytes } => {
+                if self.links.contains_key(&link) {
+                    self.node.handle(
+                        now,
+                        Input::ReceivedDatagram {
+                            link,
+                            bytes: &bytes,
+                        },
+                    );
+                }
+            }
+            Command::LinkClosed { link } => self.drop_link(link, now),
+            Command::Send { dst, payload } => self.node.handle(now, Input::Send { dst, payload }),
+            Command::Routes(tx) => {
+                let roster = self.node.roster().clone();
+                let routes = (0..roster.len())
+                    .filter_map(|i| roster.id(weft_proto::roster::NodeIndex(i as u32)))
+                    .filter_map(|id| self.node.route(&id).map(|r| (id, r)))
+                    .collect();
+                let _ = tx.send(routes);
+            }
+            Command::Peers(tx) => {
+                let peers = self
+                    .links
+                    .iter()
+                    .map(|(id, l)| PeerInfo {
+                        id: l.peer,
+                        addr: l.conn.remote_address(),
+                        health: self.node.link_health(*id),
+                    })
+                    .collect();
+                let _ = tx.send(peers);
+            }
+            Command::Revoke(list, tx) => {
+                let _ = tx.send(self.node.revoke(now, list));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn link_up(
+        &mut self,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        peer: NodeId,
+        dialed_by_us: bool,
+    ) -> Result<(), AgentError> {
+        if read(&self.shared.revoked).contains(&peer) {
+            conn.close(close_code::REVOKED.into(), b"revoked");
+            return Err(AgentError::Connect {
+                addr: conn.remote_address(),
+                reason: format!("node {peer} is revoked"),
+            });
+        }
+        if let Some(&existing) = self.by_peer.get(&peer) {
+            // Both ends may dial each other at once. Both keep the
+            // connection dialed by the smaller node id, so they agree.
+            let keep_new = self
+                .links
+                .get(&existing)
+                .is_some_and(|l| l.dialed_by_us != dialed_by_us)
+                && dialed_by_us == (self.shared.me < peer);
+            Refusals::count(&self.shared.refusals.duplicate);
+            if !keep_new {
+                conn.close(close_code::DUPLICATE.into(), b"already linked");
+                return Err(AgentError::Connect {
+                    addr: conn.remote_address(),
+                    reason: format!("already linked to {peer}"),
+                });
+            }
+            if let Some(old) = self.links.get(&existing) {
+                old.conn
+                    .close(close_code::DUPLICATE.into(), b"already linked");
+            }
+            let now = self.now();
+            self.drop_link(existing, now);
+        }
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        let (writer, queue) = mpsc::channel(LINK_QUEUE);
+        let tasks = [
+            tokio::spawn(write_loop(send, queue)),
+            tokio::spawn(read_loop(link, conn.clone(), recv, self.commands.clone())),
+        ];
+        self.links.insert(
+            link,
+            LinkHandle {
+                conn,
+                peer,
+                dialed_by_us,
+                writer,
+                tasks,
+            },
+        );
+        self.by_peer.insert(peer, link);
+        let now = self.now();
+        self.node.handle(now, Input::LinkUp { link, peer });
+        tracing::info!(%peer, ?link, "link up");
+        Ok(())
+    }
+
+    fn drop_link(&mut self, link: LinkId, now: Time) {
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        if self.by_peer.get(&l.peer) == Some(&link) {
+            self.by_peer.remove(&l.peer);
+        }
+        for t in l.tasks {
+            t.abort();
+        }
+        self.node.handle(now, Input::LinkDown { link });
+        tracing::info!(peer = %l.peer, ?link, "link down");
+    }
+
+    /// Carries out everything the node asked for.
+    fn flush(&mut self) {
+        let mut overflowed = Vec::new();
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Transmit {
+                    link,
+                    bytes,
+                    reliable,
+                } => {
+                    let Some(l) = self.links.get(&link) else {
+                        continue;
+                    };
+                    if reliable {
+                        if l.writer.try_send(bytes).is_err() {
+                            overflowed.push(link);
+                        }
+                    } else if let Err(e) = l.conn.send_datagram(Bytes::from(bytes)) {
+                        tracing::debug!(peer = %l.peer, error = %e, "datagram not sent");
+                    }
+                }
+                Output::Close { link, reason } => {
+                    if let Some(l) = self.links.get(&link) {
+                        let code = match reason {
+                            CloseReason::Dead => close_code::DEAD,
+                            CloseReason::Revoked => close_code::REVOKED,
+                            CloseReason::Malformed => close_code::MALFORMED,
+                            CloseReason::TooManyLinks => close_code::TOO_MANY_LINKS,
+                        };
+                        l.conn.close(code.into(), format!("{reason:?}").as_bytes());
+                    }
+                    let now = self.now();
+                    self.drop_link(link, now);
+                }
+                Output::Event(e) => {
+                    if let Event::RevocationApplied { .. } = e {
+                        // From the API or gossiped by a neighbour: the
+                        // handshake refuses revoked nodes from now on.
+                        let list = self.node.revocation().map(|l| l.revoked.clone());
+                        write(&self.shared.revoked).extend(list.into_iter().flatten());
+                    }
+                    // Nobody listening is fine.
+                    let _ = self.events.send(e);
+                }
+            }
+        }
+        for link in overflowed {
+            if let Some(l) = self.links.get(&link) {
+                tracing::warn!(peer = %l.peer, "link's send queue overflowed; closing it");
+                l.conn
+                    .close(close_code::OVERFLOW.into(), b"send queue overflow");
+            }
+            let now = self.now();
+            self.drop_link(link, now);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
+    while let Some(bytes) = queue.recv().await {
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the link's stream and datagrams until the connection ends, then
+/// tells the driver once.
+async fn read_loop(
+    link: LinkId,
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    commands: mpsc::UnboundedSender<Command>,
+) {
+    loop {
+        let command = tokio::select! {
+            chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
+                Ok(Some(chunk)) => Command::Received { link, bytes: chunk.bytes },
+                // The peer finished or reset its stream: the link cannot
+                // carry control messages any more.
+                Ok(None) | Err(_) => break,
+            },
+            datagram = conn.read_datagram() => match datagram {
+                Ok(bytes) => Command::Datagram { link, bytes },
+                Err(_) => break,
+            },
+        };
+        if commands.send(command).is_err() {
+            return;
+        }
+    }
+    let _ = commands.send(Command::LinkClosed { link });
+}

@@ -1,0 +1,258 @@
+//! Agents on loopback with real QUIC links (ML-DSA-65 SVIDs,
+//! X25519MLKEM768): routing across hops, reroute when a relay stops,
+//! refusal of foreign, unenrolled and revoked peers.
+
+#![allow(clippy::unwrap_used, clippy::panic)] // test code: a failed setup step should fail the test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_agent::{Agent, AgentConfig, AgentError};
+use weft_crypto::ca::{CertificateAuthority, SvidAlgorithm, Validity};
+use weft_crypto::sign::CompositeSigningKey;
+use weft_crypto::tls::SvidCredentials;
+use weft_crypto::{NodeId, TrustDomain};
+use weft_proto::node::{Event, NodeConfig};
+use weft_proto::roster::Roster;
+use weft_proto::wire::RevocationList;
+
+/// A trust domain with its CA, the mesh authority and enrolled node keys.
+struct Network {
+    ca: CertificateAuthority,
+    authority: CompositeSigningKey,
+    keys: Vec<Arc<CompositeSigningKey>>,
+    roster: Arc<Roster>,
+}
+
+impl Network {
+    fn new(domain: &str, nodes: usize) -> Self {
+        let td = TrustDomain::new(domain).unwrap();
+        let ca = CertificateAuthority::init(&td, Duration::from_secs(3600)).unwrap();
+        let keys: Vec<_> = (0..nodes)
+            .map(|_| Arc::new(CompositeSigningKey::generate().unwrap()))
+            .collect();
+        let roster = Arc::new(Roster::of(keys.iter().map(|k| k.public_key().clone())).unwrap());
+        Self {
+            ca,
+            authority: CompositeSigningKey::generate().unwrap(),
+            keys,
+            roster,
+        }
+    }
+
+    fn config(&self, key: Arc<CompositeSigningKey>) -> AgentConfig {
+        let id = NodeId::of(key.public_key());
+        let svid = self
+            .ca
+            .issue(
+                &id.spiffe_id(self.ca.trust_domain()),
+                SvidAlgorithm::MlDsa65,
+                Validity::starting_now(Duration::from_secs(3600)).unwrap(),
+            )
+            .unwrap();
+        AgentConfig {
+            key,
+            svid: SvidCredentials::from_pem(svid.cert_pem.as_bytes(), svid.key_pem.as_bytes())
+                .unwrap(),
+            bundle: self.ca.bundle().unwrap(),
+            roster: self.roster.clone(),
+            authority: self.authority.public_key().clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node: NodeConfig::default(),
+        }
+    }
+
+    fn start(&self, i: usize) -> Agent {
+        Agent::start(self.config(self.keys[i].clone())).unwrap()
+    }
+
+    fn revocation(&self, epoch: u64, revoked: Vec<NodeId>) -> RevocationList {
+        let issued_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let msg = RevocationList::signed_bytes(epoch, issued_ms, &revoked);
+        let sig = self.authority.sign(&msg, RevocationList::CONTEXT).unwrap();
+        RevocationList {
+            epoch,
+            issued_ms,
+            revoked,
+            signature: Box::new(*sig.as_bytes()),
+        }
+    }
+}
+
+/// Polls `check` every 20 ms for up to `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within {within:?}: {what}");
+}
+
+async fn next_hop(agent: &Agent, dst: NodeId) -> Option<NodeId> {
+    agent
+        .routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(d, _)| *d == dst)
+        .map(|(_, r)| r.next_hop)
+}
+
+/// Sends datagrams from `from` to `to` until one arrives (datagrams are
+/// unreliable), returning how many were sent.
+async fn deliver(from: &Agent, to: &Agent, payload: &[u8]) -> usize {
+    let mut events = to.events();
+    for sent in 1..=20 {
+        from.send(to.id(), payload.to_vec()).unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(250), async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::Delivered { src, payload: p })
+                        if src == from.id() && p == payload =>
+                    {
+                        return;
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("event stream ended: {e}"),
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            return sent;
+        }
+    }
+    panic!("no datagram from {} reached {}", from.id(), to.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_cross_two_hops_and_reroute_when_the_relay_stops() {
+    // a - b - c and a - d - c: two disjoint two-hop paths.
+    let net = Network::new("mesh.weft.test", 4);
+    let agents: Vec<Agent> = (0..4).map(|i| net.start(i)).collect();
+    let [a, b, c, d] = [&agents[0], &agents[1], &agents[2], &agents[3]];
+    assert_eq!(a.connect(b.local_addr()).await.unwrap(), b.id());
+    assert_eq!(b.connect(c.local_addr()).await.unwrap(), c.id());
+    assert_eq!(a.connect(d.local_addr()).await.unwrap(), d.id());
+    assert_eq!(d.connect(c.local_addr()).await.unwrap(), c.id());
+
+    eventually(Duration::from_secs(10), "a has a route to c", || async {
+        next_hop(a, c.id()).await.is_some()
+    })
+    .await;
+    deliver(a, c, b"over two hops").await;
+    deliver(c, a, b"and back").await;
+
+    // Stop the relay a uses; the other path takes over.
+    let relay = next_hop(a, c.id()).await.unwrap();
+    let mut agents = agents;
+    let stopped = agents.iter().position(|x| x.id() == relay).unwrap();
+    agents.remove(stopped).shutdown().await;
+    let (a, c) = (&agents[0], &agents[1]);
+    eventually(Duration::from_secs(10), "a reroutes to c", || async {
+        next_hop(a, c.id()).await.is_some_and(|hop| hop != relay)
+    })
+    .await;
+    deliver(a, c, b"after the reroute").await;
+    for x in agents {
+        x.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_outside_the_network_are_refused() {
+    let net = Network::new("mesh.weft.test", 2);
+    let a = net.start(0);
+
+    // An SVID from another trust domain: the handshake fails both ways.
+    let foreign = Network::new("other.weft.test", 1);
+    let x = foreign.start(0);
+    let err = x.connect(a.local_addr()).await.unwrap_err();
+    assert!(matches!(err, AgentError::Connect { .. }), "{err}");
+    eventually(
+        Duration::from_secs(5),
+        "a counts the handshake refusal",
+        || async { a.refusals().handshake >= 1 },
+    )
+    .await;
+
+    // A valid SVID of this trust domain for a node not in the roster.
+    let stranger = Arc::new(CompositeSigningKey::generate().unwrap());
+    let mut cfg = net.config(stranger);
+    // It trusts a; a does not know it.
+    cfg.roster = Arc::new(
+        Roster::of([
+            net.keys[0].public_key().clone(),
+            cfg.key.public_key().clone(),
+        ])
+        .unwrap(),
+    );
+    let s = Agent::start(cfg).unwrap();
+    assert!(s.connect(a.local_addr()).await.is_err());
+    eventually(
+        Duration::from_secs(5),
+        "a counts the unenrolled peer",
+        || async { a.refusals().not_enrolled >= 1 },
+    )
+    .await;
+    assert!(a.peers().await.unwrap().is_empty());
+    for agent in [a, x, s] {
+        agent.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_neighbour_is_cut_off_and_cannot_come_back() {
+    let net = Network::new("mesh.weft.test", 3);
+    let agents: Vec<Agent> = (0..3).map(|i| net.start(i)).collect();
+    let [a, b, c] = [&agents[0], &agents[1], &agents[2]];
+    a.connect(b.local_addr()).await.unwrap();
+    b.connect(c.local_addr()).await.unwrap();
+    eventually(Duration::from_secs(10), "a reaches c", || async {
+        next_hop(a, c.id()).await == Some(b.id())
+    })
+    .await;
+
+    // The control plane revokes c and tells b; b gossips the list to a.
+    let list = net.revocation(1, vec![c.id()]);
+    let mut a_events = a.events();
+    assert!(b.revoke(list.clone()).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(
+            a_events.recv().await,
+            Ok(Event::RevocationApplied { epoch: 1 })
+        ) {}
+    })
+    .await
+    .expect("a learns the revocation from b");
+    // A replayed list is stale.
+    assert!(!a.revoke(list).await.unwrap());
+    eventually(Duration::from_secs(5), "b closes its link to c", || async {
+        b.peers().await.unwrap().iter().all(|p| p.id != c.id())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "a loses its route to c", || async {
+        next_hop(a, c.id()).await.is_none()
+    })
+    .await;
+    assert!(c.connect(b.local_addr()).await.is_err());
+    eventually(
+        Duration::from_secs(5),
+        "b counts the revoked peer",
+        || async { b.refusals().revoked >= 1 },
+    )
+    .await;
+    for x in agents {
+        x.shutdown().await;
+    }
+}
