@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod e2e;
 pub mod quic;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use weft_crypto::kem::{DecapsulationKey, EncapsulationKey};
 use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey};
 use weft_crypto::svid::{RevokedSerials, SvidVerifier, TrustBundle};
 use weft_crypto::tls::{SpiffePeerVerifier, SvidCredentials, TlsError};
@@ -35,6 +37,7 @@ use weft_proto::roster::Roster;
 use weft_proto::time::Time;
 use weft_proto::wire::RevocationList;
 
+pub use e2e::{E2e, E2eConfig, E2eError, E2eStats};
 pub use quic::{RefusalCounts, Refusals};
 
 /// Errors starting or using an agent.
@@ -74,6 +77,11 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// The node's mesh identity: signs its route announcements.
     pub key: Arc<CompositeSigningKey>,
+    /// The node's X-Wing key: end-to-end sessions are set up to it.
+    pub kem: DecapsulationKey,
+    /// Other nodes' X-Wing public keys (from the control plane's node
+    /// records), needed to seal datagrams to them.
+    pub peer_kem_keys: HashMap<NodeId, EncapsulationKey>,
     /// The node's X.509-SVID (ML-DSA-65) for the QUIC handshakes; its
     /// SPIFFE ID must be `/node/<node id>` of `key`.
     pub svid: SvidCredentials,
@@ -87,6 +95,17 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Mesh protocol settings.
     pub node: NodeConfig,
+    /// End-to-end session settings.
+    pub e2e: E2eConfig,
+}
+
+/// A datagram delivered to this node, opened end to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The sender, authenticated by the session key.
+    pub src: NodeId,
+    /// The payload.
+    pub payload: Vec<u8>,
 }
 
 /// A neighbour as [`Agent::peers`] reports it.
@@ -200,6 +219,7 @@ pub struct Agent {
     client: quinn::ClientConfig,
     commands: mpsc::UnboundedSender<Command>,
     events: broadcast::Sender<Event>,
+    deliveries: broadcast::Sender<Delivery>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -216,6 +236,10 @@ impl Agent {
             Arc::new(DirectCheck),
         )?;
         let id = node.id();
+        let mut e2e = E2e::new(id, cfg.kem, cfg.e2e);
+        for (peer, key) in cfg.peer_kem_keys {
+            e2e.set_peer_key(peer, key);
+        }
         let shared = Arc::new(Shared {
             me: id,
             roster: RwLock::new(cfg.roster),
@@ -234,8 +258,11 @@ impl Agent {
         })?;
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (deliveries, _) = broadcast::channel(EVENT_CAPACITY);
         let driver = Driver {
             node,
+            e2e,
+            deliveries: deliveries.clone(),
             start: Instant::now(),
             links: HashMap::new(),
             by_peer: HashMap::new(),
@@ -258,6 +285,7 @@ impl Agent {
             client,
             commands,
             events,
+            deliveries,
             shared,
             tasks,
         })
@@ -278,9 +306,15 @@ impl Agent {
         self.shared.refusals.snapshot()
     }
 
-    /// Subscribes to the node's events (routes, deliveries, neighbours).
+    /// Subscribes to the node's events (routes, neighbours, revocations;
+    /// `Delivered` events carry the sealed bytes).
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Subscribes to datagrams delivered to this node, opened.
+    pub fn deliveries(&self) -> broadcast::Receiver<Delivery> {
+        self.deliveries.subscribe()
     }
 
     /// Dials `addr` once and returns the neighbour's id when the link is up.
@@ -323,7 +357,8 @@ impl Agent {
         }));
     }
 
-    /// Sends a mesh datagram to `dst`.
+    /// Sends `payload` to `dst` over the mesh, sealed end to end (the
+    /// first datagram to a node waits for the session handshake).
     pub fn send(&self, dst: NodeId, payload: Vec<u8>) -> Result<(), AgentError> {
         self.commands
             .send(Command::Send { dst, payload })
@@ -515,6 +550,8 @@ struct LinkHandle {
 
 struct Driver {
     node: Node,
+    e2e: E2e,
+    deliveries: broadcast::Sender<Delivery>,
     start: Instant,
     links: HashMap<LinkId, LinkHandle>,
     by_peer: HashMap<NodeId, LinkId>,
@@ -535,7 +572,11 @@ impl Driver {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let deadline = self.node.next_deadline().map(|t| self.instant(t));
+            let deadline = [self.node.next_deadline(), self.e2e.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| self.instant(t));
             let command = tokio::select! {
                 c = rx.recv() => match c {
                     Some(c) => Some(c),
@@ -549,6 +590,7 @@ impl Driver {
                 None => {
                     let now = self.now();
                     self.node.handle_timeout(now);
+                    self.e2e.handle_timeout(now);
                 }
             }
             self.flush();
@@ -601,7 +643,11 @@ impl Driver {
                 }
             }
             Command::LinkClosed { link } => self.drop_link(link, now),
-            Command::Send { dst, payload } => self.node.handle(now, Input::Send { dst, payload }),
+            Command::Send { dst, payload } => {
+                if let Err(e) = self.e2e.seal(now, dst, payload) {
+                    tracing::debug!(%dst, error = %e, "datagram not sealed");
+                }
+            }
             Command::Routes(tx) => {
                 let roster = self.node.roster().clone();
                 let routes = (0..roster.len())
@@ -705,10 +751,17 @@ impl Driver {
         tracing::info!(peer = %l.peer, ?link, "link down");
     }
 
-    /// Carries out everything the node asked for.
+    /// Carries out everything the node and the sessions asked for.
     fn flush(&mut self) {
         let mut overflowed = Vec::new();
-        while let Some(output) = self.node.poll_output() {
+        loop {
+            while let Some((dst, payload)) = self.e2e.poll_transmit() {
+                let now = self.now();
+                self.node.handle(now, Input::Send { dst, payload });
+            }
+            let Some(output) = self.node.poll_output() else {
+                break;
+            };
             match output {
                 Output::Transmit {
                     link,
@@ -718,7 +771,14 @@ impl Driver {
                     let Some(l) = self.links.get(&link) else {
                         continue;
                     };
-                    if reliable {
+                    // A datagram too big for one QUIC DATAGRAM frame (an
+                    // end-to-end handshake message is 1.2 KB with its mesh
+                    // header) takes the link's stream instead.
+                    let fits = l
+                        .conn
+                        .max_datagram_size()
+                        .is_some_and(|max| bytes.len() <= max);
+                    if reliable || !fits {
                         if l.writer.try_send(bytes).is_err() {
                             overflowed.push(link);
                         }
@@ -738,6 +798,16 @@ impl Driver {
                     }
                     let now = self.now();
                     self.drop_link(link, now);
+                }
+                Output::Event(Event::Delivered { src, payload }) => {
+                    let now = self.now();
+                    match self.e2e.open(now, src, &payload) {
+                        Ok(Some(payload)) => {
+                            let _ = self.deliveries.send(Delivery { src, payload });
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
+                    }
                 }
                 Output::Event(e) => {
                     if let Event::RevocationApplied { .. } = e {

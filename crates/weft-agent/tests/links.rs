@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use weft_agent::{Agent, AgentConfig, AgentError};
 use weft_crypto::ca::{CertificateAuthority, SvidAlgorithm, Validity};
+use weft_crypto::kem::DecapsulationKey;
 use weft_crypto::sign::CompositeSigningKey;
 use weft_crypto::tls::SvidCredentials;
 use weft_crypto::{NodeId, TrustDomain};
@@ -21,6 +22,7 @@ struct Network {
     ca: CertificateAuthority,
     authority: CompositeSigningKey,
     keys: Vec<Arc<CompositeSigningKey>>,
+    kems: Vec<DecapsulationKey>,
     roster: Arc<Roster>,
 }
 
@@ -35,12 +37,15 @@ impl Network {
         Self {
             ca,
             authority: CompositeSigningKey::generate().unwrap(),
+            kems: (0..nodes)
+                .map(|_| DecapsulationKey::generate().unwrap())
+                .collect(),
             keys,
             roster,
         }
     }
 
-    fn config(&self, key: Arc<CompositeSigningKey>) -> AgentConfig {
+    fn config(&self, key: Arc<CompositeSigningKey>, kem: DecapsulationKey) -> AgentConfig {
         let id = NodeId::of(key.public_key());
         let svid = self
             .ca
@@ -50,8 +55,16 @@ impl Network {
                 Validity::starting_now(Duration::from_secs(3600)).unwrap(),
             )
             .unwrap();
+        let peer_kem_keys = self
+            .keys
+            .iter()
+            .zip(&self.kems)
+            .map(|(k, d)| (NodeId::of(k.public_key()), d.encapsulation_key()))
+            .collect();
         AgentConfig {
             key,
+            kem,
+            peer_kem_keys,
             svid: SvidCredentials::from_pem(svid.cert_pem.as_bytes(), svid.key_pem.as_bytes())
                 .unwrap(),
             bundle: self.ca.bundle().unwrap(),
@@ -59,11 +72,13 @@ impl Network {
             authority: self.authority.public_key().clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             node: NodeConfig::default(),
+            e2e: Default::default(),
         }
     }
 
     fn start(&self, i: usize) -> Agent {
-        Agent::start(self.config(self.keys[i].clone())).unwrap()
+        let kem = DecapsulationKey::from_seed(*self.kems[i].seed());
+        Agent::start(self.config(self.keys[i].clone(), kem)).unwrap()
     }
 
     fn revocation(&self, epoch: u64, revoked: Vec<NodeId>) -> RevocationList {
@@ -111,17 +126,13 @@ async fn next_hop(agent: &Agent, dst: NodeId) -> Option<NodeId> {
 /// Sends datagrams from `from` to `to` until one arrives (datagrams are
 /// unreliable), returning how many were sent.
 async fn deliver(from: &Agent, to: &Agent, payload: &[u8]) -> usize {
-    let mut events = to.events();
+    let mut deliveries = to.deliveries();
     for sent in 1..=20 {
         from.send(to.id(), payload.to_vec()).unwrap();
         let got = tokio::time::timeout(Duration::from_millis(250), async {
             loop {
-                match events.recv().await {
-                    Ok(Event::Delivered { src, payload: p })
-                        if src == from.id() && p == payload =>
-                    {
-                        return;
-                    }
+                match deliveries.recv().await {
+                    Ok(d) if d.src == from.id() && d.payload == payload => return,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(e) => panic!("event stream ended: {e}"),
                 }
@@ -188,7 +199,7 @@ async fn peers_outside_the_network_are_refused() {
 
     // A valid SVID of this trust domain for a node not in the roster.
     let stranger = Arc::new(CompositeSigningKey::generate().unwrap());
-    let mut cfg = net.config(stranger);
+    let mut cfg = net.config(stranger, DecapsulationKey::generate().unwrap());
     // It trusts a; a does not know it.
     cfg.roster = Arc::new(
         Roster::of([
