@@ -11,8 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod daemon;
 pub mod e2e;
+pub mod network;
 pub mod quic;
+pub mod tun;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,6 +73,15 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// The admin socket failed.
+    #[error("admin socket {0}")]
+    Admin(String),
+    /// The agent's files or configuration are unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// The TUN interface could not be set up.
+    #[error("TUN: {0}")]
+    Tun(String),
     /// The agent has stopped.
     #[error("the agent has stopped")]
     Stopped,
@@ -211,6 +225,62 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Sends datagrams through a running agent and asks it about its state,
+/// from any task; cheap to clone.
+#[derive(Clone)]
+pub struct AgentHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl AgentHandle {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.me
+    }
+
+    /// Sends `payload` to `dst` over the mesh, sealed end to end (the
+    /// first datagram to a node waits for the session handshake).
+    pub fn send(&self, dst: NodeId, payload: Vec<u8>) -> Result<(), AgentError> {
+        self.commands
+            .send(Command::Send { dst, payload })
+            .map_err(|_| AgentError::Stopped)
+    }
+
+    /// The selected route to every reachable destination.
+    pub async fn routes(&self) -> Result<Vec<(NodeId, Route)>, AgentError> {
+        self.ask(Command::Routes).await
+    }
+
+    /// The current neighbours.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, AgentError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Applies a revocation list (from the control plane); true if it was
+    /// newer than the one held and correctly signed. Revoked peers' links
+    /// are closed and their routes withdrawn mesh-wide.
+    pub async fn revoke(&self, list: RevocationList) -> Result<bool, AgentError> {
+        self.ask(|tx| Command::Revoke(list, tx)).await
+    }
+
+    /// Peers refused so far, by reason.
+    pub fn refusals(&self) -> RefusalCounts {
+        self.shared.refusals.snapshot()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+}
+
 /// A running agent. Dropping it does not stop it; call [`Agent::shutdown`].
 pub struct Agent {
     id: NodeId,
@@ -301,7 +371,7 @@ impl Agent {
         self.local_addr
     }
 
-    /// Peers refused so far, by reason.
+    /// See [`AgentHandle::refusals`].
     pub fn refusals(&self) -> RefusalCounts {
         self.shared.refusals.snapshot()
     }
@@ -357,40 +427,32 @@ impl Agent {
         }));
     }
 
-    /// Sends `payload` to `dst` over the mesh, sealed end to end (the
-    /// first datagram to a node waits for the session handshake).
+    /// See [`AgentHandle::send`].
     pub fn send(&self, dst: NodeId, payload: Vec<u8>) -> Result<(), AgentError> {
-        self.commands
-            .send(Command::Send { dst, payload })
-            .map_err(|_| AgentError::Stopped)
+        self.handle().send(dst, payload)
     }
 
-    /// The selected route to every reachable destination.
+    /// A handle for other tasks.
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            commands: self.commands.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// See [`AgentHandle::routes`].
     pub async fn routes(&self) -> Result<Vec<(NodeId, Route)>, AgentError> {
-        self.ask(Command::Routes).await
+        self.handle().routes().await
     }
 
-    /// The current neighbours.
+    /// See [`AgentHandle::peers`].
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, AgentError> {
-        self.ask(Command::Peers).await
+        self.handle().peers().await
     }
 
-    /// Applies a revocation list (from the control plane); true if it was
-    /// newer than the one held and correctly signed. Revoked peers' links
-    /// are closed and their routes withdrawn mesh-wide.
+    /// See [`AgentHandle::revoke`].
     pub async fn revoke(&self, list: RevocationList) -> Result<bool, AgentError> {
-        self.ask(|tx| Command::Revoke(list, tx)).await
-    }
-
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, AgentError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .map_err(|_| AgentError::Stopped)?;
-        rx.await.map_err(|_| AgentError::Stopped)
+        self.handle().revoke(list).await
     }
 
     /// Stops the agent: closes every link (peers see the close at once

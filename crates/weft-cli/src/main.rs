@@ -1,6 +1,8 @@
 //! `weft`: the command-line front end. Each subcommand parses its arguments,
 //! calls one crate API and prints the result; no logic lives here.
 
+mod agent_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,6 +59,15 @@ enum Command {
     /// kill a fraction of the nodes at half time, and measure detection,
     /// reconvergence, loops, reachability and traffic.
     Sim(SimArgs),
+    /// Run the node agent.
+    #[command(subcommand)]
+    Agent(agent_cmd::AgentCommand),
+    /// Show a running agent's state (node, neighbours, routes, refusals).
+    Status(agent_cmd::AdminArgs),
+    /// List a running agent's neighbours and link health.
+    Peers(agent_cmd::AdminArgs),
+    /// List a running agent's routes.
+    Routes(agent_cmd::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -444,6 +455,10 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Bus(args)) => bench_bus(&args),
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
+        Command::Agent(cmd) => agent_cmd::agent(cmd),
+        Command::Status(args) => agent_cmd::admin_command("status", &args),
+        Command::Peers(args) => agent_cmd::admin_command("peers", &args),
+        Command::Routes(args) => agent_cmd::admin_command("routes", &args),
     }
 }
 
