@@ -491,6 +491,37 @@ impl CertificateAuthority {
         })
     }
 
+    /// Issues a server SVID for `id` with a fresh key of `alg` that also
+    /// names `dns_names` and `ips` in its subjectAltName, so standard TLS
+    /// clients (browsers, curl, Prometheus) can check the host name while
+    /// weft peers check the SPIFFE ID (an X509-SVID has exactly one URI SAN
+    /// and may carry others).
+    pub fn issue_server(
+        &self,
+        id: &SpiffeId,
+        alg: SvidAlgorithm,
+        validity: Validity,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<IssuedSvid, CaError> {
+        let mut extra = Vec::with_capacity(dns_names.len() + ips.len());
+        for name in dns_names {
+            extra.push(SanType::DnsName(name.as_str().try_into()?));
+        }
+        extra.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let key = CertKey::generate(alg)?;
+        let cert = self.sign_leaf_with_names(id, &key, validity, extra)?;
+        Ok(IssuedSvid {
+            spiffe_id: id.clone(),
+            cert_pem: cert.0.pem(),
+            cert_der: cert.0.der().clone(),
+            key_pem: key.to_pkcs8_pem()?,
+            serial: cert.1,
+            algorithm: alg,
+            not_after: validity.not_after,
+        })
+    }
+
     /// Signs a leaf certificate for `id` over `public_key` (the CSR path:
     /// the key never leaves its owner). Returns the certificate and its serial.
     pub fn sign_leaf(
@@ -498,6 +529,16 @@ impl CertificateAuthority {
         id: &SpiffeId,
         public_key: &impl PublicKeyData,
         validity: Validity,
+    ) -> Result<(rcgen::Certificate, Vec<u8>), CaError> {
+        self.sign_leaf_with_names(id, public_key, validity, Vec::new())
+    }
+
+    fn sign_leaf_with_names(
+        &self,
+        id: &SpiffeId,
+        public_key: &impl PublicKeyData,
+        validity: Validity,
+        extra_names: Vec<SanType>,
     ) -> Result<(rcgen::Certificate, Vec<u8>), CaError> {
         if !id.is_member_of(&self.trust_domain) {
             return Err(CaError::Svid(SvidError::WrongTrustDomain {
@@ -522,6 +563,7 @@ impl CertificateAuthority {
             .distinguished_name
             .push(DnType::OrganizationName, "weft");
         params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        params.subject_alt_names.extend(extra_names);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -257,3 +257,44 @@ fn a_bundle_must_hold_ca_certificates() {
             .is_err()
     );
 }
+
+#[test]
+fn server_svids_carry_host_names_and_still_verify_as_svids() {
+    let ca = CertificateAuthority::init(&td(), Duration::from_secs(86400)).unwrap();
+    let id = SpiffeId::parse("spiffe://mesh.test/control").unwrap();
+    let ips = ["127.0.0.1".parse().unwrap()];
+    for alg in [SvidAlgorithm::MlDsa65, SvidAlgorithm::EcdsaP256] {
+        let svid = ca
+            .issue_server(&id, alg, hour(), &["localhost".to_owned()], &ips)
+            .unwrap();
+        let verifier = SvidVerifier::new(ca.bundle().unwrap(), RevokedSerials::default());
+        let ok = verifier
+            .verify(
+                std::slice::from_ref(&svid.cert_der),
+                UnixTime::now(),
+                Usage::Server,
+            )
+            .unwrap();
+        assert_eq!(ok.spiffe_id, id);
+        let (_, cert) = x509_parser::parse_x509_certificate(&svid.cert_der).unwrap();
+        let names = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(
+            names.contains("localhost") && names.contains("127"),
+            "{names}"
+        );
+    }
+    // A name that is not a DNS name is refused, not panicked on.
+    assert!(
+        ca.issue_server(
+            &id,
+            SvidAlgorithm::EcdsaP256,
+            hour(),
+            &["bäd.example".into()],
+            &[]
+        )
+        .is_err()
+    );
+}
