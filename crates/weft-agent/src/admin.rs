@@ -210,6 +210,9 @@ async fn answer(
                             "id": p.id.to_string(),
                             "addr": p.addr.to_string(),
                             "health": p.health.map(|h| format!("{h:?}").to_lowercase()),
+                            "rtt_ms": p.metrics.and_then(|m| m.srtt).map(|d| d.as_secs_f64() * 1000.0),
+                            "loss": p.metrics.map(|m| m.loss),
+                            "cost": p.metrics.map(|m| m.cost),
                         })
                     })
                     .collect(),

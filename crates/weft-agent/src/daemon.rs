@@ -39,6 +39,7 @@ pub struct Daemon {
     pub agent: Agent,
     tun: Option<Tun>,
     admin: AdminServer,
+    metrics: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn setup(what: &str, path: &Path, e: impl std::fmt::Display) -> AgentError {
@@ -68,7 +69,7 @@ fn next_epoch(dir: &Path) -> Result<u32, AgentError> {
 
 impl Daemon {
     /// Starts everything `settings` asks for.
-    pub fn start(settings: &AgentSettings) -> Result<Daemon, AgentError> {
+    pub async fn start(settings: &AgentSettings) -> Result<Daemon, AgentError> {
         let started = Instant::now();
         let dir = &settings.data_dir;
         let key_path = dir.join(NODE_KEY_FILE);
@@ -163,13 +164,30 @@ impl Daemon {
             started,
         };
         let admin = AdminServer::start(&settings.admin_socket, agent.handle(), ctx)?;
+        let metrics = match settings.metrics_listen {
+            Some(addr) => {
+                let (local, task) =
+                    crate::metrics::serve(addr, agent.handle(), agent.metrics()).await?;
+                tracing::info!(%local, "metrics at http://{local}/metrics");
+                Some(task)
+            }
+            None => None,
+        };
         tracing::info!(node = %id, epoch, "agent running");
-        Ok(Daemon { agent, tun, admin })
+        Ok(Daemon {
+            agent,
+            tun,
+            admin,
+            metrics,
+        })
     }
 
     /// Stops everything.
     pub async fn stop(self) {
         self.admin.stop();
+        if let Some(m) = self.metrics {
+            m.abort();
+        }
         if let Some(t) = self.tun {
             t.stop();
         }

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod e2e;
+pub mod metrics;
 pub mod network;
 pub mod quic;
 pub mod tun;
@@ -35,7 +36,7 @@ use weft_crypto::tls::{SpiffePeerVerifier, SvidCredentials, TlsError};
 use weft_crypto::{NodeId, SpiffeId};
 use weft_proto::liveness::LinkHealth;
 use weft_proto::node::{
-    CloseReason, Event, Input, LinkId, Node, NodeConfig, NodeError, Output, Route,
+    CloseReason, Event, Input, LinkId, LinkMetrics, Node, NodeConfig, NodeError, Output, Route,
 };
 use weft_proto::origin::DirectCheck;
 use weft_proto::roster::Roster;
@@ -129,8 +130,10 @@ pub struct PeerInfo {
     pub id: NodeId,
     /// Its UDP address.
     pub addr: SocketAddr,
-    /// Measured health of the link, once hellos have been exchanged.
+    /// Measured health of the link.
     pub health: Option<LinkHealth>,
+    /// What the liveness detector measured.
+    pub metrics: Option<LinkMetrics>,
 }
 
 /// QUIC application error codes used when closing links.
@@ -291,6 +294,7 @@ pub struct Agent {
     events: broadcast::Sender<Event>,
     deliveries: broadcast::Sender<Delivery>,
     shared: Arc<Shared>,
+    metrics: Arc<metrics::AgentMetrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -329,9 +333,15 @@ impl Agent {
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (deliveries, _) = broadcast::channel(EVENT_CAPACITY);
+        let metrics = Arc::new(metrics::AgentMetrics::new());
         let driver = Driver {
             node,
             e2e,
+            metrics: metrics.clone(),
+            last_rx: HashMap::new(),
+            vias: HashMap::new(),
+            died: HashMap::new(),
+            e2e_handshakes: 0,
             deliveries: deliveries.clone(),
             start: Instant::now(),
             links: HashMap::new(),
@@ -357,6 +367,7 @@ impl Agent {
             events,
             deliveries,
             shared,
+            metrics,
             tasks,
         })
     }
@@ -369,6 +380,11 @@ impl Agent {
     /// The UDP address links reach this agent at.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The agent's metrics (see [`metrics`]).
+    pub fn metrics(&self) -> Arc<metrics::AgentMetrics> {
+        self.metrics.clone()
     }
 
     /// See [`AgentHandle::refusals`].
@@ -610,9 +626,21 @@ struct LinkHandle {
     tasks: [JoinHandle<()>; 2],
 }
 
+/// How long after a neighbour's death a route moving away from it counts
+/// as a reroute caused by it.
+const REROUTE_WINDOW: Duration = Duration::from_secs(30);
+
 struct Driver {
     node: Node,
     e2e: E2e,
+    metrics: Arc<metrics::AgentMetrics>,
+    /// When each neighbour last sent anything (detection time).
+    last_rx: HashMap<NodeId, Instant>,
+    /// Next hop of each selected route, from route events (reroute time).
+    vias: HashMap<NodeId, NodeId>,
+    /// Neighbours declared dead recently, and when.
+    died: HashMap<NodeId, Instant>,
+    e2e_handshakes: u64,
     deliveries: broadcast::Sender<Delivery>,
     start: Instant,
     links: HashMap<LinkId, LinkHandle>,
@@ -683,7 +711,8 @@ impl Driver {
                 }
             }
             Command::Received { link, bytes } => {
-                if self.links.contains_key(&link) {
+                if let Some(l) = self.links.get(&link) {
+                    self.last_rx.insert(l.peer, Instant::now());
                     self.node.handle(
                         now,
                         Input::Received {
@@ -694,7 +723,8 @@ impl Driver {
                 }
             }
             Command::Datagram { link, bytes } => {
-                if self.links.contains_key(&link) {
+                if let Some(l) = self.links.get(&link) {
+                    self.last_rx.insert(l.peer, Instant::now());
                     self.node.handle(
                         now,
                         Input::ReceivedDatagram {
@@ -726,6 +756,7 @@ impl Driver {
                         id: l.peer,
                         addr: l.conn.remote_address(),
                         health: self.node.link_health(*id),
+                        metrics: self.node.link_metrics(*id),
                     })
                     .collect();
                 let _ = tx.send(peers);
@@ -793,6 +824,7 @@ impl Driver {
             },
         );
         self.by_peer.insert(peer, link);
+        self.metrics.links_up.inc();
         let now = self.now();
         self.node.handle(now, Input::LinkUp { link, peer });
         tracing::info!(%peer, ?link, "link up");
@@ -865,6 +897,7 @@ impl Driver {
                     let now = self.now();
                     match self.e2e.open(now, src, &payload) {
                         Ok(Some(payload)) => {
+                            self.metrics.delivered.inc();
                             let _ = self.deliveries.send(Delivery { src, payload });
                         }
                         Ok(None) => {}
@@ -872,6 +905,7 @@ impl Driver {
                     }
                 }
                 Output::Event(e) => {
+                    self.observe(&e);
                     if let Event::RevocationApplied { .. } = e {
                         // From the API or gossiped by a neighbour: the
                         // handshake refuses revoked nodes from now on.
@@ -883,6 +917,12 @@ impl Driver {
                 }
             }
         }
+        let handshakes = self.e2e.stats().handshakes;
+        self.metrics
+            .e2e_handshakes
+            .inc_by(handshakes.saturating_sub(self.e2e_handshakes));
+        self.e2e_handshakes = handshakes;
+        self.metrics.sync_sent(&self.node.stats().sent);
         for link in overflowed {
             if let Some(l) = self.links.get(&link) {
                 tracing::warn!(peer = %l.peer, "link's send queue overflowed; closing it");
@@ -891,6 +931,51 @@ impl Driver {
             }
             let now = self.now();
             self.drop_link(link, now);
+        }
+    }
+}
+
+impl Driver {
+    /// Updates the metrics that events carry.
+    fn observe(&mut self, e: &Event) {
+        let now = Instant::now();
+        match e {
+            Event::NeighbourDead { peer } => {
+                self.metrics.neighbours_dead.inc();
+                if let Some(at) = self.last_rx.remove(peer) {
+                    self.metrics
+                        .detection
+                        .observe(now.duration_since(at).as_secs_f64());
+                }
+                self.died
+                    .retain(|_, at| now.duration_since(*at) < REROUTE_WINDOW);
+                self.died.insert(*peer, now);
+            }
+            Event::RouteAdded { dst, via, .. } => {
+                self.metrics.route_change("added");
+                self.rerouted(*dst, *via, now);
+            }
+            Event::RouteChanged { dst, via, .. } => {
+                self.metrics.route_change("changed");
+                self.rerouted(*dst, *via, now);
+            }
+            Event::RouteLost { dst } => {
+                self.metrics.route_change("lost");
+                self.vias.remove(dst);
+            }
+            _ => {}
+        }
+    }
+
+    fn rerouted(&mut self, dst: NodeId, via: NodeId, now: Instant) {
+        if let Some(old) = self.vias.insert(dst, via)
+            && old != via
+            && let Some(at) = self.died.get(&old)
+            && now.duration_since(*at) < REROUTE_WINDOW
+        {
+            self.metrics
+                .reroute
+                .observe(now.duration_since(*at).as_secs_f64());
         }
     }
 }

@@ -46,7 +46,9 @@ pub fn agent(command: AgentCommand) -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
-                let daemon = Daemon::start(&settings).context("cannot start the agent")?;
+                let daemon = Daemon::start(&settings)
+                    .await
+                    .context("cannot start the agent")?;
                 eprintln!(
                     "weft agent {} listening on {} (admin socket {})",
                     daemon.agent.id(),

@@ -12,8 +12,9 @@
 //!
 //! Shows: `ping -6` from n0 to n3's mesh address over three hops; SIGKILL
 //! of the relay in use and traffic resuming on the other path (lost
-//! pings bounded); an agent with an SVID from another trust domain
-//! refused; garbage and repeated UDP payloads at an agent's port causing
+//! pings bounded, detection and reroute seen in /metrics); an agent with
+//! an SVID from another trust domain refused; the killed relay restarted
+//! from its data directory and linked again; garbage and repeated UDP payloads at an agent's port causing
 //! no crash and no accepted link. Needs root (namespaces, TUN) and `ip`
 //! and `ping`; skips with a message otherwise. Namespaces are deleted
 //! even when the test fails.
@@ -194,7 +195,7 @@ fn write_node(
         .collect::<Vec<_>>()
         .join(", ");
     let toml = format!(
-        "data_dir = \"{d}\"\nlisten = \"0.0.0.0:{PORT}\"\npeers = [{peers}]\ntun = true\nadmin_socket = \"{d}/agent.sock\"\n",
+        "data_dir = \"{d}\"\nlisten = \"0.0.0.0:{PORT}\"\npeers = [{peers}]\ntun = true\nadmin_socket = \"{d}/agent.sock\"\nmetrics_listen = \"127.0.0.1:9464\"\n",
         d = dir.display()
     );
     std::fs::write(dir.join("agent.toml"), toml).unwrap();
@@ -232,6 +233,17 @@ fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("not within {within:?}: {what}");
+}
+
+/// The agent's /metrics text in namespace `ns`.
+fn metrics(ns: &str) -> String {
+    let script =
+        "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c", script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Pings `dst` from namespace `ns`: (sent, received).
@@ -327,6 +339,25 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
     let other = next_hop(&d0, &far).unwrap();
     assert_ne!(other, relay, "still routed through the killed relay");
     eprintln!("relay killed: {lost}/{sent} pings lost");
+    // n0's metrics saw the death and the reroute.
+    let text = metrics(&lab.ns(0));
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from n0's metrics:\n{text}"))
+    };
+    assert!(value("weft_agent_neighbours_dead_total") >= 1.0);
+    assert!(value("weft_agent_detection_seconds_count") >= 1.0);
+    assert!(value("weft_agent_reroute_seconds_count") >= 1.0);
+    eprintln!(
+        "n0: detection {:.0} ms, reroute {:.1} ms after it (means)",
+        1000.0 * value("weft_agent_detection_seconds_sum")
+            / value("weft_agent_detection_seconds_count"),
+        1000.0 * value("weft_agent_reroute_seconds_sum")
+            / value("weft_agent_reroute_seconds_count"),
+    );
 
     // An agent with an SVID from another trust domain, in n5's namespace,
     // dialing n3: refused and counted.
@@ -349,7 +380,8 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
     let toml = std::fs::read_to_string(dx.join("agent.toml"))
         .unwrap()
         .replace(&format!("0.0.0.0:{PORT}"), "0.0.0.0:7947")
-        .replace("tun = true", "tun = false");
+        .replace("tun = true", "tun = false")
+        .replace("127.0.0.1:9464", "127.0.0.1:9465");
     std::fs::write(dx.join("agent.toml"), toml).unwrap();
     let foreign = lab.start(&lab.ns(5), &dx);
     wait_for(
@@ -367,6 +399,28 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
         "the foreign agent got a link: {peers_of_n3}"
     );
     lab.kill(foreign);
+
+    // The killed relay restarts from its data directory: same identity, a
+    // raised boot epoch, and n0 links to it again.
+    let relay_dir = lab.node_dir(&format!("n{relay_index}"));
+    lab.start(&lab.ns(relay_index), &relay_dir);
+    wait_for(
+        Duration::from_secs(20),
+        "n0 links to the restarted relay",
+        || {
+            admin(&d0, "peers").is_some_and(|p| {
+                p.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["id"] == relay && p["health"] == "up")
+            })
+        },
+    );
+    let state = std::fs::read_to_string(relay_dir.join("state.json")).unwrap();
+    assert!(
+        state.contains("\"epoch\":2"),
+        "state after restart: {state}"
+    );
 
     // Garbage and repeated UDP payloads at n3's port from n2's namespace.
     let target = Lab::addr(2, 1);

@@ -247,6 +247,19 @@ pub enum Event {
     },
 }
 
+/// A link as its liveness detector sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkMetrics {
+    /// Health.
+    pub health: LinkHealth,
+    /// Smoothed round-trip time, once measured.
+    pub srtt: Option<std::time::Duration>,
+    /// Hello loss rate (EWMA, 0 to 1).
+    pub loss: f64,
+    /// Link cost given to routing (`u16::MAX`: unusable).
+    pub cost: u16,
+}
+
 /// Counters a node keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -486,6 +499,16 @@ impl Node {
     /// Health of a link.
     pub fn link_health(&self, link: LinkId) -> Option<LinkHealth> {
         self.link_by_id(link).map(|l| l.live.health())
+    }
+
+    /// What the liveness detector measured on a link.
+    pub fn link_metrics(&self, link: LinkId) -> Option<LinkMetrics> {
+        self.link_by_id(link).map(|l| LinkMetrics {
+            health: l.live.health(),
+            srtt: l.live.srtt(),
+            loss: l.live.loss(),
+            cost: l.live.cost(),
+        })
     }
 
     /// The newest revocation list accepted (from the driver or a neighbour).
