@@ -1,0 +1,982 @@
+//! The route handlers. Each is described for the OpenAPI document with
+//! `utoipa::path`; who may call it is in [`crate::app::ROUTES`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Extension, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use data_encoding::BASE64;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, OpenApi};
+use weft_crypto::{NodeId, SpiffeId};
+use weft_proto::wire::{MAX_REVOKED, Message};
+use weft_store::{
+    ApiTokenId, AuditFilter, AuditResult, Cursor, JoinTokenId, Network, NewApiToken, NewJoinToken,
+    NewNode, Node, NodeFilter, NodeStatus, PageRequest, Role, Store, StoreError, SvidRecord, Tags,
+    limits,
+};
+
+use crate::api::{
+    ApiTokenPage, ApiTokenView, AuditPage, AuditView, ClaimRequest, CreateApiToken,
+    CreateJoinToken, CreatedApiToken, CreatedJoinToken, EnrollRequest, EnrollResponse, Health,
+    JoinTokenPage, JoinTokenView, MeshSettings, NodePage, NodeView, Ready, RenewResponse,
+    RevocationEntry, RevocationListView, RevokeRequest, RevokeResponse, rfc3339,
+};
+use crate::app::{AUDIT_STREAM, AuditNote, ConnInfo, Identity, REVOCATION_EVENT, Shared, respond};
+use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::problem::{Problem, ProblemBody};
+use crate::proof;
+
+/// Longest token text read.
+const MAX_TOKEN_TEXT: usize = 256;
+/// Longest base64 key or signature read (an ML-DSA-65 signature is 3309
+/// bytes, a composite one 3373).
+const MAX_B64_BYTES: usize = 4096;
+/// OID of ML-DSA-65 (FIPS 204).
+const ML_DSA_65_OID: &str = "2.16.840.1.101.3.4.3.18";
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn b64(field: &'static str, text: &str) -> Result<Vec<u8>, Problem> {
+    if text.len() > MAX_B64_BYTES * 4 / 3 + 4 {
+        return Err(Problem::bad_request(format!(
+            "{field} is {} characters; at most {} bytes of base64 are accepted",
+            text.len(),
+            MAX_B64_BYTES
+        )));
+    }
+    BASE64.decode(text.as_bytes()).map_err(|e| {
+        Problem::bad_request(format!(
+            "{field} is not standard base64 (with padding): {e}"
+        ))
+    })
+}
+
+fn page_request(limit: Option<u32>, cursor: Option<&str>) -> Result<PageRequest, Problem> {
+    let limit = limit.unwrap_or(limits::DEFAULT_PAGE_SIZE);
+    Ok(match cursor {
+        Some(c) => PageRequest::after(Cursor::parse(c)?, limit),
+        None => PageRequest::first(limit),
+    })
+}
+
+fn parse_node_id(text: &str) -> Result<NodeId, Problem> {
+    text.parse::<NodeId>()
+        .map_err(|e| Problem::bad_request(format!("bad node id: {e}")))
+}
+
+fn parse_time(field: &str, text: &str) -> Result<OffsetDateTime, Problem> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        Problem::bad_request(format!(
+            "{field} {:?} is not an RFC 3339 time (2030-01-31T12:00:00Z): {e}",
+            text.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
+fn duration_secs(field: &str, secs: u64, max: Duration) -> Result<time::Duration, Problem> {
+    if secs == 0 || secs > max.as_secs() {
+        return Err(Problem::bad_request(format!(
+            "{field} is {secs}; it must be 1 to {} seconds",
+            max.as_secs()
+        )));
+    }
+    time::Duration::try_from(Duration::from_secs(secs))
+        .map_err(|_| Problem::bad_request(format!("{field} is out of range")))
+}
+
+// ------------------------------------------------------------------ service
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "alive", body = Health)))]
+pub async fn health() -> impl IntoResponse {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the store answers and the bus has the audit stream.
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses((status = 200, description = "ready", body = Ready),
+        (status = 503, description = "a dependency is down", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn ready(State(state): State<Shared>) -> Result<axum::Json<Ready>, Problem> {
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| Problem::unavailable(format!("the store does not answer: {e}")))?;
+    let schema_version = state.store.schema_version().await?;
+    use weft_bus::Backend;
+    state
+        .events
+        .backend()
+        .stream_info(AUDIT_STREAM)
+        .await
+        .map_err(|e| Problem::unavailable(format!("the bus does not answer: {e}")))?;
+    Ok(axum::Json(Ready {
+        store: "ok".into(),
+        bus: "ok".into(),
+        schema_version,
+    }))
+}
+
+/// The OpenAPI 3.1 description of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "the OpenAPI document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    axum::Json(crate::openapi::ApiDoc::openapi())
+}
+
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", tag = "service", security(("bearer" = [])),
+    responses((status = 200, description = "metrics", content_type = "application/openmetrics-text"),
+        (status = 401, description = "no or bad API token", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn metrics(State(state): State<Shared>) -> Response {
+    let mut response = state.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+// -------------------------------------------------------------------- audit
+
+/// Filters of the audit listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this action (`node.revoke`, ...).
+    pub action: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this result: `success`, `denied` or `failed`.
+    pub result: Option<String>,
+    /// At or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of records", body = AuditPage),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list_audit(
+    State(state): State<Shared>,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<axum::Json<AuditPage>, Problem> {
+    let filter = AuditFilter {
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
+        network_id: None,
+        result: q
+            .result
+            .as_deref()
+            .map(str::parse::<AuditResult>)
+            .transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?,
+    };
+    let page = state
+        .store
+        .list_audit(filter, page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
+    Ok(axum::Json(AuditPage {
+        items: page.items.iter().map(AuditView::of).collect(),
+        next: page.next.map(|c| c.as_str().to_owned()),
+    }))
+}
+
+// -------------------------------------------------------------- join tokens
+
+/// Paging of listings.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Makes a join token; the secret is in the answer only.
+#[utoipa::path(post, path = "/v1/networks/{network}/join-tokens", tag = "enrollment",
+    params(("network" = String, Path, description = "the network's name")),
+    request_body = CreateJoinToken, security(("bearer" = [])),
+    responses((status = 201, description = "made; the token is shown this once", body = CreatedJoinToken),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn create_join_token(
+    State(state): State<Shared>,
+    Extension(identity): Extension<Identity>,
+    PathParams(network): PathParams<String>,
+    JsonBody(req): JsonBody<CreateJoinToken>,
+) -> Result<Response, Problem> {
+    let net = state.served_network(&network).await?;
+    let note = AuditNote {
+        network_id: Some(net.id),
+        ..AuditNote::default()
+    };
+    let ttl = duration_secs(
+        "ttl_seconds",
+        req.ttl_seconds,
+        state.config.max_join_token_ttl,
+    )
+    .map_err(|p| p.with_note(&note))?;
+    let tags = Tags::new(&req.tags).map_err(|e| Problem::from(e).with_note(&note))?;
+    let at = now();
+    let (token, secret) = state
+        .store
+        .create_join_token(
+            NewJoinToken {
+                network_id: net.id,
+                description: req.description,
+                uses: req.uses,
+                expires_at: at + ttl,
+                tags,
+                auto_approve: req.auto_approve,
+                created_by: identity.actor(),
+            },
+            at,
+        )
+        .await
+        .map_err(|e| Problem::from(e).with_note(&note))?;
+    let view = JoinTokenView::of(&token, net.name.as_str());
+    let note = AuditNote {
+        target: Some(format!("join-token:{}", token.id)),
+        detail: format!(
+            "{} use(s), expires {}, auto-approve {}",
+            token.max_uses, view.expires_at, token.auto_approve
+        ),
+        ..note
+    };
+    Ok(respond(
+        StatusCode::CREATED,
+        &CreatedJoinToken {
+            token: secret.expose().to_owned(),
+            join_token: view,
+        },
+        note,
+    ))
+}
+
+/// A network's join tokens (no secrets), oldest first.
+#[utoipa::path(get, path = "/v1/networks/{network}/join-tokens", tag = "enrollment",
+    params(("network" = String, Path, description = "the network's name"), PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of tokens", body = JoinTokenPage),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list_join_tokens(
+    State(state): State<Shared>,
+    PathParams(network): PathParams<String>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<axum::Json<JoinTokenPage>, Problem> {
+    let net = state.served_network(&network).await?;
+    let page = state
+        .store
+        .list_join_tokens(net.id, page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
+    Ok(axum::Json(JoinTokenPage {
+        items: page
+            .items
+            .iter()
+            .map(|t| JoinTokenView::of(t, net.name.as_str()))
+            .collect(),
+        next: page.next.map(|c| c.as_str().to_owned()),
+    }))
+}
+
+// --------------------------------------------------------------- enrollment
+
+/// The join token id in a token's text, if it has the form of one.
+fn join_token_id(token: &str) -> Option<JoinTokenId> {
+    let rest = token.strip_prefix("weft_join_")?;
+    let (id, _secret) = rest.split_once('_')?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+fn token_invalid() -> Problem {
+    Problem::from(StoreError::TokenInvalid { kind: "join" })
+}
+
+fn settings(state: &Shared, net: &Network, node: &Node) -> MeshSettings {
+    MeshSettings {
+        network: net.name.as_str().to_owned(),
+        trust_domain: net.trust_domain.to_string(),
+        spiffe_id: node.spiffe_id.to_string(),
+        node_id: node.node_id.to_string(),
+        control_spiffe_id: state.pki.control_id().to_string(),
+        ca_fingerprint: state.pki.ca_fingerprint().to_owned(),
+        authority_public_key: BASE64.encode(state.pki.authority_public_key()),
+        revocation_epoch: net.revocation_epoch,
+        svid_ttl_seconds: state.config.svid_ttl.as_secs(),
+    }
+}
+
+fn node_spiffe_id(state: &Shared, node_id: &NodeId) -> Result<SpiffeId, Problem> {
+    SpiffeId::from_parts(state.pki.trust_domain(), &format!("/node/{node_id}"))
+        .map_err(|e| Problem::internal(format!("cannot make the node's SPIFFE ID: {e}")))
+}
+
+fn proof_problem(e: proof::ProofError) -> Problem {
+    match e {
+        proof::ProofError::Malformed { .. } => Problem::bad_request(e.to_string()),
+        proof::ProofError::Invalid(_) => {
+            Problem::new(StatusCode::UNAUTHORIZED, "proof-invalid", e.to_string())
+        }
+    }
+}
+
+/// Enrolls a node with a join token: checks the token atomically (one use
+/// spent), records the node approved (with an X.509-SVID) or pending, and
+/// returns the SVID, the CA bundle and the mesh settings.
+#[utoipa::path(post, path = "/v1/enroll", tag = "enrollment", request_body = EnrollRequest,
+    responses((status = 201, description = "enrolled (approved or pending)", body = EnrollResponse),
+        (status = 401, description = "forged, unknown or expired token, or a bad proof", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "token spent, or node already enrolled", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn enroll(
+    State(state): State<Shared>,
+    JsonBody(req): JsonBody<EnrollRequest>,
+) -> Result<Response, Problem> {
+    if req.token.len() > MAX_TOKEN_TEXT {
+        return Err(token_invalid());
+    }
+    let token_id = join_token_id(&req.token).ok_or_else(token_invalid)?;
+    let mut note = AuditNote {
+        actor: Some(format!("join-token:{token_id}")),
+        network_id: Some(state.network.id),
+        ..AuditNote::default()
+    };
+    let fail = |p: Problem, note: &AuditNote| p.with_note(note);
+    let identity_pk =
+        b64("identity_public_key", &req.identity_public_key).map_err(|p| fail(p, &note))?;
+    let svid_pk = b64("svid_public_key", &req.svid_public_key).map_err(|p| fail(p, &note))?;
+    let signature = b64("signature", &req.signature).map_err(|p| fail(p, &note))?;
+    let svid_sig =
+        b64("svid_key_signature", &req.svid_key_signature).map_err(|p| fail(p, &note))?;
+    let key = proof::identity_key(&identity_pk).map_err(|e| fail(proof_problem(e), &note))?;
+    let node_id = NodeId::of(&key);
+    note.target = Some(format!("node:{node_id}"));
+    let message = proof::enroll_message(&req.token, &identity_pk, &svid_pk);
+    proof::verify(
+        &key,
+        &svid_pk,
+        &message,
+        proof::ENROLL_CONTEXT,
+        &signature,
+        &svid_sig,
+    )
+    .map_err(|e| fail(proof_problem(e), &note))?;
+
+    let token = match state.store.get_join_token(token_id).await {
+        Ok(t) => t,
+        Err(StoreError::NotFound { .. }) => return Err(fail(token_invalid(), &note)),
+        Err(e) => return Err(fail(e.into(), &note)),
+    };
+    if token.network_id != state.network.id {
+        return Err(fail(
+            Problem::conflict(format!(
+                "join token {token_id} is for a network this control plane does not serve"
+            )),
+            &note,
+        ));
+    }
+    let spiffe_id = node_spiffe_id(&state, &node_id).map_err(|p| fail(p, &note))?;
+    let svid = if token.auto_approve {
+        Some(
+            state
+                .pki
+                .sign_node_svid(&spiffe_id, &svid_pk, state.config.svid_ttl)
+                .map_err(|e| fail(Problem::internal(e.to_string()), &note))?,
+        )
+    } else {
+        None
+    };
+    let enrolled = state
+        .store
+        .enroll_node(
+            &req.token,
+            NewNode {
+                node_id,
+                spiffe_id,
+                svid: svid.as_ref().map(|s| SvidRecord {
+                    serial: s.serial.clone(),
+                    not_after: s.not_after,
+                }),
+            },
+            now(),
+        )
+        .await
+        .map_err(|e| fail(e.into(), &note))?;
+    let net = state.store.get_network(state.network.id).await?;
+    let node = enrolled.node;
+    note.detail = format!("{} as {}", node.status, node.spiffe_id);
+    let body = EnrollResponse {
+        node: NodeView::of(&node, net.name.as_str()),
+        svid_pem: svid
+            .filter(|_| node.status == NodeStatus::Approved)
+            .map(|s| s.cert_pem),
+        ca_bundle_pem: state.pki.bundle_pem().to_owned(),
+        settings: settings(&state, &net, &node),
+    };
+    Ok(respond(StatusCode::CREATED, &body, note))
+}
+
+/// An approved node that enrolled pending claims its first SVID, proving
+/// its identity with a fresh signature.
+#[utoipa::path(post, path = "/v1/enroll/claim", tag = "enrollment", request_body = ClaimRequest,
+    responses((status = 200, description = "the SVID", body = EnrollResponse),
+        (status = 401, description = "bad proof or stale claim", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "node revoked", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "still pending, or already holds an SVID", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn claim(
+    State(state): State<Shared>,
+    JsonBody(req): JsonBody<ClaimRequest>,
+) -> Result<Response, Problem> {
+    let mut note = AuditNote {
+        network_id: Some(state.network.id),
+        ..AuditNote::default()
+    };
+    let fail = |p: Problem, note: &AuditNote| p.with_note(note);
+    let identity_pk =
+        b64("identity_public_key", &req.identity_public_key).map_err(|p| fail(p, &note))?;
+    let svid_pk = b64("svid_public_key", &req.svid_public_key).map_err(|p| fail(p, &note))?;
+    let signature = b64("signature", &req.signature).map_err(|p| fail(p, &note))?;
+    let svid_sig =
+        b64("svid_key_signature", &req.svid_key_signature).map_err(|p| fail(p, &note))?;
+    let key = proof::identity_key(&identity_pk).map_err(|e| fail(proof_problem(e), &note))?;
+    let node_id = NodeId::of(&key);
+    note.target = Some(format!("node:{node_id}"));
+    let server_now = now().unix_timestamp();
+    if (server_now - req.issued_at).abs() > proof::CLAIM_MAX_SKEW_SECS {
+        return Err(fail(
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "claim-stale",
+                format!(
+                    "the claim was signed at Unix time {} but the server's time is {server_now}; sign a fresh claim and check the node's clock",
+                    req.issued_at
+                ),
+            ),
+            &note,
+        ));
+    }
+    let message = proof::claim_message(req.issued_at, &identity_pk, &svid_pk);
+    proof::verify(
+        &key,
+        &svid_pk,
+        &message,
+        proof::CLAIM_CONTEXT,
+        &signature,
+        &svid_sig,
+    )
+    .map_err(|e| fail(proof_problem(e), &note))?;
+    let node = state
+        .store
+        .get_node(&node_id)
+        .await
+        .map_err(|e| fail(e.into(), &note))?;
+    note.actor = Some(node.spiffe_id.to_string());
+    if node.network_id != state.network.id {
+        return Err(fail(
+            Problem::conflict(format!(
+                "node {node_id} is in a network this control plane does not serve"
+            )),
+            &note,
+        ));
+    }
+    match node.status {
+        NodeStatus::Pending => {
+            return Err(fail(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "node-pending",
+                    format!(
+                        "node {node_id} is still pending; an operator must approve it (weft node approve {node_id}), then claim again"
+                    ),
+                ),
+                &note,
+            ));
+        }
+        NodeStatus::Revoked => {
+            return Err(fail(
+                Problem::forbidden(format!("node {node_id} was revoked; it cannot get an SVID")),
+                &note,
+            ));
+        }
+        NodeStatus::Approved if node.svid.is_some() => {
+            return Err(fail(
+                Problem::conflict(format!(
+                    "node {node_id} already holds an SVID; renew it over mTLS (weft agent renew)"
+                )),
+                &note,
+            ));
+        }
+        NodeStatus::Approved => {}
+    }
+    let svid = state
+        .pki
+        .sign_node_svid(&node.spiffe_id, &svid_pk, state.config.svid_ttl)
+        .map_err(|e| fail(Problem::internal(e.to_string()), &note))?;
+    let node = state
+        .store
+        .record_svid(
+            &node_id,
+            SvidRecord {
+                serial: svid.serial.clone(),
+                not_after: svid.not_after,
+            },
+        )
+        .await
+        .map_err(|e| fail(e.into(), &note))?;
+    let net = state.store.get_network(state.network.id).await?;
+    note.detail = format!("SVID serial {} issued", crate::api::hex(&svid.serial));
+    let body = EnrollResponse {
+        node: NodeView::of(&node, net.name.as_str()),
+        svid_pem: Some(svid.cert_pem),
+        ca_bundle_pem: state.pki.bundle_pem().to_owned(),
+        settings: settings(&state, &net, &node),
+    };
+    Ok(respond(StatusCode::OK, &body, note))
+}
+
+/// Renews the caller's SVID over the same key. The caller authenticates
+/// with its current SVID as TLS client certificate; a revoked, pending or
+/// expired node cannot renew.
+#[utoipa::path(post, path = "/v1/renew", tag = "enrollment",
+    responses((status = 200, description = "the new SVID", body = RenewResponse),
+        (status = 401, description = "no client certificate", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "node revoked or not enrolled", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn renew(
+    State(state): State<Shared>,
+    Extension(identity): Extension<Identity>,
+    Extension(conn): Extension<ConnInfo>,
+) -> Result<Response, Problem> {
+    let Identity::Agent { node } = identity else {
+        return Err(Problem::unauthorized(
+            "renewal needs the node's SVID as TLS client certificate",
+        ));
+    };
+    let note = AuditNote {
+        target: Some(format!("node:{}", node.node_id)),
+        network_id: Some(node.network_id),
+        ..AuditNote::default()
+    };
+    let cert = conn.client_cert.ok_or_else(|| {
+        Problem::unauthorized("renewal needs the node's SVID as TLS client certificate")
+            .with_note(&note)
+    })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| {
+        Problem::bad_request(format!("the client certificate does not parse: {e}")).with_note(&note)
+    })?;
+    let spki = parsed.public_key();
+    let oid = spki.algorithm.algorithm.to_id_string();
+    if oid != ML_DSA_65_OID {
+        return Err(Problem::bad_request(format!(
+            "the client certificate's key is {oid}, not ML-DSA-65; enroll again"
+        ))
+        .with_note(&note));
+    }
+    let svid = state
+        .pki
+        .sign_node_svid(
+            &node.spiffe_id,
+            &spki.subject_public_key.data,
+            state.config.svid_ttl,
+        )
+        .map_err(|e| Problem::internal(e.to_string()).with_note(&note))?;
+    state
+        .store
+        .record_svid(
+            &node.node_id,
+            SvidRecord {
+                serial: svid.serial.clone(),
+                not_after: svid.not_after,
+            },
+        )
+        .await
+        .map_err(|e| Problem::from(e).with_note(&note))?;
+    let note = AuditNote {
+        detail: format!("SVID serial {} issued", crate::api::hex(&svid.serial)),
+        ..note
+    };
+    Ok(respond(
+        StatusCode::OK,
+        &RenewResponse {
+            svid_pem: svid.cert_pem,
+            ca_bundle_pem: state.pki.bundle_pem().to_owned(),
+            not_after: rfc3339(svid.not_after),
+            renew_after_seconds: state.config.svid_ttl.as_secs() / 2,
+        },
+        note,
+    ))
+}
+
+// -------------------------------------------------------------------- nodes
+
+/// Filters of the node listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NodeQuery {
+    /// The network (default: the one this control plane serves).
+    pub network: Option<String>,
+    /// Only `pending`, `approved` or `revoked` nodes.
+    pub status: Option<String>,
+    /// Only nodes with this tag.
+    pub tag: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Nodes, in node-id order.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of nodes", body = NodePage),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list_nodes(
+    State(state): State<Shared>,
+    QueryParams(q): QueryParams<NodeQuery>,
+) -> Result<axum::Json<NodePage>, Problem> {
+    let net = match &q.network {
+        Some(name) => state.served_network(name).await?,
+        None => state.network.clone(),
+    };
+    let filter = NodeFilter {
+        status: q
+            .status
+            .as_deref()
+            .map(str::parse::<NodeStatus>)
+            .transpose()?,
+        tag: q.tag,
+    };
+    let page = state
+        .store
+        .list_nodes(net.id, filter, page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
+    Ok(axum::Json(NodePage {
+        items: page
+            .items
+            .iter()
+            .map(|n| NodeView::of(n, net.name.as_str()))
+            .collect(),
+        next: page.next.map(|c| c.as_str().to_owned()),
+    }))
+}
+
+async fn served_node(state: &Shared, id: &str) -> Result<Node, Problem> {
+    let node_id = parse_node_id(id)?;
+    let node = state.store.get_node(&node_id).await?;
+    if node.network_id != state.network.id {
+        return Err(Problem::not_found(format!(
+            "node {node_id} is in a network this control plane does not serve"
+        )));
+    }
+    Ok(node)
+}
+
+/// One node.
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes",
+    params(("id" = String, Path, description = "the node id (52 base32 characters)")), security(("bearer" = [])),
+    responses((status = 200, description = "the node", body = NodeView),
+        (status = "4XX", description = "refused or not found", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn get_node(
+    State(state): State<Shared>,
+    PathParams(id): PathParams<String>,
+) -> Result<axum::Json<NodeView>, Problem> {
+    let node = served_node(&state, &id).await?;
+    Ok(axum::Json(NodeView::of(&node, state.network.name.as_str())))
+}
+
+/// Approves a pending node; it then claims its SVID.
+#[utoipa::path(post, path = "/v1/nodes/{id}/approve", tag = "nodes",
+    params(("id" = String, Path, description = "the node id")), security(("bearer" = [])),
+    responses((status = 200, description = "approved (or already was)", body = NodeView),
+        (status = 409, description = "the node is revoked", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn approve_node(
+    State(state): State<Shared>,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, Problem> {
+    let note = AuditNote {
+        target: Some(format!("node:{}", id.chars().take(64).collect::<String>())),
+        network_id: Some(state.network.id),
+        ..AuditNote::default()
+    };
+    let node = served_node(&state, &id)
+        .await
+        .map_err(|p| p.with_note(&note))?;
+    let before = node.status;
+    let node = state
+        .store
+        .approve_node(&node.node_id, now())
+        .await
+        .map_err(|e| Problem::from(e).with_note(&note))?;
+    let note = AuditNote {
+        detail: format!("{before} -> {}", node.status),
+        ..note
+    };
+    Ok(respond(
+        StatusCode::OK,
+        &NodeView::of(&node, state.network.name.as_str()),
+        note,
+    ))
+}
+
+/// Revokes a node: bumps the network's revocation epoch, signs the new
+/// revocation list, publishes it on the bus.
+#[utoipa::path(post, path = "/v1/nodes/{id}/revoke", tag = "nodes",
+    params(("id" = String, Path, description = "the node id")), request_body = RevokeRequest, security(("bearer" = [])),
+    responses((status = 200, description = "revoked", body = RevokeResponse),
+        (status = 409, description = "already revoked", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn revoke_node(
+    State(state): State<Shared>,
+    PathParams(id): PathParams<String>,
+    JsonBody(req): JsonBody<RevokeRequest>,
+) -> Result<Response, Problem> {
+    let note = AuditNote {
+        target: Some(format!("node:{}", id.chars().take(64).collect::<String>())),
+        network_id: Some(state.network.id),
+        ..AuditNote::default()
+    };
+    let node = served_node(&state, &id)
+        .await
+        .map_err(|p| p.with_note(&note))?;
+    let revocation = state
+        .store
+        .revoke_node(&node.node_id, &req.reason, now())
+        .await
+        .map_err(|e| Problem::from(e).with_note(&note))?;
+    let net = state.store.get_network(state.network.id).await?;
+    let list = revocation_list(&state, &net)
+        .await
+        .map_err(|p| p.with_note(&note))?;
+    let published = state
+        .publish(
+            &format!("weft.revocation.{}", net.name),
+            REVOCATION_EVENT,
+            serde_json::to_value(list.as_ref()).unwrap_or_default(),
+        )
+        .await;
+    let node = state.store.get_node(&node.node_id).await?;
+    let note = AuditNote {
+        detail: format!(
+            "epoch {}{}; reason: {}",
+            revocation.epoch,
+            if published {
+                ""
+            } else {
+                " (not published on the bus: see the logs)"
+            },
+            req.reason
+        ),
+        ..note
+    };
+    Ok(respond(
+        StatusCode::OK,
+        &RevokeResponse {
+            node: NodeView::of(&node, net.name.as_str()),
+            epoch: revocation.epoch,
+        },
+        note,
+    ))
+}
+
+/// The network's revocation list as signed now (re-signed when the epoch
+/// moved since the cached one).
+pub async fn revocation_list(
+    state: &Shared,
+    net: &Network,
+) -> Result<Arc<RevocationListView>, Problem> {
+    if let Some(cached) = state
+        .revocations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&net.id)
+        .filter(|l| l.epoch == net.revocation_epoch)
+    {
+        return Ok(cached.clone());
+    }
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = state
+            .store
+            .list_revocations(net.id, after, limits::MAX_PAGE_SIZE)
+            .await?;
+        let full = batch.len() == limits::MAX_PAGE_SIZE as usize;
+        if let Some(last) = batch.last() {
+            after = last.epoch;
+        }
+        entries.extend(batch);
+        if entries.len() > MAX_REVOKED {
+            return Err(Problem::internal(format!(
+                "network {} has more than {MAX_REVOKED} revoked nodes, more than one signed revocation list carries; this control plane cannot sign it",
+                net.name
+            )));
+        }
+        if !full {
+            break;
+        }
+    }
+    let epoch = entries
+        .last()
+        .map_or(0, |r| r.epoch)
+        .max(net.revocation_epoch);
+    let issued_ms = u64::try_from(now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let revoked: Vec<NodeId> = entries.iter().map(|r| r.node_id).collect();
+    let list = state
+        .pki
+        .sign_revocations(epoch, issued_ms, revoked)
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let wire = Message::Revocation(list.clone())
+        .to_bytes()
+        .map_err(|e| Problem::internal(format!("cannot encode the revocation list: {e}")))?;
+    let view = Arc::new(RevocationListView {
+        network: net.name.as_str().to_owned(),
+        epoch,
+        issued_ms,
+        authority_public_key: BASE64.encode(state.pki.authority_public_key()),
+        revoked: list.revoked.iter().map(NodeId::to_string).collect(),
+        signature: BASE64.encode(&list.signature[..]),
+        wire: BASE64.encode(&wire),
+        entries: entries.iter().map(RevocationEntry::of).collect(),
+    });
+    state
+        .revocations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(net.id, view.clone());
+    Ok(view)
+}
+
+/// The network's revocation list, signed by the revocation authority.
+#[utoipa::path(get, path = "/v1/networks/{network}/revocations", tag = "nodes",
+    params(("network" = String, Path, description = "the network's name")), security(("bearer" = [])),
+    responses((status = 200, description = "the signed list", body = RevocationListView),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn revocations(
+    State(state): State<Shared>,
+    PathParams(network): PathParams<String>,
+) -> Result<axum::Json<RevocationListView>, Problem> {
+    let net = state.served_network(&network).await?;
+    let list = revocation_list(&state, &net).await?;
+    Ok(axum::Json(list.as_ref().clone()))
+}
+
+// --------------------------------------------------------------- API tokens
+
+/// Makes an API token; the secret is in the answer only.
+#[utoipa::path(post, path = "/v1/api-tokens", tag = "api-tokens", request_body = CreateApiToken, security(("bearer" = [])),
+    responses((status = 201, description = "made; the token is shown this once", body = CreatedApiToken),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn create_api_token(
+    State(state): State<Shared>,
+    Extension(identity): Extension<Identity>,
+    JsonBody(req): JsonBody<CreateApiToken>,
+) -> Result<Response, Problem> {
+    let role: Role = req.role.parse()?;
+    let at = now();
+    let expires_at = match req.ttl_seconds {
+        Some(secs) => {
+            Some(at + duration_secs("ttl_seconds", secs, Duration::from_secs(10 * 365 * 86400))?)
+        }
+        None => None,
+    };
+    let (token, secret) = state
+        .store
+        .create_api_token(
+            NewApiToken {
+                name: req.name,
+                role,
+                expires_at,
+                created_by: identity.actor(),
+            },
+            at,
+        )
+        .await?;
+    let note = AuditNote {
+        target: Some(format!("api-token:{}", token.id)),
+        detail: format!("role {}, name {:?}", token.role, token.name),
+        ..AuditNote::default()
+    };
+    Ok(respond(
+        StatusCode::CREATED,
+        &CreatedApiToken {
+            token: secret.expose().to_owned(),
+            api_token: ApiTokenView::of(&token),
+        },
+        note,
+    ))
+}
+
+/// API tokens (no secrets), oldest first.
+#[utoipa::path(get, path = "/v1/api-tokens", tag = "api-tokens", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of tokens", body = ApiTokenPage),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list_api_tokens(
+    State(state): State<Shared>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<axum::Json<ApiTokenPage>, Problem> {
+    let page = state
+        .store
+        .list_api_tokens(page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
+    Ok(axum::Json(ApiTokenPage {
+        items: page.items.iter().map(ApiTokenView::of).collect(),
+        next: page.next.map(|c| c.as_str().to_owned()),
+    }))
+}
+
+/// Revokes an API token (again: no change).
+#[utoipa::path(post, path = "/v1/api-tokens/{id}/revoke", tag = "api-tokens",
+    params(("id" = String, Path, description = "the token id (UUID)")), security(("bearer" = [])),
+    responses((status = 200, description = "revoked", body = ApiTokenView),
+        (status = "4XX", description = "refused or not found", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn revoke_api_token(
+    State(state): State<Shared>,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, Problem> {
+    let note = AuditNote {
+        target: Some(format!(
+            "api-token:{}",
+            id.chars().take(64).collect::<String>()
+        )),
+        ..AuditNote::default()
+    };
+    let id: ApiTokenId = id
+        .parse()
+        .map_err(|e: StoreError| Problem::bad_request(e.to_string()).with_note(&note))?;
+    let token = state
+        .store
+        .revoke_api_token(id, now())
+        .await
+        .map_err(|e| Problem::from(e).with_note(&note))?;
+    Ok(respond(StatusCode::OK, &ApiTokenView::of(&token), note))
+}

@@ -1,0 +1,411 @@
+//! weft's control plane: how operators and agents meet.
+//!
+//! [`start`] runs `weft control up`: it opens the store (SQLite in the
+//! data directory, or PostgreSQL), creates on first start the trust-domain
+//! CA, the default network and a one-time admin API token, opens the bus
+//! (embedded in the data directory, or NATS), issues the server's own
+//! certificates and serves the HTTPS API until told to stop.
+//!
+//! - [`app`]: the route table with each route's access rule, the guard
+//!   (rate limits, authentication, roles, audit) and the error fallbacks.
+//! - [`handlers`]: the routes; [`openapi`]: the OpenAPI 3.1 document.
+//! - [`tls`]: TLS 1.3, X25519MLKEM768 only unless classical key exchange
+//!   is allowed; the ML-DSA-65 or ECDSA certificate by what the client can
+//!   verify; optional client SVIDs.
+//! - [`server`]: the accept loop and graceful shutdown.
+//! - [`pki`]: the CA, the revocation authority key, the master key.
+//! - [`proof`]: what agents sign to enroll and claim.
+//! - [`client`]: an HTTPS client of this API (the CLI's and the tests').
+//! - [`agent`]: the agent side of enrollment, claims and renewal.
+//! - [`problem`]: RFC 9457 problem details.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod metrics;
+pub mod openapi;
+pub mod pki;
+pub mod problem;
+pub mod proof;
+pub mod server;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_bus::admin::AnyBus;
+use weft_bus::envelope::{DEFAULT_MAX_ENVELOPE_BYTES, EventType};
+use weft_bus::events::EventBus;
+use weft_bus::schema::SchemaRegistry;
+use weft_bus::subject::SubjectFilter;
+use weft_bus::{Backend, BusError, EmbeddedBus, EmbeddedConfig, NatsBus, NatsConfig, StreamConfig};
+use weft_crypto::svid::{RevokedSerials, SvidVerifier};
+use weft_crypto::tls::{SpiffePeerVerifier, any_in_trust_domain};
+use weft_store::{AnyStore, Location, Store, StoreConfig};
+
+pub use config::{ControlConfig, Limits};
+pub use error::ControlError;
+
+use crate::app::{
+    AUDIT_EVENT, AUDIT_STREAM, AUDIT_SUBJECTS, AppState, Limiters, REVOCATION_EVENT,
+    REVOCATION_STREAM, REVOCATION_SUBJECTS,
+};
+use crate::metrics::Metrics;
+use crate::pki::Pki;
+use crate::tls::CertResolver;
+
+/// The file in the data directory that holds the first admin token (0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The embedded bus's directory inside the data directory.
+pub const BUS_DIR: &str = "bus";
+
+/// What a started control plane tells its operator.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The address it listens on.
+    pub local_addr: SocketAddr,
+    /// `https://` URL of the API.
+    pub url: String,
+    /// SHA-256 of the ML-DSA-65 CA root, for `--ca-fingerprint`.
+    pub ca_fingerprint: String,
+    /// The CA bundle file, for `--ca-bundle`.
+    pub bundle_path: PathBuf,
+    /// The network served.
+    pub network: String,
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// The control plane's SPIFFE ID.
+    pub control_id: String,
+    /// The store (password hidden).
+    pub db: String,
+    /// The bus (`embedded DIR` or the NATS URL).
+    pub bus: String,
+    /// Whether the CA was created by this start.
+    pub created_ca: bool,
+    /// The first admin API token, on the first start of a database only.
+    pub admin_token: Option<String>,
+    /// Where that token was written (0600).
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether classical key exchange is offered.
+    pub allow_classical_kex: bool,
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Running {
+    info: Started,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    state: Arc<AppState>,
+}
+
+impl Running {
+    /// What was started.
+    pub fn info(&self) -> &Started {
+        &self.info
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &AnyStore {
+        &self.state.store
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &AnyBus {
+        self.state.events.backend()
+    }
+
+    /// Stops accepting, lets in-flight requests finish, closes the bus and
+    /// the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = signal => {}
+            _ = stopped(&self.stop) => {}
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn stopped(stop: &watch::Sender<bool>) {
+    let mut rx = stop.subscribe();
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn make_dir(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(ControlError::io("cannot create directory", dir.display()))
+}
+
+async fn ensure_stream(bus: &AnyBus, name: &str, subjects: &str) -> Result<(), ControlError> {
+    match bus.stream_info(name).await {
+        Ok(_) => return Ok(()),
+        Err(BusError::StreamNotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let config = StreamConfig::new(
+        name,
+        vec![
+            SubjectFilter::new(subjects)
+                .map_err(|e| ControlError::config("bus subjects", e.to_string()))?,
+        ],
+    );
+    match bus.create_stream(config).await {
+        Ok(_) | Err(BusError::StreamExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn schemas() -> Result<SchemaRegistry, ControlError> {
+    let mut registry = SchemaRegistry::new();
+    let bad =
+        |e: weft_bus::envelope::EnvelopeError| ControlError::config("event type", e.to_string());
+    let schema =
+        |e: weft_bus::schema::SchemaError| ControlError::config("event schema", e.to_string());
+    registry
+        .register(
+            &EventType::new(AUDIT_EVENT).map_err(bad)?,
+            1,
+            json!({
+                "type": "object",
+                "required": ["id", "at", "actor", "action", "result", "detail"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "at": {"type": "string"},
+                    "actor": {"type": "string"},
+                    "action": {"type": "string"},
+                    "target": {"type": ["string", "null"]},
+                    "network_id": {"type": ["string", "null"]},
+                    "result": {"enum": ["success", "denied", "failed"]},
+                    "detail": {"type": "string"}
+                }
+            }),
+        )
+        .map_err(schema)?;
+    registry
+        .register(
+            &EventType::new(REVOCATION_EVENT).map_err(bad)?,
+            1,
+            json!({
+                "type": "object",
+                "required": ["network", "epoch", "issued_ms", "authority_public_key", "revoked", "signature", "wire", "entries"],
+                "properties": {
+                    "network": {"type": "string"},
+                    "epoch": {"type": "integer", "minimum": 0},
+                    "issued_ms": {"type": "integer", "minimum": 0},
+                    "authority_public_key": {"type": "string"},
+                    "revoked": {"type": "array", "items": {"type": "string"}},
+                    "signature": {"type": "string"},
+                    "wire": {"type": "string"},
+                    "entries": {"type": "array"}
+                }
+            }),
+        )
+        .map_err(schema)?;
+    Ok(registry)
+}
+
+/// Starts the control plane (see the crate documentation).
+pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
+    config.check()?;
+    make_dir(&config.data_dir)?;
+    let location = match &config.db {
+        Some(db) => Location::parse(db, &config.data_dir)?,
+        None => Location::default_in(&config.data_dir),
+    };
+    let store = AnyStore::open(&location, StoreConfig::default()).await?;
+    let now = OffsetDateTime::now_utc();
+    let (pki, network, created_ca) = Pki::open(
+        &config.data_dir,
+        &store,
+        &config.network,
+        &config.trust_domain,
+        now,
+    )
+    .await?;
+
+    let mut admin_token = None;
+    let mut admin_token_file = None;
+    if let Some((token, secret)) = store.bootstrap_admin_token("bootstrap admin", now).await? {
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        weft_crypto::files::write_secret_file(
+            &path,
+            format!("{}\n", secret.expose()).as_bytes(),
+            true,
+        )?;
+        tracing::info!(token_id = %token.id, file = %path.display(), "made the first admin API token");
+        admin_token = Some(secret.expose().to_owned());
+        admin_token_file = Some(path);
+    }
+
+    let (bus, bus_text) = match &config.nats {
+        Some(url) => (
+            AnyBus::Nats(
+                NatsBus::connect(NatsConfig {
+                    url: url.clone(),
+                    ..NatsConfig::default()
+                })
+                .await
+                .map_err(|e| ControlError::config("NATS", e.to_string()))?,
+            ),
+            format!("NATS {url}"),
+        ),
+        None => {
+            let dir = config.data_dir.join(BUS_DIR);
+            (
+                AnyBus::Embedded(EmbeddedBus::open(&dir, EmbeddedConfig::default())?),
+                format!("embedded {}", dir.display()),
+            )
+        }
+    };
+    ensure_stream(&bus, AUDIT_STREAM, AUDIT_SUBJECTS).await?;
+    ensure_stream(&bus, REVOCATION_STREAM, REVOCATION_SUBJECTS).await?;
+    let events = EventBus::new(bus, Arc::new(schemas()?), DEFAULT_MAX_ENVELOPE_BYTES);
+
+    let (dns, ips) = config.split_server_names()?;
+    let certs = pki.issue_server_certs(&dns, &ips, config.server_cert_ttl)?;
+    let resolver = CertResolver::new(certs);
+    let bundle = pki.ca().bundle()?;
+    let svids = SvidVerifier::new(bundle.clone(), RevokedSerials::default());
+    let clients = SpiffePeerVerifier::new(svids.clone(), any_in_trust_domain());
+    let tls = tls::server_configs(resolver.clone(), clients, config.allow_classical_kex)?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(ControlError::io("cannot listen on", config.listen))?;
+    let local_addr = listener.local_addr().map_err(ControlError::io(
+        "cannot read the address of",
+        config.listen,
+    ))?;
+    let host = match local_addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let info = Started {
+        local_addr,
+        url: format!("https://{host}:{}", local_addr.port()),
+        ca_fingerprint: pki.ca_fingerprint().to_owned(),
+        bundle_path: pki::bundle_path(&config.data_dir),
+        network: network.name.to_string(),
+        trust_domain: network.trust_domain.to_string(),
+        control_id: pki.control_id().to_string(),
+        db: location.to_string(),
+        bus: bus_text,
+        created_ca,
+        admin_token,
+        admin_token_file,
+        allow_classical_kex: config.allow_classical_kex,
+    };
+    let metrics = Metrics::new();
+    let options = server::ServeOptions {
+        handshake_timeout: config.limits.handshake_timeout,
+        max_connections: config.limits.max_connections,
+        shutdown_grace: config.limits.shutdown_grace,
+    };
+    let state = Arc::new(AppState {
+        store,
+        events,
+        limiters: Limiters::new(&config),
+        pki,
+        network,
+        metrics: metrics.clone(),
+        config: config.clone(),
+        svids,
+        revocations: Mutex::new(HashMap::new()),
+    });
+    let app = app::router(state.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let maintenance = tokio::spawn(maintain(
+        state.clone(),
+        resolver,
+        dns,
+        ips,
+        stop.subscribe(),
+    ));
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        server::serve(listener, tls, app, metrics, options, stop_rx).await;
+        let _ = maintenance.await;
+        task_state.events.backend().close().await;
+        task_state.store.close().await;
+        tracing::info!("control plane stopped");
+    });
+    tracing::info!(url = %info.url, network = %info.network, db = %info.db, bus = %info.bus, "control plane up");
+    Ok(Running {
+        info,
+        stop,
+        task,
+        state,
+    })
+}
+
+/// Once a minute: forgets idle rate-limit keys and renews the server's
+/// certificates once half their lifetime has passed.
+async fn maintain(
+    state: Arc<AppState>,
+    resolver: Arc<CertResolver>,
+    dns: Vec<String>,
+    ips: Vec<std::net::IpAddr>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        state.limiters.prune();
+        let current = resolver.current();
+        let half = (current.not_after - current.issued_at) / 2;
+        if OffsetDateTime::now_utc() >= current.issued_at + half {
+            match state
+                .pki
+                .issue_server_certs(&dns, &ips, state.config.server_cert_ttl)
+            {
+                Ok(certs) => {
+                    tracing::info!(not_after = %certs.not_after, "renewed the server certificates");
+                    resolver.replace(certs);
+                }
+                Err(error) => tracing::error!(%error, "cannot renew the server certificates"),
+            }
+        }
+    }
+}

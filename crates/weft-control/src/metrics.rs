@@ -1,0 +1,268 @@
+//! Prometheus metrics of the control plane (text exposition format, made
+//! with `prometheus-client`):
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `weft_control_requests_total` | `method`, `route` (the route template, or `unmatched`), `status` |
+//! | `weft_control_request_duration_seconds` | histogram by `method`, `route` |
+//! | `weft_control_tls_handshakes_total` | `group` (the key exchange negotiated), `certificate` (`ml-dsa-65` or `ecdsa-p256`) |
+//! | `weft_control_classical_kex_handshakes_total` | `group`: handshakes that negotiated a classical group (only with `--allow-classical-kex`) |
+//! | `weft_control_tls_handshake_failures_total` | |
+//! | `weft_control_rate_limited_total` | `kind` (`identity`, `auth_failures`) |
+//! | `weft_control_audit_failures_total` | `sink` (`store`, `bus`) |
+//! | `weft_control_open_connections` | |
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+    /// Status code.
+    pub status: u16,
+}
+
+/// Labels of a latency observation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+}
+
+/// Labels of a handshake.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// The key exchange group.
+    pub group: String,
+    /// The certificate presented.
+    pub certificate: String,
+}
+
+/// A label with one value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    /// The key exchange group.
+    pub group: String,
+}
+
+/// A kind label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: String,
+}
+
+/// A sink label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// Where the write failed.
+    pub sink: String,
+}
+
+/// The control plane's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    classical: Family<GroupLabel, Counter>,
+    handshake_failures: Counter,
+    rate_limited: Family<KindLabel, Counter>,
+    audit_failures: Family<SinkLabel, Counter>,
+    open_connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "weft_control_requests",
+            "HTTP requests answered, by method, route template and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs to about 26 s.
+            Histogram::new(exponential_buckets(1e-4, 2.0, 19))
+        });
+        registry.register(
+            "weft_control_request_duration_seconds",
+            "Time from request to response, by method and route template",
+            latency.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "weft_control_tls_handshakes",
+            "TLS handshakes completed, by key exchange group and certificate presented",
+            handshakes.clone(),
+        );
+        let classical = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "weft_control_classical_kex_handshakes",
+            "TLS handshakes that negotiated a classical (not post-quantum) key exchange; only possible with --allow-classical-kex",
+            classical.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register(
+            "weft_control_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            handshake_failures.clone(),
+        );
+        let rate_limited = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "weft_control_rate_limited",
+            "Requests refused with 429, by limiter",
+            rate_limited.clone(),
+        );
+        let audit_failures = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "weft_control_audit_failures",
+            "Audit records that could not be written, by sink",
+            audit_failures.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "weft_control_open_connections",
+            "TLS connections open now",
+            open_connections.clone(),
+        );
+        Self(Arc::new(Inner {
+            registry,
+            requests,
+            latency,
+            handshakes,
+            classical,
+            handshake_failures,
+            rate_limited,
+            audit_failures,
+            open_connections,
+        }))
+    }
+
+    /// Counts a request and its latency.
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.0
+            .requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.0
+            .latency
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts a completed handshake.
+    pub fn handshake(&self, group: &str, certificate: &str, classical: bool) {
+        self.0
+            .handshakes
+            .get_or_create(&HandshakeLabels {
+                group: group.to_owned(),
+                certificate: certificate.to_owned(),
+            })
+            .inc();
+        if classical {
+            self.0
+                .classical
+                .get_or_create(&GroupLabel {
+                    group: group.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Classical handshakes so far (all groups).
+    pub fn classical_handshakes(&self) -> u64 {
+        let mut total = 0;
+        for group in ["X25519", "secp256r1", "secp384r1"] {
+            total += self
+                .0
+                .classical
+                .get_or_create(&GroupLabel {
+                    group: group.to_owned(),
+                })
+                .get();
+        }
+        total
+    }
+
+    /// Counts a failed handshake.
+    pub fn handshake_failed(&self) {
+        self.0.handshake_failures.inc();
+    }
+
+    /// Counts a rate-limited request.
+    pub fn rate_limited(&self, kind: &str) {
+        self.0
+            .rate_limited
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed audit write.
+    pub fn audit_failed(&self, sink: &str) {
+        self.0
+            .audit_failures
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One more open connection.
+    pub fn connection_opened(&self) {
+        self.0.open_connections.inc();
+    }
+
+    /// One fewer open connection.
+    pub fn connection_closed(&self) {
+        self.0.open_connections.dec();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.0.registry).is_err() {
+            out.clear();
+            out.push_str("# encoding failed\n# EOF\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,429 @@
+//! Full enrollment over real HTTPS on 127.0.0.1, on SQLite and on
+//! PostgreSQL: join tokens, enrollment (approved and pending), claims,
+//! renewal over mTLS, revocation with a signed list, the audit trail and
+//! the bus; and every way a token or an identity is refused.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use common::{Db, Harness};
+use data_encoding::BASE64;
+use weft_bus::Backend;
+use weft_control::agent::{self, AgentError, AgentPaths};
+use weft_control::api::CreateJoinToken;
+use weft_control::client::{ClientError, ControlClient};
+use weft_crypto::ca::{CertKey, CertificateAuthority, SvidAlgorithm, Validity};
+use weft_crypto::sign::{CompositePublicKey, CompositeSignature};
+use weft_crypto::svid::{RevokedSerials, SvidVerifier, TrustBundle, Usage, certs_from_pem};
+use weft_crypto::tls::SvidCredentials;
+use weft_crypto::{NodeId, SpiffeId};
+use weft_proto::wire::{Message, RevocationList, decode_exact};
+use weft_store::{NewJoinToken, Store, Tags};
+
+fn token_request(uses: u32, auto_approve: bool) -> CreateJoinToken {
+    CreateJoinToken {
+        uses,
+        ttl_seconds: 600,
+        tags: vec!["role=db".into()],
+        auto_approve,
+        description: "test".into(),
+    }
+}
+
+fn problem(e: &AgentError) -> (u16, String) {
+    match e {
+        AgentError::Client(ClientError::Problem { status, problem }) => {
+            (*status, problem.problem_type.clone())
+        }
+        other => panic!("expected a problem, got {other}"),
+    }
+}
+
+async fn full_enrollment(h: &Harness) {
+    let admin = h.admin();
+    assert_eq!(admin.health().await.unwrap().status, "ok");
+    assert_eq!(admin.ready().await.unwrap().store, "ok");
+
+    // Auto-approved, two uses: two agents get SVIDs, a third is refused.
+    let made = admin
+        .create_join_token("default", &token_request(2, true))
+        .await
+        .unwrap();
+    assert_eq!(made.join_token.uses_left, 2);
+    let a = agent::enroll(&h.url(), &made.token, h.trust(), &h.agent_dir("a"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, "approved");
+    assert!(a.svid_not_after.is_some());
+    let b = agent::enroll(&h.url(), &made.token, h.bundle_trust(), &h.agent_dir("b"))
+        .await
+        .unwrap();
+    let e = agent::enroll(&h.url(), &made.token, h.trust(), &h.agent_dir("c"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        problem(&e),
+        (409, "urn:weft:problem:token-exhausted".into())
+    );
+
+    // The SVID on disk verifies against the CA and names the node.
+    let paths = AgentPaths::new(&h.agent_dir("a"));
+    let bundle = TrustBundle::from_pem(&std::fs::read(paths.bundle()).unwrap()).unwrap();
+    let chain = certs_from_pem(&std::fs::read(paths.svid_cert()).unwrap()).unwrap();
+    let verified = SvidVerifier::new(bundle, RevokedSerials::default())
+        .verify(&chain, rustls_pki_types::UnixTime::now(), Usage::Client)
+        .unwrap();
+    assert_eq!(verified.spiffe_id.as_str(), a.settings.spiffe_id);
+    assert!(
+        a.settings
+            .spiffe_id
+            .ends_with(&format!("/node/{}", a.settings.node_id))
+    );
+
+    // Pending: no SVID until approved; then a claim gets it, once.
+    let pending = admin
+        .create_join_token("default", &token_request(1, false))
+        .await
+        .unwrap();
+    let d = agent::enroll(&h.url(), &pending.token, h.trust(), &h.agent_dir("d"))
+        .await
+        .unwrap();
+    assert_eq!(d.status, "pending");
+    assert!(!AgentPaths::new(&h.agent_dir("d")).svid_cert().exists());
+    let e = agent::claim(&h.agent_dir("d")).await.unwrap_err();
+    assert_eq!(problem(&e), (409, "urn:weft:problem:node-pending".into()));
+    let approved = admin.approve_node(&d.settings.node_id).await.unwrap();
+    assert_eq!(approved.status, "approved");
+    let d = agent::claim(&h.agent_dir("d")).await.unwrap();
+    assert_eq!(d.status, "approved");
+    assert!(AgentPaths::new(&h.agent_dir("d")).svid_cert().exists());
+    let e = agent::claim(&h.agent_dir("d")).await.unwrap_err();
+    assert_eq!(problem(&e).0, 409);
+
+    // Listing and showing.
+    let nodes = admin.list_nodes(None, None, None, None).await.unwrap();
+    assert_eq!(nodes.items.len(), 3);
+    let shown = admin.get_node(&a.settings.node_id).await.unwrap();
+    assert_eq!(shown.tags, ["role=db"]);
+    let serial_before = shown.svid_serial.clone().unwrap();
+
+    // Renewal over mTLS gives a new serial over the same key.
+    agent::renew(&h.agent_dir("a")).await.unwrap();
+    let shown = admin.get_node(&a.settings.node_id).await.unwrap();
+    assert_ne!(shown.svid_serial.unwrap(), serial_before);
+
+    // Revocation: epoch 1, signed list in weft-proto's format, and b can
+    // no longer renew.
+    let revoked = admin
+        .revoke_node(&b.settings.node_id, "compromised")
+        .await
+        .unwrap();
+    assert_eq!(
+        (revoked.epoch, revoked.node.status.as_str()),
+        (1, "revoked")
+    );
+    let e = admin
+        .revoke_node(&b.settings.node_id, "again")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    let list = admin.revocations("default").await.unwrap();
+    assert_eq!(list.epoch, 1);
+    assert_eq!(list.revoked, std::slice::from_ref(&b.settings.node_id));
+    assert_eq!(list.entries[0].reason, "compromised");
+    let authority = CompositePublicKey::from_bytes(
+        &BASE64
+            .decode(a.settings.authority_public_key.as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<NodeId> = list.revoked.iter().map(|s| s.parse().unwrap()).collect();
+    let signed = RevocationList::signed_bytes(list.epoch, list.issued_ms, &ids);
+    let sig =
+        CompositeSignature::from_bytes(&BASE64.decode(list.signature.as_bytes()).unwrap()).unwrap();
+    authority
+        .verify(&signed, RevocationList::CONTEXT, &sig)
+        .unwrap();
+    match decode_exact(&BASE64.decode(list.wire.as_bytes()).unwrap()).unwrap() {
+        Message::Revocation(wire) => {
+            assert_eq!((wire.epoch, wire.revoked.clone()), (1, ids.clone()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = agent::renew(&h.agent_dir("b")).await.unwrap_err();
+    assert_eq!(problem(&e).0, 403, "{e}");
+
+    // An approved node reads the list over mTLS.
+    let creds = SvidCredentials::load(&paths.svid_dir()).unwrap();
+    let as_a = ControlClient::new(&h.url(), h.bundle_trust(), Some(creds), None).unwrap();
+    assert_eq!(as_a.revocations("default").await.unwrap().epoch, 1);
+    // A revoked node does not.
+    let creds_b = SvidCredentials::load(&AgentPaths::new(&h.agent_dir("b")).svid_dir()).unwrap();
+    let as_b = ControlClient::new(&h.url(), h.bundle_trust(), Some(creds_b), None).unwrap();
+    assert_eq!(
+        as_b.revocations("default").await.unwrap_err().status(),
+        Some(403)
+    );
+
+    // The audit trail has every mutating request, with who and how it ended.
+    let revokes = admin
+        .audit(&[("action", Some("node.revoke".into()))])
+        .await
+        .unwrap();
+    assert_eq!(revokes.items.len(), 2);
+    assert!(
+        revokes
+            .items
+            .iter()
+            .all(|r| r.actor.starts_with("api-token:"))
+    );
+    let results: Vec<&str> = revokes.items.iter().map(|r| r.result.as_str()).collect();
+    assert_eq!(results, ["failed", "success"], "newest first");
+    let renewals = admin
+        .audit(&[("action", Some("node.renew".into()))])
+        .await
+        .unwrap();
+    assert!(
+        renewals
+            .items
+            .iter()
+            .any(|r| r.result == "denied" && r.actor.ends_with(&b.settings.node_id))
+    );
+    let enrollments = admin
+        .audit(&[("action", Some("node.enroll".into()))])
+        .await
+        .unwrap();
+    assert_eq!(enrollments.items.len(), 4);
+    assert!(
+        enrollments
+            .items
+            .iter()
+            .all(|r| r.actor.starts_with("join-token:"))
+    );
+
+    // And the bus carries them.
+    let bus = h.running().bus();
+    let audit = bus.stream_info("weft_audit").await.unwrap();
+    let all = admin
+        .audit(&[("limit", Some("1000".into()))])
+        .await
+        .unwrap();
+    assert_eq!(audit.state.messages, all.items.len() as u64);
+    let revocations = bus.stream_info("weft_revocations").await.unwrap();
+    assert_eq!(revocations.state.messages, 1);
+}
+
+async fn tokens_refused(h: &Harness) {
+    let admin = h.admin();
+    let url = h.url();
+    // Forged: not a token, a made-up id, a real id with a wrong secret.
+    let made = admin
+        .create_join_token("default", &token_request(1, true))
+        .await
+        .unwrap();
+    let real = made.token.clone();
+    let (prefix, _) = real.rsplit_once('_').unwrap();
+    let wrong_secret = format!("{prefix}_{}", "a".repeat(52));
+    let made_up = format!("weft_join_{}_{}", "0".repeat(32), "a".repeat(52));
+    for (i, forged) in ["hello", made_up.as_str(), wrong_secret.as_str()]
+        .iter()
+        .enumerate()
+    {
+        let e = agent::enroll(&url, forged, h.trust(), &h.agent_dir(&format!("f{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            problem(&e),
+            (401, "urn:weft:problem:token-invalid".into()),
+            "{forged}"
+        );
+    }
+    // The real one still has its use: forgeries spent nothing.
+    agent::enroll(&url, &real, h.trust(), &h.agent_dir("ok"))
+        .await
+        .unwrap();
+    // Reused.
+    let e = agent::enroll(&url, &real, h.trust(), &h.agent_dir("again"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        problem(&e),
+        (409, "urn:weft:problem:token-exhausted".into())
+    );
+    // Expired: made an hour ago, valid for a minute.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let net = h.running().info().network.clone();
+    let network = h
+        .store()
+        .get_network_by_name(&weft_store::NetworkName::new(&net).unwrap())
+        .await
+        .unwrap();
+    let (_, secret) = h
+        .store()
+        .create_join_token(
+            NewJoinToken {
+                network_id: network.id,
+                description: String::new(),
+                uses: 1,
+                expires_at: past + time::Duration::minutes(1),
+                tags: Tags::empty(),
+                auto_approve: true,
+                created_by: "test".into(),
+            },
+            past,
+        )
+        .await
+        .unwrap();
+    let e = agent::enroll(&url, secret.expose(), h.trust(), &h.agent_dir("late"))
+        .await
+        .unwrap_err();
+    assert_eq!(problem(&e), (401, "urn:weft:problem:token-expired".into()));
+    // A directory that already holds a node is not enrolled twice.
+    let fresh = admin
+        .create_join_token("default", &token_request(1, true))
+        .await
+        .unwrap();
+    assert!(matches!(
+        agent::enroll(&url, &fresh.token, h.trust(), &h.agent_dir("ok")).await,
+        Err(AgentError::AlreadyEnrolled { .. })
+    ));
+    // A wrong CA fingerprint: the agent refuses the server.
+    let wrong =
+        weft_control::client::Trust::fingerprint(&format!("sha256:{}", "1".repeat(64))).unwrap();
+    let e = agent::enroll(&url, &fresh.token, wrong, &h.agent_dir("mitm"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, AgentError::Client(ClientError::Transport { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("fingerprint"), "{e}");
+}
+
+/// An SVID past its end cannot renew, even though the node is approved.
+async fn expired_svid_cannot_renew(h: &Harness) {
+    let admin = h.admin();
+    let made = admin
+        .create_join_token("default", &token_request(1, true))
+        .await
+        .unwrap();
+    let state = agent::enroll(&h.url(), &made.token, h.trust(), &h.agent_dir("x"))
+        .await
+        .unwrap();
+    let paths = AgentPaths::new(&h.agent_dir("x"));
+    let ca = CertificateAuthority::load(&h.data_dir().join("ca")).unwrap();
+    let key_pem = std::fs::read(paths.svid_key()).unwrap();
+    let key = CertKey::from_pkcs8_pem(&key_pem, SvidAlgorithm::MlDsa65, "svid.key").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - time::Duration::hours(2),
+        not_after: now - time::Duration::hours(1),
+    };
+    let id = SpiffeId::parse(&state.settings.spiffe_id).unwrap();
+    let (cert, _) = ca.sign_leaf(&id, &key, validity).unwrap();
+    let creds = SvidCredentials::from_pem(cert.pem().as_bytes(), &key_pem).unwrap();
+    let client = ControlClient::new(&h.url(), h.bundle_trust(), Some(creds), None).unwrap();
+    let e = client.renew().await.unwrap_err();
+    assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+    // The current one still works.
+    agent::renew(&h.agent_dir("x")).await.unwrap();
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = Harness::start(Db::Sqlite).await;
+                    super::$name(&h).await;
+                    h.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = Harness::start(Db::Postgres).await;
+                    super::$name(&h).await;
+                    h.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(full_enrollment, tokens_refused, expired_svid_cannot_renew);
+
+/// A restart keeps the CA, the network and the admin token, and prints no
+/// new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_the_ca_and_makes_no_second_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = weft_control::start(common::config(dir.path()))
+        .await
+        .unwrap();
+    let fp = first.info().ca_fingerprint.clone();
+    let token = first.info().admin_token.clone().unwrap();
+    let file = first.info().admin_token_file.clone().unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    first.shutdown().await;
+    let second = weft_control::start(common::config(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(second.info().ca_fingerprint, fp);
+    assert!(second.info().admin_token.is_none());
+    assert!(!second.info().created_ca);
+    let client = ControlClient::new(
+        &second.info().url,
+        weft_control::client::Trust::fingerprint(&fp).unwrap(),
+        None,
+        Some(token),
+    )
+    .unwrap();
+    assert!(client.list_nodes(None, None, None, None).await.is_ok());
+    second.shutdown().await;
+    // Connections are refused once it is down.
+    let e = client.health().await.unwrap_err();
+    assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+}
+
+/// A second process on the same PostgreSQL with a copy of master.key
+/// restores the CA from the database; without it, it refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_control_plane_restores_the_ca_from_postgres() {
+    let h = Harness::start(Db::Postgres).await;
+    let db = h.pg_db.clone().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let mut config = common::config(other.path());
+    config.db = Some(format!("postgres://postgres@127.0.0.1:5432/{db}"));
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    // Without the master key: refused, saying what to do.
+    let e = weft_control::start(config.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("master.key"), "{e}");
+    std::fs::remove_file(config.data_dir.join("master.key")).unwrap();
+    let src = h.data_dir().join("master.key");
+    std::fs::copy(&src, config.data_dir.join("master.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        config.data_dir.join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let second = weft_control::start(config).await.unwrap();
+    assert_eq!(
+        second.info().ca_fingerprint,
+        h.running().info().ca_fingerprint
+    );
+    assert!(second.info().admin_token.is_none());
+    second.shutdown().await;
+    h.stop().await;
+}
