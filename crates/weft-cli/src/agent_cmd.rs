@@ -19,6 +19,13 @@ pub enum AgentCommand {
         #[arg(long, value_name = "FILE", env = "WEFT_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Enroll this node with a control plane: make its identity locally,
+    /// redeem a join token, write the SVID and the CA bundle.
+    Enroll(crate::control_cmd::EnrollArgs),
+    /// Fetch the SVID of a node that enrolled pending and was approved since.
+    Claim(crate::control_cmd::AgentDirArgs),
+    /// Renew the SVID over mTLS with the current one.
+    Renew(crate::control_cmd::AgentDirArgs),
 }
 
 /// Where to find a running agent.
@@ -60,6 +67,9 @@ pub fn agent(command: AgentCommand) -> Result<()> {
                 Ok(())
             })
         }
+        AgentCommand::Enroll(args) => crate::control_cmd::agent_enroll(args),
+        AgentCommand::Claim(args) => crate::control_cmd::agent_claim(args),
+        AgentCommand::Renew(args) => crate::control_cmd::agent_renew(args),
     }
 }
 
@@ -147,4 +157,54 @@ fn print_table(rows: &[serde_json::Value]) {
     for r in rows {
         println!("{}", line(columns.iter().map(|c| cell(r, c)).collect()));
     }
+}
+
+/// `weft bench dataplane`.
+#[derive(Debug, Args)]
+pub struct DataplaneBenchArgs {
+    /// Seconds each UDP flow runs.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the dataplane bench with this binary as the agents.
+pub fn bench_dataplane(args: &DataplaneBenchArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the weft binary")?;
+    let r = weft_agent::bench::dataplane(&exe, args.seconds).context("dataplane bench failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "mesh Gbit/s            {:>10.3}  (UDP 1200 B, TUN to TUN through two agents)",
+        r.mesh_gbps
+    );
+    println!(
+        "plain UDP Gbit/s       {:>10.3}  (same path, no agents)",
+        r.plain_udp_gbps
+    );
+    println!(
+        "ratio                  {:>10.3}  (aim >= 0.5)",
+        r.ratio_vs_plain_udp
+    );
+    println!(
+        "mesh loss %            {:>10.1}  (offered as fast as possible)",
+        r.mesh_lost_percent
+    );
+    println!(
+        "link handshakes/s      {:>10.0}  (QUIC, X25519MLKEM768, ML-DSA-65 both ways)",
+        r.handshakes_per_sec
+    );
+    println!(
+        "e2e handshakes/s       {:>10.0}  (X-Wing both ways)",
+        r.e2e_handshakes_per_sec
+    );
+    println!(
+        "e2e seal+open ns       {:>10.0}  (1400-byte payload)",
+        r.e2e_seal_open_ns
+    );
+    Ok(())
 }

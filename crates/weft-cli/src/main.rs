@@ -198,6 +198,10 @@ enum BenchCommand {
     /// Event bus publish rates against a bare write+fdatasync loop and a bare
     /// NATS client, in-memory rate, and end-to-end latency at a fixed rate.
     Bus(BusBenchArgs),
+    /// Agent data plane: a UDP flow TUN to TUN through two agents across
+    /// network namespaces against plain UDP on the same path, link and
+    /// end-to-end handshake rates, seal+open cost. Needs root and iperf3.
+    Dataplane(agent_cmd::DataplaneBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -453,6 +457,7 @@ fn run(command: Command) -> Result<()> {
         }) => ca_verify(&ca, &file, &revoked, json),
         Command::Bench(BenchCommand::Crypto(args)) => bench_crypto(&args),
         Command::Bench(BenchCommand::Bus(args)) => bench_bus(&args),
+        Command::Bench(BenchCommand::Dataplane(args)) => agent_cmd::bench_dataplane(&args),
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
         Command::Agent(cmd) => agent_cmd::agent(cmd),

@@ -6,10 +6,12 @@
 //! | file | what |
 //! |---|---|
 //! | `node.key` | the node identity (composite ML-DSA-65 + Ed25519 and X-Wing), 0600 |
-//! | `svid/svid.key` | the SVID key (ML-DSA-65, PKCS#8), 0600 |
-//! | `svid/svid.pem` | the X.509-SVID, once approved |
-//! | `svid/bundle.pem` | the CA bundle |
-//! | `agent.json` | the control plane's URL and the mesh settings |
+//! | `svid.key` | the SVID key (ML-DSA-65, PKCS#8), 0600 |
+//! | `svid.pem` | the X.509-SVID, once approved |
+//! | `bundle.pem` | the CA bundle |
+//! | `enrollment.json` | the control plane's URL and the mesh settings |
+//!
+//! which is where `weft agent run` looks for them.
 
 use std::path::{Path, PathBuf};
 
@@ -30,10 +32,8 @@ use crate::proof;
 
 /// The identity key file.
 pub const IDENTITY_FILE: &str = "node.key";
-/// The SVID directory.
-pub const SVID_DIR: &str = "svid";
-/// The agent's state file.
-pub const STATE_FILE: &str = "agent.json";
+/// The enrollment state file.
+pub const STATE_FILE: &str = "enrollment.json";
 /// Largest state file read.
 const MAX_STATE_FILE: u64 = 64 * 1024;
 
@@ -65,7 +65,7 @@ fn local(e: impl std::fmt::Display) -> AgentError {
     AgentError::Local(e.to_string())
 }
 
-/// What the agent keeps between runs (`agent.json`).
+/// What the agent keeps between runs (`enrollment.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentState {
     /// The control plane's URL.
@@ -98,32 +98,32 @@ impl AgentPaths {
         self.dir.join(IDENTITY_FILE)
     }
 
-    /// `svid/`.
+    /// The directory of the SVID files (the data directory itself).
     pub fn svid_dir(&self) -> PathBuf {
-        self.dir.join(SVID_DIR)
+        self.dir.clone()
     }
 
-    /// `svid/svid.key`.
+    /// `svid.key`.
     pub fn svid_key(&self) -> PathBuf {
         self.svid_dir().join(layout::SVID_KEY)
     }
 
-    /// `svid/svid.pem`.
+    /// `svid.pem`.
     pub fn svid_cert(&self) -> PathBuf {
         self.svid_dir().join(layout::SVID_CERT)
     }
 
-    /// `svid/bundle.pem`.
+    /// `bundle.pem`.
     pub fn bundle(&self) -> PathBuf {
         self.svid_dir().join(layout::BUNDLE)
     }
 
-    /// `agent.json`.
+    /// `enrollment.json`.
     pub fn state(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }
 
-    /// Reads `agent.json`.
+    /// Reads `enrollment.json`.
     pub fn load_state(&self) -> Result<AgentState, AgentError> {
         let path = self.state();
         let bytes = read_public_file(&path, MAX_STATE_FILE).map_err(|e| {

@@ -737,12 +737,7 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
         .svids
         .verify(std::slice::from_ref(cert), UnixTime::now(), Usage::Client)
         .map_err(|e| Problem::unauthorized(format!("the client certificate is refused: {e}")))?;
-    let node_id = verified
-        .spiffe_id
-        .path()
-        .strip_prefix("/node/")
-        .and_then(|id| id.parse::<NodeId>().ok())
-        .ok_or_else(|| {
+    let node_id = NodeId::from_spiffe_id(&verified.spiffe_id).ok_or_else(|| {
             Problem::forbidden(format!(
                 "{} is not a node's SPIFFE ID (spiffe://{}/node/<node id>)",
                 verified.spiffe_id,

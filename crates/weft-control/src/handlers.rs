@@ -12,7 +12,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, OpenApi};
-use weft_crypto::{NodeId, SpiffeId};
+use weft_crypto::NodeId;
 use weft_proto::wire::{MAX_REVOKED, Message};
 use weft_store::{
     ApiTokenId, AuditFilter, AuditResult, Cursor, JoinTokenId, Network, NewApiToken, NewJoinToken,
@@ -339,10 +339,6 @@ fn settings(state: &Shared, net: &Network, node: &Node) -> MeshSettings {
     }
 }
 
-fn node_spiffe_id(state: &Shared, node_id: &NodeId) -> Result<SpiffeId, Problem> {
-    SpiffeId::from_parts(state.pki.trust_domain(), &format!("/node/{node_id}"))
-        .map_err(|e| Problem::internal(format!("cannot make the node's SPIFFE ID: {e}")))
-}
 
 fn proof_problem(e: proof::ProofError) -> Problem {
     match e {
@@ -407,7 +403,7 @@ pub async fn enroll(
             &note,
         ));
     }
-    let spiffe_id = node_spiffe_id(&state, &node_id).map_err(|p| fail(p, &note))?;
+    let spiffe_id = node_id.spiffe_id(state.pki.trust_domain());
     let svid = if token.auto_approve {
         Some(
             state
