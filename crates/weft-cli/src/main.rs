@@ -2,6 +2,7 @@
 //! calls one crate API and prints the result; no logic lives here.
 
 mod agent_cmd;
+mod control_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +60,21 @@ enum Command {
     /// kill a fraction of the nodes at half time, and measure detection,
     /// reconvergence, loops, reachability and traffic.
     Sim(SimArgs),
+    /// Run the control plane: `weft control up`.
+    #[command(subcommand)]
+    Control(control_cmd::ControlCommand),
+    /// List, show, approve and revoke nodes through the control plane.
+    #[command(subcommand)]
+    Node(control_cmd::NodeCommand),
+    /// Read the control plane's audit trail.
+    #[command(subcommand)]
+    Audit(control_cmd::AuditCommand),
+    /// Make and list join tokens (they admit nodes to a network).
+    #[command(subcommand)]
+    JoinToken(control_cmd::JoinTokenCommand),
+    /// Make, list and revoke operators' API tokens.
+    #[command(subcommand)]
+    ApiToken(control_cmd::ApiTokenCommand),
     /// Run the node agent.
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
@@ -461,6 +477,11 @@ fn run(command: Command) -> Result<()> {
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
         Command::Agent(cmd) => agent_cmd::agent(cmd),
+        Command::Control(cmd) => control_cmd::control(cmd),
+        Command::Node(cmd) => control_cmd::node(cmd),
+        Command::Audit(cmd) => control_cmd::audit(cmd),
+        Command::JoinToken(cmd) => control_cmd::join_token(cmd),
+        Command::ApiToken(cmd) => control_cmd::api_token(cmd),
         Command::Status(args) => agent_cmd::admin_command("status", &args),
         Command::Peers(args) => agent_cmd::admin_command("peers", &args),
         Command::Routes(args) => agent_cmd::admin_command("routes", &args),
