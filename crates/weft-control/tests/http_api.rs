@@ -314,3 +314,108 @@ async fn rbac_every_route_for_every_caller() {
     assert!(matches!(e, ClientError::Problem { status: 401, .. }));
     h.stop().await;
 }
+
+mod in_flight {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::common::{Db, Harness};
+
+    /// Accepts any server: this test is about the connection, not trust.
+    #[derive(Debug)]
+    struct AnyServer;
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![
+                SignatureScheme::ML_DSA_65,
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+            ]
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_lets_a_request_in_flight_finish_and_refuses_new_connections() {
+        let mut h = Harness::start(Db::Sqlite).await;
+        let addr = h.running().info().local_addr;
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(weft_crypto::tls::pq_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer))
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let body = br#"{"token":"weft_join_x","identity_public_key":"","svid_public_key":"","signature":"","svid_key_signature":""}"#;
+        let head = format!(
+            "POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&body[..10]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // Shut down while the request waits for the rest of its body.
+        let running = h.running.take().unwrap();
+        let stopping = tokio::spawn(running.shutdown());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !stopping.is_finished(),
+            "shutdown must wait for the request"
+        );
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no new connections during shutdown"
+        );
+
+        tls.write_all(&body[10..]).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+        tokio::time::timeout(Duration::from_secs(10), stopping)
+            .await
+            .expect("shutdown finishes once the request is answered")
+            .unwrap();
+    }
+}
