@@ -738,12 +738,12 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
         .verify(std::slice::from_ref(cert), UnixTime::now(), Usage::Client)
         .map_err(|e| Problem::unauthorized(format!("the client certificate is refused: {e}")))?;
     let node_id = NodeId::from_spiffe_id(&verified.spiffe_id).ok_or_else(|| {
-            Problem::forbidden(format!(
-                "{} is not a node's SPIFFE ID (spiffe://{}/node/<node id>)",
-                verified.spiffe_id,
-                state.pki.trust_domain()
-            ))
-        })?;
+        Problem::forbidden(format!(
+            "{} is not a node's SPIFFE ID (spiffe://{}/node/<node id>)",
+            verified.spiffe_id,
+            state.pki.trust_domain()
+        ))
+    })?;
     let node = match state.store.get_node(&node_id).await {
         Ok(node) => node,
         Err(StoreError::NotFound { .. }) => {

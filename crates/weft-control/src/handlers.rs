@@ -339,7 +339,6 @@ fn settings(state: &Shared, net: &Network, node: &Node) -> MeshSettings {
     }
 }
 
-
 fn proof_problem(e: proof::ProofError) -> Problem {
     match e {
         proof::ProofError::Malformed { .. } => Problem::bad_request(e.to_string()),
