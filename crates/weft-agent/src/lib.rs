@@ -151,6 +151,8 @@ mod close_code {
 /// Frames queued for one link's stream before the link is given up as too
 /// slow (a reliable stream cannot drop; one write per node input).
 const LINK_QUEUE: usize = 4096;
+/// Commands handled before the outputs are carried out, under load.
+const BATCH: usize = 64;
 /// Largest read from a link's stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 /// Capacity of the event broadcast; slow subscribers miss old events.
@@ -684,7 +686,23 @@ impl Driver {
                     self.e2e.handle_timeout(now);
                 }
             }
+            // Under load, take what else is queued before carrying out the
+            // outputs: one wake-up and one flush for a burst of packets.
+            let mut shutdown = false;
+            for _ in 0..BATCH {
+                match rx.try_recv() {
+                    Ok(Command::Shutdown) => {
+                        shutdown = true;
+                        break;
+                    }
+                    Ok(c) => self.handle(c),
+                    Err(_) => break,
+                }
+            }
             self.flush();
+            if shutdown {
+                break;
+            }
         }
         for (_, l) in self.links.drain() {
             l.conn
