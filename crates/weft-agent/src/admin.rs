@@ -35,9 +35,6 @@ pub struct StatusContext {
     pub mesh_address: std::net::Ipv6Addr,
     /// Nodes in the network file.
     pub network_nodes: usize,
-    /// Where the network state comes from, said plainly (e.g. whether the
-    /// control plane is reachable or the cached file is in use).
-    pub control_plane: String,
     /// The TUN data plane's counters, if it runs.
     pub tun: Option<(String, Arc<TunStats>)>,
     /// When the agent started.
@@ -194,7 +191,7 @@ async fn answer(
                 peers: peers.len(),
                 routes: routes.len(),
                 network_nodes: ctx.network_nodes,
-                control_plane: ctx.control_plane.clone(),
+                control_plane: agent.control_status(),
                 refusals,
                 tun,
             };

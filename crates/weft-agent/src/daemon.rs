@@ -158,11 +158,12 @@ impl Daemon {
             listen: agent.local_addr(),
             mesh_address: mesh_address(&id),
             network_nodes: network.nodes.len(),
-            control_plane: "not configured: running on the network file in the data directory"
-                .into(),
             tun: tun.as_ref().map(|t| (t.name.clone(), t.stats.clone())),
             started,
         };
+        agent.handle().set_control_status(
+            "not configured: running on the network file in the data directory",
+        );
         let admin = AdminServer::start(&settings.admin_socket, agent.handle(), ctx)?;
         let metrics = match settings.metrics_listen {
             Some(addr) => {

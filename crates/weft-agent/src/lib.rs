@@ -188,6 +188,7 @@ enum Command {
     Routes(oneshot::Sender<Vec<(NodeId, Route)>>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Revoke(RevocationList, oneshot::Sender<bool>),
+    SetNetwork(network::Network, oneshot::Sender<Result<(), AgentError>>),
     Shutdown,
 }
 
@@ -197,6 +198,7 @@ struct Shared {
     roster: RwLock<Arc<Roster>>,
     revoked: RwLock<std::collections::HashSet<NodeId>>,
     refusals: Refusals,
+    control_status: RwLock<String>,
 }
 
 impl Shared {
@@ -275,6 +277,23 @@ impl AgentHandle {
         self.shared.refusals.snapshot()
     }
 
+    /// Trusts a newer network file (nodes enrolled since): the roster
+    /// grows and the new nodes' X-Wing keys are learnt. Refused if it is
+    /// not an extension of the current roster (an index would change).
+    pub async fn set_network(&self, network: network::Network) -> Result<(), AgentError> {
+        self.ask(|tx| Command::SetNetwork(network, tx)).await?
+    }
+
+    /// Says where the network state comes from (shown by `weft status`).
+    pub fn set_control_status(&self, status: impl Into<String>) {
+        *write(&self.shared.control_status) = status.into();
+    }
+
+    /// What [`set_control_status`](Self::set_control_status) said last.
+    pub fn control_status(&self) -> String {
+        read(&self.shared.control_status).clone()
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -322,6 +341,7 @@ impl Agent {
             roster: RwLock::new(cfg.roster),
             revoked: RwLock::new(Default::default()),
             refusals: Refusals::default(),
+            control_status: RwLock::new("no control plane configured".into()),
         });
         let policy = shared.clone();
         let verifier = SpiffePeerVerifier::new(
@@ -783,6 +803,9 @@ impl Driver {
             Command::Revoke(list, tx) => {
                 let _ = tx.send(self.node.revoke(now, list));
             }
+            Command::SetNetwork(net, tx) => {
+                let _ = tx.send(self.set_network(net));
+            }
             Command::Shutdown => {}
         }
     }
@@ -955,6 +978,23 @@ impl Driver {
 }
 
 impl Driver {
+    fn set_network(&mut self, net: network::Network) -> Result<(), AgentError> {
+        let roster = net
+            .roster()
+            .map_err(|e| AgentError::Setup(format!("network file: {e}")))?;
+        if roster.len() < self.node.roster().len() || !self.node.set_roster(roster.clone()) {
+            return Err(AgentError::Setup(
+                "the new network file does not extend the current roster (nodes reordered or removed)"
+                    .into(),
+            ));
+        }
+        for (id, key) in net.kem_keys() {
+            self.e2e.set_peer_key(id, key);
+        }
+        *write(&self.shared.roster) = roster;
+        Ok(())
+    }
+
     /// Updates the metrics that events carry.
     fn observe(&mut self, e: &Event) {
         let now = Instant::now();

@@ -267,3 +267,48 @@ async fn a_revoked_neighbour_is_cut_off_and_cannot_come_back() {
         x.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_enrolled_later_is_accepted_once_the_network_file_grows() {
+    let net = Network::new("mesh.weft.test", 3);
+    // a and b start knowing only themselves and each other.
+    let early = Arc::new(Roster::of(net.keys[..2].iter().map(|k| k.public_key().clone())).unwrap());
+    let start = |i: usize, roster: Arc<Roster>| {
+        let kem = DecapsulationKey::from_seed(*net.kems[i].seed());
+        let mut cfg = net.config(net.keys[i].clone(), kem);
+        cfg.roster = roster;
+        Agent::start(cfg).unwrap()
+    };
+    let a = start(0, early.clone());
+    let b = start(1, early);
+    let c = start(2, net.roster.clone());
+    a.connect(b.local_addr()).await.unwrap();
+    assert!(
+        c.connect(a.local_addr()).await.is_err(),
+        "c is not enrolled yet for a"
+    );
+
+    let grown = weft_agent::network::Network {
+        trust_domain: net.ca.trust_domain().clone(),
+        authority: net.authority.public_key().clone(),
+        nodes: net
+            .keys
+            .iter()
+            .zip(&net.kems)
+            .map(|(k, d)| weft_crypto::NodePublicIdentity {
+                signing: k.public_key().clone(),
+                kem: d.encapsulation_key(),
+            })
+            .collect(),
+    };
+    a.handle().set_network(grown.clone()).await.unwrap();
+    assert_eq!(c.connect(a.local_addr()).await.unwrap(), a.id());
+    deliver(&c, &a, b"newcomer").await;
+    // A file that drops or reorders nodes is refused.
+    let mut shuffled = grown;
+    shuffled.nodes.swap(0, 1);
+    assert!(a.handle().set_network(shuffled).await.is_err());
+    for x in [a, b, c] {
+        x.shutdown().await;
+    }
+}
