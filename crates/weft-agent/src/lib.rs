@@ -115,6 +115,20 @@ pub struct AgentConfig {
     pub e2e: E2eConfig,
 }
 
+/// A snapshot of what the agent measures, for heartbeats and the healing
+/// loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// Neighbours and their links.
+    pub peers: Vec<PeerInfo>,
+    /// Destinations with a route.
+    pub routes: usize,
+    /// Announcements refused, by reason (forged, replayed, ...).
+    pub refused_announcements: Vec<(String, u64)>,
+    /// Links drained now, by peer.
+    pub drained: Vec<NodeId>,
+}
+
 /// A datagram delivered to this node, opened end to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -189,6 +203,9 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Revoke(RevocationList, oneshot::Sender<bool>),
     SetNetwork(network::Network, oneshot::Sender<Result<(), AgentError>>),
+    Drain(NodeId, bool, oneshot::Sender<bool>),
+    InjectLoss(NodeId, f64),
+    Telemetry(oneshot::Sender<Telemetry>),
     Shutdown,
 }
 
@@ -284,6 +301,27 @@ impl AgentHandle {
         self.ask(|tx| Command::SetNetwork(network, tx)).await?
     }
 
+    /// Drains the link to `peer` (no route uses it; liveness is still
+    /// measured) or puts it back; false if there is no such link.
+    pub async fn drain(&self, peer: NodeId, drained: bool) -> Result<bool, AgentError> {
+        self.ask(|tx| Command::Drain(peer, drained, tx)).await
+    }
+
+    /// Fault injection for tests and the demo: drops this fraction of the
+    /// datagrams (hellos included) to and from `peer`, as a lossy link
+    /// would. 0 stops it. Logged, since it degrades a real link.
+    pub fn inject_loss(&self, peer: NodeId, ratio: f64) -> Result<(), AgentError> {
+        tracing::warn!(%peer, ratio, "fault injection: dropping datagrams on the link");
+        self.commands
+            .send(Command::InjectLoss(peer, ratio.clamp(0.0, 1.0)))
+            .map_err(|_| AgentError::Stopped)
+    }
+
+    /// What the agent measures now.
+    pub async fn telemetry(&self) -> Result<Telemetry, AgentError> {
+        self.ask(Command::Telemetry).await
+    }
+
     /// Says where the network state comes from (shown by `weft status`).
     pub fn set_control_status(&self, status: impl Into<String>) {
         *write(&self.shared.control_status) = status.into();
@@ -365,6 +403,13 @@ impl Agent {
             vias: HashMap::new(),
             died: HashMap::new(),
             e2e_handshakes: 0,
+            drained: Default::default(),
+            loss: HashMap::new(),
+            rng: {
+                let mut seed = [0u8; 8];
+                let _ = aws_lc_rs::rand::fill(&mut seed);
+                u64::from_le_bytes(seed) | 1
+            },
             deliveries: deliveries.clone(),
             start: Instant::now(),
             links: HashMap::new(),
@@ -664,6 +709,11 @@ struct Driver {
     /// Neighbours declared dead recently, and when.
     died: HashMap<NodeId, Instant>,
     e2e_handshakes: u64,
+    /// Links drained through the API.
+    drained: std::collections::BTreeSet<NodeId>,
+    /// Fault injection: datagram drop ratio by peer.
+    loss: HashMap<NodeId, f64>,
+    rng: u64,
     deliveries: broadcast::Sender<Delivery>,
     start: Instant,
     links: HashMap<LinkId, LinkHandle>,
@@ -763,7 +813,11 @@ impl Driver {
             }
             Command::Datagram { link, bytes } => {
                 if let Some(l) = self.links.get(&link) {
-                    self.last_rx.insert(l.peer, Instant::now());
+                    let peer = l.peer;
+                    if self.injected_drop(&peer) {
+                        return;
+                    }
+                    self.last_rx.insert(peer, Instant::now());
                     self.node.handle(
                         now,
                         Input::ReceivedDatagram {
@@ -788,23 +842,46 @@ impl Driver {
                 let _ = tx.send(routes);
             }
             Command::Peers(tx) => {
-                let peers = self
-                    .links
-                    .iter()
-                    .map(|(id, l)| PeerInfo {
-                        id: l.peer,
-                        addr: l.conn.remote_address(),
-                        health: self.node.link_health(*id),
-                        metrics: self.node.link_metrics(*id),
-                    })
-                    .collect();
-                let _ = tx.send(peers);
+                let _ = tx.send(self.peer_infos());
             }
             Command::Revoke(list, tx) => {
                 let _ = tx.send(self.node.revoke(now, list));
             }
             Command::SetNetwork(net, tx) => {
                 let _ = tx.send(self.set_network(net));
+            }
+            Command::Drain(peer, drained, tx) => {
+                let done = match self.by_peer.get(&peer) {
+                    Some(&link) => self.node.set_drained(now, link, drained),
+                    None => false,
+                };
+                if done && drained {
+                    self.drained.insert(peer);
+                } else if done {
+                    self.drained.remove(&peer);
+                }
+                let _ = tx.send(done);
+            }
+            Command::InjectLoss(peer, ratio) => {
+                if ratio > 0.0 {
+                    self.loss.insert(peer, ratio);
+                } else {
+                    self.loss.remove(&peer);
+                }
+            }
+            Command::Telemetry(tx) => {
+                let peers = self.peer_infos();
+                let routes = self.node.table().selected_count();
+                let refused_announcements = weft_proto::origin::Refusal::ALL
+                    .iter()
+                    .map(|r| (r.as_str().to_string(), self.node.refused(*r)))
+                    .collect();
+                let _ = tx.send(Telemetry {
+                    peers,
+                    routes,
+                    refused_announcements,
+                    drained: self.drained.iter().copied().collect(),
+                });
             }
             Command::Shutdown => {}
         }
@@ -904,6 +981,12 @@ impl Driver {
                     bytes,
                     reliable,
                 } => {
+                    let Some(peer) = self.links.get(&link).map(|l| l.peer) else {
+                        continue;
+                    };
+                    if !reliable && self.injected_drop(&peer) {
+                        continue;
+                    }
                     let Some(l) = self.links.get(&link) else {
                         continue;
                     };
@@ -978,6 +1061,32 @@ impl Driver {
 }
 
 impl Driver {
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        self.links
+            .iter()
+            .map(|(id, l)| PeerInfo {
+                id: l.peer,
+                addr: l.conn.remote_address(),
+                health: self.node.link_health(*id),
+                metrics: self.node.link_metrics(*id),
+            })
+            .collect()
+    }
+
+    /// Whether fault injection drops this datagram on `peer`'s link.
+    fn injected_drop(&mut self, peer: &NodeId) -> bool {
+        let Some(&p) = self.loss.get(peer) else {
+            return false;
+        };
+        // xorshift64: fast, and good enough to decide drops.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
     fn set_network(&mut self, net: network::Network) -> Result<(), AgentError> {
         let roster = net
             .roster()

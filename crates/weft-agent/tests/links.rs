@@ -312,3 +312,57 @@ async fn a_node_enrolled_later_is_accepted_once_the_network_file_grows() {
         x.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_moves_routes_and_injected_loss_shows_in_telemetry() {
+    // a - b - c and a - d - c.
+    let net = Network::new("mesh.weft.test", 4);
+    let agents: Vec<Agent> = (0..4).map(|i| net.start(i)).collect();
+    let [a, b, c, d] = [&agents[0], &agents[1], &agents[2], &agents[3]];
+    a.connect(b.local_addr()).await.unwrap();
+    b.connect(c.local_addr()).await.unwrap();
+    a.connect(d.local_addr()).await.unwrap();
+    d.connect(c.local_addr()).await.unwrap();
+    eventually(Duration::from_secs(10), "a has a route to c", || async {
+        next_hop(a, c.id()).await.is_some()
+    })
+    .await;
+    let via = next_hop(a, c.id()).await.unwrap();
+    assert!(a.handle().drain(via, true).await.unwrap());
+    let other = if via == b.id() { d.id() } else { b.id() };
+    eventually(
+        Duration::from_secs(5),
+        "the route leaves the drained link",
+        || async { next_hop(a, c.id()).await == Some(other) },
+    )
+    .await;
+    assert_eq!(a.handle().telemetry().await.unwrap().drained, vec![via]);
+    // The drained neighbour itself is reached the long way round.
+    eventually(Duration::from_secs(5), "a reaches every node", || async {
+        a.handle().telemetry().await.unwrap().routes == 3
+    })
+    .await;
+    assert_ne!(next_hop(a, via).await, Some(via));
+    // Undrained, the link carries routes again (either path may win).
+    assert!(a.handle().drain(via, false).await.unwrap());
+    assert!(a.handle().telemetry().await.unwrap().drained.is_empty());
+
+    a.handle().inject_loss(other, 0.3).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a measures loss on the link",
+        || async {
+            a.handle()
+                .telemetry()
+                .await
+                .unwrap()
+                .peers
+                .iter()
+                .any(|p| p.id == other && p.metrics.is_some_and(|m| m.loss > 0.1))
+        },
+    )
+    .await;
+    for x in agents {
+        x.shutdown().await;
+    }
+}

@@ -283,6 +283,9 @@ struct Link {
     live: LinkLiveness,
     /// Cost last given to the route table.
     cost: u16,
+    /// Drained by the operator or the healing loop: carries no routes
+    /// (cost infinite) while liveness keeps being measured.
+    drained: bool,
     /// Bytes received that do not yet form a whole frame.
     rx_buf: Vec<u8>,
     /// The whole table goes out at the next flush (the link is new).
@@ -511,6 +514,25 @@ impl Node {
         })
     }
 
+    /// Drains a link (no route uses it; liveness is still measured) or
+    /// puts it back. Returns false for an unknown link.
+    pub fn set_drained(&mut self, now: Time, link: LinkId, drained: bool) -> bool {
+        self.now = now;
+        let Some(&slot) = self.slots.get(&link) else {
+            return false;
+        };
+        let Some(l) = self.link_mut(slot) else {
+            return false;
+        };
+        l.drained = drained;
+        let cost = if drained { u16::MAX } else { l.live.cost() };
+        l.cost = cost;
+        let changes = self.table.set_link_cost(slot, cost);
+        self.apply_changes(changes);
+        self.finish(now);
+        true
+    }
+
     /// The newest revocation list accepted (from the driver or a neighbour).
     pub fn revocation(&self) -> Option<&RevocationList> {
         self.revocation.as_ref()
@@ -684,6 +706,7 @@ impl Node {
             peer,
             live: LinkLiveness::new(&self.cfg.liveness),
             cost: u16::MAX,
+            drained: false,
             rx_buf: Vec::new(),
             // The full table, once, at the next flush: our own route and
             // every selected route.
@@ -863,10 +886,11 @@ impl Node {
         };
         let was = l.live.health();
         l.live.on_hello(now, &cfg, h);
-        let cost = l.live.cost();
+        let cost = if l.drained { u16::MAX } else { l.live.cost() };
         let old = l.cost;
         let peer = l.peer;
-        let significant = old == u16::MAX
+        let significant = (old == u16::MAX && cost != u16::MAX)
+            || (cost == u16::MAX && old != u16::MAX)
             || (f64::from(cost) - f64::from(old)).abs() > hysteresis * f64::from(old);
         if significant {
             l.cost = cost;

@@ -95,6 +95,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::UnknownOrigin,
+        Refusal::RevokedOrigin,
+        Refusal::Replayed,
+        Refusal::Forged,
+    ];
+
     /// Label for metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -372,7 +372,12 @@ impl RouteTable {
         self.dests.get(origin.get()).and_then(Dest::fd)
     }
 
-    /// The selected route to `origin`.
+    /// How many destinations have a selected route.
+    pub fn selected_count(&self) -> usize {
+        self.dests.iter().filter(|d| d.sel_via != NONE).count()
+    }
+
+    /// The route selected for `origin`, if any.
     pub fn selected(&self, origin: NodeIndex) -> Option<Selected> {
         self.dests.get(origin.get()).and_then(Dest::selected)
     }
