@@ -14,10 +14,11 @@ use weft_crypto::NodeId;
 use crate::StoreConfig;
 use crate::error::{Result, StoreError};
 use crate::model::{
-    ApiToken, ApiTokenId, AuditFilter, AuditRecord, Enrolled, Heartbeat, JoinToken, JoinTokenId,
-    Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork,
-    NewNode, NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary, Revocation,
-    SecretBytes, SecretToken, SvidRecord, Tags,
+    ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditRecord, Enrolled, Heartbeat,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentSummary, JoinToken, JoinTokenId, Network,
+    NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode,
+    NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary, Revocation, SecretBytes,
+    SecretToken, SvidRecord, Tags,
 };
 use crate::postgres::PgStore;
 use crate::sqlite::{DEFAULT_FILE_NAME, SqliteStore};
@@ -180,6 +181,11 @@ delegate! {
     fn put_policy(&self, policy: NewPolicy, now: OffsetDateTime) -> Result<Policy>;
     fn get_policy(&self, network_id: NetworkId, version: Option<u32>) -> Result<Policy>;
     fn list_policies(&self, network_id: NetworkId, page: PageRequest) -> Result<Page<PolicySummary>>;
+    fn put_incident(&self, incident: IncidentRecord) -> Result<bool>;
+    fn get_incident(&self, id: IncidentId) -> Result<IncidentRecord>;
+    fn list_incidents(&self, filter: IncidentFilter, page: PageRequest) -> Result<Page<IncidentSummary>>;
+    fn action_stats(&self, incident_kind: Option<&str>) -> Result<Vec<ActionStats>>;
+    fn prune_incidents(&self, before: OffsetDateTime) -> Result<u64>;
 }
 
 #[cfg(test)]

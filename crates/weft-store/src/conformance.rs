@@ -16,9 +16,10 @@ use weft_crypto::{NodeId, SpiffeId, TrustDomain};
 use crate::error::StoreError;
 use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
-    AuditFilter, AuditResult, Cursor, Heartbeat, JoinToken, Network, NetworkName, NewApiToken,
-    NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, NodeFilter, NodeStatus,
-    PageRequest, Role, SecretBytes, SecretToken, SvidRecord, Tags,
+    ActionOutcome, ActionStats, AuditFilter, AuditResult, Cursor, Heartbeat, IncidentAction,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentStatus, JoinToken, Network, NetworkId,
+    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy,
+    NodeFilter, NodeStatus, PageRequest, Role, SecretBytes, SecretToken, SvidRecord, Tags,
 };
 use crate::store::Store;
 
@@ -1190,6 +1191,329 @@ pub async fn policies<S: Store>(store: &S) {
     );
 }
 
+fn incident(network_id: Option<NetworkId>, kind: &str, opened: i64) -> IncidentRecord {
+    IncidentRecord {
+        id: IncidentId::new(),
+        network_id,
+        kind: kind.into(),
+        status: IncidentStatus::Open,
+        severity: "major".into(),
+        target: format!("node:{}", node_id(9, opened as u32)),
+        opened_at: at(opened),
+        updated_at: at(opened),
+        resolved_at: None,
+        document: format!("{{\"evidence\":[{opened}],\"timeline\":[]}}"),
+        actions: Vec::new(),
+    }
+}
+
+fn action(seq: u32, name: &str, outcome: ActionOutcome, second: i64) -> IncidentAction {
+    IncidentAction {
+        seq,
+        action: name.into(),
+        target: "link:a-b".into(),
+        outcome,
+        started_at: at(second),
+        finished_at: (outcome != ActionOutcome::Pending).then(|| at(second + 10)),
+    }
+}
+
+/// Incidents: stored and read back whole, replaced by newer versions but
+/// never by older ones, listed newest first with filters and pages,
+/// action outcomes counted per (kind, action), resolved ones pruned; bad
+/// inputs refused naming the field.
+pub async fn incidents<S: Store>(store: &S) {
+    let net = network(store, "heal").await;
+    let mut a = incident(Some(net.id), "link_degraded", 10);
+    a.actions = vec![
+        action(0, "drain_link", ActionOutcome::Failed, 11),
+        action(1, "force_reroute", ActionOutcome::Pending, 30),
+    ];
+    assert!(store.put_incident(a.clone()).await.expect("put"));
+    assert_eq!(store.get_incident(a.id).await.expect("get"), a);
+
+    // A newer version replaces everything, actions included.
+    let mut a2 = a.clone();
+    a2.kind = "partition".into();
+    a2.status = IncidentStatus::Resolved;
+    a2.severity = "critical".into();
+    a2.updated_at = at(50);
+    a2.resolved_at = Some(at(50));
+    a2.document = "{\"timeline\":[\"resolved\"]}".into();
+    a2.actions[1] = action(1, "force_reroute", ActionOutcome::Succeeded, 30);
+    assert!(store.put_incident(a2.clone()).await.expect("put newer"));
+    assert_eq!(store.get_incident(a.id).await.expect("get"), a2);
+    // An older version changes nothing.
+    assert!(!store.put_incident(a.clone()).await.expect("put older"));
+    assert_eq!(store.get_incident(a.id).await.expect("get"), a2);
+    // The same version again is stored again (idempotent).
+    assert!(store.put_incident(a2.clone()).await.expect("put same"));
+
+    let mut b = incident(None, "overload", 20);
+    b.actions = vec![
+        action(0, "shed_load", ActionOutcome::Succeeded, 21),
+        action(1, "restart_process", ActionOutcome::Failed, 40),
+        action(2, "shed_load", ActionOutcome::Succeeded, 60),
+    ];
+    store.put_incident(b.clone()).await.expect("put b");
+    let mut c = incident(Some(net.id), "overload", 30);
+    c.status = IncidentStatus::Escalated;
+    c.actions = vec![action(0, "shed_load", ActionOutcome::Failed, 31)];
+    store.put_incident(c.clone()).await.expect("put c");
+    let d = incident(Some(net.id), "node_down", 40);
+    store.put_incident(d.clone()).await.expect("put d");
+
+    let ids = |page: crate::model::Page<crate::model::IncidentSummary>| {
+        page.items.into_iter().map(|i| i.id).collect::<Vec<_>>()
+    };
+    let everything = store
+        .list_incidents(IncidentFilter::default(), PageRequest::first(10))
+        .await
+        .expect("list");
+    assert_eq!(ids(everything.clone()), [d.id, c.id, b.id, a.id]);
+    let c_summary = &everything.items[1];
+    assert_eq!(
+        (c_summary.kind.as_str(), c_summary.status, &c_summary.target),
+        ("overload", IncidentStatus::Escalated, &c.target)
+    );
+    let first = store
+        .list_incidents(IncidentFilter::default(), PageRequest::first(3))
+        .await
+        .expect("page 1");
+    let second = store
+        .list_incidents(
+            IncidentFilter::default(),
+            PageRequest::after(first.next.clone().expect("cursor"), 3),
+        )
+        .await
+        .expect("page 2");
+    assert_eq!(ids(first), [d.id, c.id, b.id]);
+    assert_eq!(ids(second.clone()), [a.id]);
+    assert!(second.next.is_none());
+    let unresolved = IncidentFilter {
+        unresolved: true,
+        ..IncidentFilter::default()
+    };
+    assert_eq!(
+        ids(store
+            .list_incidents(unresolved, PageRequest::first(10))
+            .await
+            .expect("unresolved")),
+        [d.id, c.id, b.id]
+    );
+    let overloads_in_net = IncidentFilter {
+        kind: Some("overload".into()),
+        network_id: Some(net.id),
+        ..IncidentFilter::default()
+    };
+    assert_eq!(
+        ids(store
+            .list_incidents(overloads_in_net, PageRequest::first(10))
+            .await
+            .expect("kind and network")),
+        [c.id]
+    );
+    let resolved = IncidentFilter {
+        status: Some(IncidentStatus::Resolved),
+        ..IncidentFilter::default()
+    };
+    assert_eq!(
+        ids(store
+            .list_incidents(resolved, PageRequest::first(10))
+            .await
+            .expect("resolved")),
+        [a.id]
+    );
+
+    let stats = |kind: &str, action: &str, succeeded: u64, failed: u64| ActionStats {
+        incident_kind: kind.into(),
+        action: action.into(),
+        succeeded,
+        failed,
+    };
+    assert_eq!(
+        store.action_stats(None).await.expect("stats"),
+        [
+            stats("overload", "restart_process", 0, 1),
+            stats("overload", "shed_load", 2, 1),
+            stats("partition", "drain_link", 0, 1),
+            stats("partition", "force_reroute", 1, 0),
+        ]
+    );
+    assert_eq!(
+        store.action_stats(Some("partition")).await.expect("stats"),
+        [
+            stats("partition", "drain_link", 0, 1),
+            stats("partition", "force_reroute", 1, 0),
+        ]
+    );
+    assert!(
+        store
+            .action_stats(Some("node_down"))
+            .await
+            .expect("none")
+            .is_empty()
+    );
+
+    // Only resolved incidents resolved before the cutoff go.
+    assert_eq!(store.prune_incidents(at(50)).await.expect("prune"), 0);
+    assert_eq!(store.prune_incidents(at(51)).await.expect("prune"), 1);
+    assert!(matches!(
+        store.get_incident(a.id).await,
+        Err(StoreError::NotFound {
+            what: "incident",
+            ..
+        })
+    ));
+    assert_eq!(
+        store.action_stats(Some("partition")).await.expect("stats"),
+        []
+    );
+    store.get_incident(b.id).await.expect("b stays");
+
+    // Refusals name what is wrong.
+    let refused = |r: Result<bool, StoreError>, field: &str| {
+        assert!(
+            matches!(&r, Err(StoreError::InvalidInput { what, .. }) if *what == field),
+            "expected {field} to be refused, got {r:?}"
+        );
+    };
+    let base = incident(None, "node_down", 70);
+    for (bad, field) in [
+        (
+            IncidentRecord {
+                kind: "Node Down".into(),
+                ..base.clone()
+            },
+            "incident kind",
+        ),
+        (
+            IncidentRecord {
+                severity: String::new(),
+                ..base.clone()
+            },
+            "incident severity",
+        ),
+        (
+            IncidentRecord {
+                target: "x".repeat(crate::limits::MAX_TARGET_LEN + 1),
+                ..base.clone()
+            },
+            "incident target",
+        ),
+        (
+            IncidentRecord {
+                document: "[1]".into(),
+                ..base.clone()
+            },
+            "incident document",
+        ),
+        (
+            IncidentRecord {
+                document: "{".into(),
+                ..base.clone()
+            },
+            "incident document",
+        ),
+        (
+            IncidentRecord {
+                document: format!(
+                    "{{\"x\":\"{}\"}}",
+                    "y".repeat(crate::limits::MAX_INCIDENT_DOCUMENT_LEN)
+                ),
+                ..base.clone()
+            },
+            "incident document",
+        ),
+        (
+            IncidentRecord {
+                status: IncidentStatus::Resolved,
+                ..base.clone()
+            },
+            "incident resolved_at",
+        ),
+        (
+            IncidentRecord {
+                updated_at: at(69),
+                ..base.clone()
+            },
+            "incident updated_at",
+        ),
+        (
+            IncidentRecord {
+                actions: (0..=crate::limits::MAX_INCIDENT_ACTIONS as u32)
+                    .map(|i| action(i, "shed_load", ActionOutcome::Failed, 70))
+                    .collect(),
+                ..base.clone()
+            },
+            "incident actions",
+        ),
+        (
+            IncidentRecord {
+                actions: vec![
+                    action(0, "shed_load", ActionOutcome::Failed, 70),
+                    action(0, "shed_load", ActionOutcome::Failed, 71),
+                ],
+                ..base.clone()
+            },
+            "incident action seq",
+        ),
+        (
+            IncidentRecord {
+                actions: vec![action(0, "shed-load", ActionOutcome::Failed, 70)],
+                ..base.clone()
+            },
+            "incident action",
+        ),
+        (
+            IncidentRecord {
+                actions: vec![IncidentAction {
+                    finished_at: None,
+                    ..action(0, "shed_load", ActionOutcome::Failed, 70)
+                }],
+                ..base.clone()
+            },
+            "incident action finished_at",
+        ),
+    ] {
+        refused(store.put_incident(bad).await, field);
+    }
+    assert!(matches!(
+        store.get_incident(base.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let mut orphan = base.clone();
+    orphan.network_id = Some(NetworkId::new());
+    assert!(matches!(
+        store.put_incident(orphan).await,
+        Err(StoreError::NotFound {
+            what: "network",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store
+            .list_incidents(
+                IncidentFilter {
+                    kind: Some("BAD".into()),
+                    ..IncidentFilter::default()
+                },
+                PageRequest::first(10)
+            )
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store
+            .list_incidents(
+                IncidentFilter::default(),
+                PageRequest::after(Cursor::parse("nope").expect("cursor"), 10)
+            )
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+}
+
 /// Rows changed behind the store's back (by `exec`, which runs one SQL
 /// statement on the same database) read back as
 /// [`StoreError::Corrupt`], naming the record, never as a panic.
@@ -1261,5 +1585,23 @@ where
     expect_corrupt(
         store.get_join_token(token.id).await.map(|_| ()),
         "text over its limit",
+    );
+    let inc = incident(None, "node_down", 5);
+    assert!(store.put_incident(inc.clone()).await.expect("put incident"));
+    exec(format!(
+        "UPDATE incidents SET kind = 'Node Down' WHERE target = '{}'",
+        inc.target
+    ))
+    .await;
+    expect_corrupt(
+        store.get_incident(inc.id).await.map(|_| ()),
+        "incident kind breaking the rules",
+    );
+    expect_corrupt(
+        store
+            .list_incidents(IncidentFilter::default(), PageRequest::first(10))
+            .await
+            .map(|_| ()),
+        "incident kind breaking the rules",
     );
 }

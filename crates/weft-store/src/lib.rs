@@ -2,7 +2,7 @@
 //!
 //! - [`Store`]: the trait the control plane uses: networks and their CA,
 //!   join tokens and enrollment, nodes and revocation, API tokens, audit,
-//!   heartbeats, policies.
+//!   heartbeats, policies, and the self-healing loop's incidents.
 //! - [`SqliteStore`]: the default backend, one SQLite file in WAL mode.
 //! - [`PgStore`]: PostgreSQL, for more than one control-plane process.
 //! - [`AnyStore`]: either, chosen at run time from a [`Location`]
@@ -32,11 +32,12 @@ pub use any::{AnyStore, Location};
 pub use error::{Result, StoreError};
 pub use model::limits;
 pub use model::{
-    ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord, AuditResult, Cursor, Enrolled,
-    Heartbeat, JoinToken, JoinTokenId, Network, NetworkId, NetworkName, NewApiToken,
-    NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node, NodeFilter, NodeStatus,
-    Page, PageRequest, Policy, PolicySummary, Revocation, Role, SecretBytes, SecretToken,
-    SvidRecord, Tags,
+    ActionOutcome, ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord,
+    AuditResult, Cursor, Enrolled, Heartbeat, IncidentAction, IncidentFilter, IncidentId,
+    IncidentRecord, IncidentStatus, IncidentSummary, JoinToken, JoinTokenId, Network, NetworkId,
+    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node,
+    NodeFilter, NodeStatus, Page, PageRequest, Policy, PolicySummary, Revocation, Role,
+    SecretBytes, SecretToken, SvidRecord, Tags,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -44,7 +45,7 @@ pub use store::Store;
 
 /// The schema version this build creates and expects: the newest migration
 /// in `migrations/sqlite` and `migrations/postgres` (kept equal).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Settings shared by both backends.
 #[derive(Clone, Debug)]

@@ -59,6 +59,16 @@ pub mod limits {
     pub const MAX_HEARTBEAT_BATCH: usize = 1000;
     /// Heartbeats kept per node by default.
     pub const DEFAULT_HEARTBEAT_HISTORY: u32 = 120;
+    /// Longest incident kind, severity, action name or outcome (a token of
+    /// `a-z 0-9 _`).
+    pub const MAX_INCIDENT_TOKEN_LEN: usize = 64;
+    /// Largest incident document (JSON: evidence and timeline).
+    pub const MAX_INCIDENT_DOCUMENT_LEN: usize = 256 * 1024;
+    /// Most actions recorded for one incident.
+    pub const MAX_INCIDENT_ACTIONS: usize = 64;
+    /// Most (incident kind, action) pairs [`crate::Store::action_stats`]
+    /// returns.
+    pub const MAX_ACTION_STATS: usize = 1000;
 }
 
 use limits::*;
@@ -128,6 +138,11 @@ uuid_id!(
     /// An audit record's id.
     AuditId,
     "audit record id"
+);
+uuid_id!(
+    /// An incident's id (made by the self-healing loop).
+    IncidentId,
+    "incident id"
 );
 
 /// Microseconds since the Unix epoch, as stored.
@@ -888,6 +903,201 @@ pub struct PolicySummary {
     pub created_at: OffsetDateTime,
     /// The document's size in bytes.
     pub size: u64,
+}
+
+// --------------------------------------------------------------- incidents
+
+/// Where an incident stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentStatus {
+    /// Detected; the self-healing loop is handling it.
+    Open,
+    /// Still present, but the loop has no action left to try: an operator
+    /// must look.
+    Escalated,
+    /// Over: its symptoms cleared.
+    Resolved,
+}
+
+impl IncidentStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Escalated => "escalated",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+}
+
+impl fmt::Display for IncidentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IncidentStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "open" => Ok(IncidentStatus::Open),
+            "escalated" => Ok(IncidentStatus::Escalated),
+            "resolved" => Ok(IncidentStatus::Resolved),
+            _ => Err(StoreError::invalid(
+                "incident status",
+                format!(
+                    "{:?}: expected open, escalated or resolved",
+                    s.chars().take(16).collect::<String>()
+                ),
+            )),
+        }
+    }
+}
+
+/// How one action taken on an incident ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionOutcome {
+    /// Not known yet (acting or verifying).
+    Pending,
+    /// It was taken and verified to help.
+    Succeeded,
+    /// It failed, or did not help (and was rolled back where possible).
+    Failed,
+}
+
+impl ActionOutcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Pending => "pending",
+            ActionOutcome::Succeeded => "succeeded",
+            ActionOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ActionOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ActionOutcome {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(ActionOutcome::Pending),
+            "succeeded" => Ok(ActionOutcome::Succeeded),
+            "failed" => Ok(ActionOutcome::Failed),
+            _ => Err(StoreError::invalid(
+                "action outcome",
+                format!(
+                    "{:?}: expected pending, succeeded or failed",
+                    s.chars().take(16).collect::<String>()
+                ),
+            )),
+        }
+    }
+}
+
+/// One action taken on an incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentAction {
+    /// Its place among the incident's actions: 0, 1, ... (unique within
+    /// the incident).
+    pub seq: u32,
+    /// The action (a token of `a-z 0-9 _`, such as `drain_link`).
+    pub action: String,
+    /// What it acted on (1 to [`MAX_TARGET_LEN`] bytes).
+    pub target: String,
+    /// How it ended.
+    pub outcome: ActionOutcome,
+    /// When it was taken.
+    pub started_at: OffsetDateTime,
+    /// When its outcome was known, once it is.
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// An incident of the self-healing loop, as stored: the fields to query
+/// by, the loop's own document (evidence and timeline, JSON) and the
+/// actions taken, whose outcomes give [`crate::Store::action_stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentRecord {
+    /// Its id.
+    pub id: IncidentId,
+    /// The network, if the loop serves one.
+    pub network_id: Option<NetworkId>,
+    /// Its kind (a token of `a-z 0-9 _`, such as `node_down`).
+    pub kind: String,
+    /// Where it stands.
+    pub status: IncidentStatus,
+    /// Its severity (a token, such as `major`).
+    pub severity: String,
+    /// What it is about (1 to [`MAX_TARGET_LEN`] bytes).
+    pub target: String,
+    /// When it was detected.
+    pub opened_at: OffsetDateTime,
+    /// When it last changed; a write older than the stored one is ignored.
+    pub updated_at: OffsetDateTime,
+    /// When it was resolved: set exactly when the status is resolved.
+    pub resolved_at: Option<OffsetDateTime>,
+    /// The loop's document, a JSON object (up to
+    /// [`MAX_INCIDENT_DOCUMENT_LEN`] bytes).
+    pub document: String,
+    /// The actions taken, in `seq` order (up to [`MAX_INCIDENT_ACTIONS`]).
+    pub actions: Vec<IncidentAction>,
+}
+
+/// An incident without its document and actions, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentSummary {
+    /// Its id.
+    pub id: IncidentId,
+    /// The network, if any.
+    pub network_id: Option<NetworkId>,
+    /// Its kind.
+    pub kind: String,
+    /// Where it stands.
+    pub status: IncidentStatus,
+    /// Its severity.
+    pub severity: String,
+    /// What it is about.
+    pub target: String,
+    /// When it was detected.
+    pub opened_at: OffsetDateTime,
+    /// When it last changed.
+    pub updated_at: OffsetDateTime,
+    /// When it was resolved.
+    pub resolved_at: Option<OffsetDateTime>,
+}
+
+/// Which incidents to list; every set field must match.
+#[derive(Clone, Debug, Default)]
+pub struct IncidentFilter {
+    /// Exactly this status.
+    pub status: Option<IncidentStatus>,
+    /// Only incidents not resolved (open or escalated).
+    pub unresolved: bool,
+    /// Exactly this kind.
+    pub kind: Option<String>,
+    /// This network.
+    pub network_id: Option<NetworkId>,
+}
+
+/// How often an action helped with incidents of one kind: the actions
+/// with a known outcome that are still stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionStats {
+    /// The incident kind.
+    pub incident_kind: String,
+    /// The action.
+    pub action: String,
+    /// Times it was verified to help.
+    pub succeeded: u64,
+    /// Times it failed or did not help.
+    pub failed: u64,
 }
 
 // ------------------------------------------------------------------- pages

@@ -17,11 +17,12 @@ use super::{Backend, Db};
 use crate::error::{Result, StoreError};
 use crate::limits::*;
 use crate::model::{
-    ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord, AuditResult, Cursor, Enrolled,
-    Heartbeat, JoinToken, JoinTokenId, Network, NetworkId, NetworkName, NewApiToken,
-    NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node, NodeFilter, NodeStatus,
-    Page, PageRequest, Policy, PolicySummary, Revocation, Role, SecretBytes, SecretToken,
-    SvidRecord, Tags, check_nonempty, check_text, from_micros, to_micros,
+    ActionOutcome, ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord,
+    AuditResult, Cursor, Enrolled, Heartbeat, IncidentAction, IncidentFilter, IncidentId,
+    IncidentRecord, IncidentStatus, IncidentSummary, JoinToken, JoinTokenId, Network, NetworkId,
+    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node,
+    NodeFilter, NodeStatus, Page, PageRequest, Policy, PolicySummary, Revocation, Role,
+    SecretBytes, SecretToken, SvidRecord, Tags, check_nonempty, check_text, from_micros, to_micros,
 };
 use crate::secret::{self, TokenKind};
 use crate::store::Store;
@@ -38,6 +39,9 @@ const REVOCATION_COLS: &str =
 const API_COLS: &str =
     "id, name, role, created_at, created_by, expires_at, revoked_at, last_used_at";
 const AUDIT_COLS: &str = "id, at, actor, action, target, network_id, result, detail";
+const INCIDENT_COLS: &str =
+    "id, network_id, kind, status, severity, target, opened_at, updated_at, resolved_at";
+const INCIDENT_ACTION_COLS: &str = "seq, action, target, outcome, started_at, finished_at";
 
 /// The `store_events` row that marks the first admin token as made.
 const FIRST_ADMIN_EVENT: &str = "first_admin_token";
@@ -265,6 +269,53 @@ fn policy_from_row(row: &DbRow) -> Result<Policy> {
     })
 }
 
+fn incident_summary_from_row(row: &DbRow) -> Result<IncidentSummary> {
+    const W: &str = "incident";
+    let id: Uuid = col(row, "id", W, "?")?;
+    let ids = id.to_string();
+    let token = |name: &'static str| -> Result<String> {
+        let s = text_col(row, name, W, &ids, MAX_INCIDENT_TOKEN_LEN)?;
+        check_token("x", &s).map_err(|_| {
+            StoreError::corrupt(W, &ids, format!("column {name}: {s:?} is not a token"))
+        })?;
+        Ok(s)
+    };
+    let summary = IncidentSummary {
+        id: IncidentId(id),
+        network_id: col::<Option<Uuid>>(row, "network_id", W, &ids)?.map(NetworkId),
+        kind: token("kind")?,
+        status: parse_col(row, "status", W, &ids)?,
+        severity: token("severity")?,
+        target: text_col(row, "target", W, &ids, MAX_TARGET_LEN)?,
+        opened_at: time_col(row, "opened_at", W, &ids)?,
+        updated_at: time_col(row, "updated_at", W, &ids)?,
+        resolved_at: opt_time_col(row, "resolved_at", W, &ids)?,
+    };
+    if (summary.status == IncidentStatus::Resolved) != summary.resolved_at.is_some() {
+        return Err(StoreError::corrupt(
+            W,
+            &ids,
+            "resolved_at must be set exactly when the status is resolved",
+        ));
+    }
+    Ok(summary)
+}
+
+fn incident_action_from_row(row: &DbRow, ids: &str) -> Result<IncidentAction> {
+    const W: &str = "incident";
+    let action = text_col(row, "action", W, ids, MAX_INCIDENT_TOKEN_LEN)?;
+    check_token("x", &action)
+        .map_err(|_| StoreError::corrupt(W, ids, format!("action {action:?} is not a token")))?;
+    Ok(IncidentAction {
+        seq: count(col(row, "seq", W, ids)?, "seq", W, ids)?,
+        action,
+        target: text_col(row, "target", W, ids, MAX_TARGET_LEN)?,
+        outcome: parse_col::<ActionOutcome>(row, "outcome", W, ids)?,
+        started_at: time_col(row, "started_at", W, ids)?,
+        finished_at: opt_time_col(row, "finished_at", W, ids)?,
+    })
+}
+
 fn all<T>(rows: &[DbRow], f: fn(&DbRow) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(f).collect()
 }
@@ -302,6 +353,102 @@ fn check_action(action: &str) -> Result<()> {
             "audit action",
             format!("{action:?}: only a-z, 0-9 and . _ - are allowed"),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a token (incident kind, severity, action) that is empty,
+/// longer than [`MAX_INCIDENT_TOKEN_LEN`] or holds anything but
+/// `a-z 0-9 _`.
+fn check_token(what: &'static str, value: &str) -> Result<()> {
+    check_nonempty(what, value, MAX_INCIDENT_TOKEN_LEN)?;
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::invalid(
+            what,
+            format!("{value:?}: only a-z, 0-9 and _ are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_incident(i: &IncidentRecord) -> Result<()> {
+    check_token("incident kind", &i.kind)?;
+    check_token("incident severity", &i.severity)?;
+    check_nonempty("incident target", &i.target, MAX_TARGET_LEN)?;
+    if (i.status == IncidentStatus::Resolved) != i.resolved_at.is_some() {
+        return Err(StoreError::invalid(
+            "incident resolved_at",
+            format!(
+                "status is {} but resolved_at is {}; set it exactly when the status is resolved",
+                i.status,
+                if i.resolved_at.is_some() {
+                    "set"
+                } else {
+                    "empty"
+                }
+            ),
+        ));
+    }
+    if i.updated_at < i.opened_at {
+        return Err(StoreError::invalid(
+            "incident updated_at",
+            "it must not be earlier than opened_at",
+        ));
+    }
+    if i.document.len() > MAX_INCIDENT_DOCUMENT_LEN {
+        return Err(StoreError::invalid(
+            "incident document",
+            format!(
+                "{} bytes; the limit is {MAX_INCIDENT_DOCUMENT_LEN}",
+                i.document.len()
+            ),
+        ));
+    }
+    if !i.document.trim_start().starts_with('{') {
+        return Err(StoreError::invalid(
+            "incident document",
+            "must be a JSON object",
+        ));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(&i.document)
+        .map_err(|e| StoreError::invalid("incident document", format!("not valid JSON: {e}")))?;
+    if i.actions.len() > MAX_INCIDENT_ACTIONS {
+        return Err(StoreError::invalid(
+            "incident actions",
+            format!(
+                "{} actions; the limit is {MAX_INCIDENT_ACTIONS}",
+                i.actions.len()
+            ),
+        ));
+    }
+    let mut seqs = std::collections::BTreeSet::new();
+    for a in &i.actions {
+        check_token("incident action", &a.action)?;
+        check_nonempty("incident action target", &a.target, MAX_TARGET_LEN)?;
+        if !seqs.insert(a.seq) {
+            return Err(StoreError::invalid(
+                "incident action seq",
+                format!("{} appears twice; each action needs its own", a.seq),
+            ));
+        }
+        if (a.outcome == ActionOutcome::Pending) == a.finished_at.is_some() {
+            return Err(StoreError::invalid(
+                "incident action finished_at",
+                format!(
+                    "action {} is {} but finished_at is {}; set it exactly when the outcome is known",
+                    a.seq,
+                    a.outcome,
+                    if a.finished_at.is_some() {
+                        "set"
+                    } else {
+                        "empty"
+                    }
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -1414,6 +1561,232 @@ impl Store for Backend {
             self.get_network(network_id).await?;
         }
         Ok(Page::from_rows(items, limit, |p| p.version.to_string()))
+    }
+
+    // ----------------------------------------------------------- incidents
+
+    async fn put_incident(&self, i: IncidentRecord) -> Result<bool> {
+        check_incident(&i)?;
+        let mut tx = self.begin().await?;
+        if let Some(network_id) = i.network_id {
+            network_exists(&mut tx, network_id).await?;
+        }
+        let done = sqlx::query(
+            "INSERT INTO incidents (id, network_id, kind, status, severity, target, opened_at, \
+             updated_at, resolved_at, document) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET network_id = excluded.network_id, \
+             kind = excluded.kind, status = excluded.status, severity = excluded.severity, \
+             target = excluded.target, opened_at = excluded.opened_at, \
+             updated_at = excluded.updated_at, resolved_at = excluded.resolved_at, \
+             document = excluded.document \
+             WHERE incidents.updated_at <= excluded.updated_at",
+        )
+        .bind(i.id.0)
+        .bind(i.network_id.map(|n| n.0))
+        .bind(&i.kind)
+        .bind(i.status.as_str())
+        .bind(&i.severity)
+        .bind(&i.target)
+        .bind(to_micros(i.opened_at))
+        .bind(to_micros(i.updated_at))
+        .bind(i.resolved_at.map(to_micros))
+        .bind(&i.document)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("store an incident"))?;
+        if done.rows_affected() == 0 {
+            // A newer version is stored; leave it (and its actions) alone.
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM incident_actions WHERE incident_id = $1")
+            .bind(i.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("store an incident's actions"))?;
+        if !i.actions.is_empty() {
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO incident_actions (incident_id, seq, kind, action, target, outcome, \
+                 started_at, finished_at) ",
+            );
+            q.push_values(&i.actions, |mut b, a| {
+                b.push_bind(i.id.0)
+                    .push_bind(i64::from(a.seq))
+                    .push_bind(&i.kind)
+                    .push_bind(&a.action)
+                    .push_bind(&a.target)
+                    .push_bind(a.outcome.as_str())
+                    .push_bind(to_micros(a.started_at))
+                    .push_bind(a.finished_at.map(to_micros));
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("store an incident's actions"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::db("store an incident"))?;
+        Ok(true)
+    }
+
+    async fn get_incident(&self, id: IncidentId) -> Result<IncidentRecord> {
+        let sql = format!("SELECT {INCIDENT_COLS}, document FROM incidents WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.0)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(StoreError::db("read an incident"))?
+            .ok_or_else(|| StoreError::not_found("incident", id))?;
+        let summary = incident_summary_from_row(&row)?;
+        let ids = id.to_string();
+        let document = text_col(
+            &row,
+            "document",
+            "incident",
+            &ids,
+            MAX_INCIDENT_DOCUMENT_LEN,
+        )?;
+        let sql = format!(
+            "SELECT {INCIDENT_ACTION_COLS} FROM incident_actions WHERE incident_id = $1 \
+             ORDER BY seq LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id.0)
+            .bind(MAX_INCIDENT_ACTIONS as i64 + 1)
+            .fetch_all(self.reader())
+            .await
+            .map_err(StoreError::db("read an incident's actions"))?;
+        if rows.len() > MAX_INCIDENT_ACTIONS {
+            return Err(StoreError::corrupt(
+                "incident",
+                &ids,
+                format!("more than {MAX_INCIDENT_ACTIONS} actions"),
+            ));
+        }
+        let actions = rows
+            .iter()
+            .map(|r| incident_action_from_row(r, &ids))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(IncidentRecord {
+            id: summary.id,
+            network_id: summary.network_id,
+            kind: summary.kind,
+            status: summary.status,
+            severity: summary.severity,
+            target: summary.target,
+            opened_at: summary.opened_at,
+            updated_at: summary.updated_at,
+            resolved_at: summary.resolved_at,
+            document,
+            actions,
+        })
+    }
+
+    async fn list_incidents(
+        &self,
+        f: IncidentFilter,
+        page: PageRequest,
+    ) -> Result<Page<IncidentSummary>> {
+        let limit = page.checked_limit()?;
+        if let Some(kind) = &f.kind {
+            check_token("incident kind", kind)?;
+        }
+        let mut q =
+            QueryBuilder::<Db>::new(format!("SELECT {INCIDENT_COLS} FROM incidents WHERE 1 = 1"));
+        if let Some(status) = f.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if f.unresolved {
+            q.push(" AND status <> 'resolved'");
+        }
+        if let Some(kind) = f.kind {
+            q.push(" AND kind = ").push_bind(kind);
+        }
+        if let Some(network_id) = f.network_id {
+            q.push(" AND network_id = ").push_bind(network_id.0);
+        }
+        if let Some(cursor) = &page.after {
+            let (at, id) = cursor
+                .as_str()
+                .split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, Uuid::try_parse(id).ok()?)))
+                .ok_or_else(bad_cursor)?;
+            q.push(" AND (opened_at, id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        q.push(" ORDER BY opened_at DESC, id DESC LIMIT ")
+            .push_bind(limit + 1);
+        let rows = q
+            .build()
+            .fetch_all(self.reader())
+            .await
+            .map_err(StoreError::db("list incidents"))?;
+        Ok(Page::from_rows(
+            all(&rows, incident_summary_from_row)?,
+            limit,
+            |i| format!("{}.{}", to_micros(i.opened_at), i.id.0.simple()),
+        ))
+    }
+
+    async fn action_stats(&self, incident_kind: Option<&str>) -> Result<Vec<ActionStats>> {
+        if let Some(kind) = incident_kind {
+            check_token("incident kind", kind)?;
+        }
+        let mut q = QueryBuilder::<Db>::new(
+            "SELECT kind, action, \
+             CAST(SUM(CASE WHEN outcome = 'succeeded' THEN 1 ELSE 0 END) AS BIGINT) AS succeeded, \
+             CAST(SUM(CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed \
+             FROM incident_actions WHERE outcome <> 'pending'",
+        );
+        if let Some(kind) = incident_kind {
+            q.push(" AND kind = ").push_bind(kind.to_owned());
+        }
+        q.push(" GROUP BY kind, action ORDER BY kind, action LIMIT ")
+            .push_bind(MAX_ACTION_STATS as i64);
+        let rows = q
+            .build()
+            .fetch_all(self.reader())
+            .await
+            .map_err(StoreError::db("read action statistics"))?;
+        rows.iter()
+            .map(|row| {
+                const W: &str = "action statistics";
+                let kind = text_col(row, "kind", W, "?", MAX_INCIDENT_TOKEN_LEN)?;
+                let action = text_col(row, "action", W, &kind, MAX_INCIDENT_TOKEN_LEN)?;
+                Ok(ActionStats {
+                    succeeded: count(col(row, "succeeded", W, &kind)?, "succeeded", W, &kind)?,
+                    failed: count(col(row, "failed", W, &kind)?, "failed", W, &kind)?,
+                    incident_kind: kind,
+                    action,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_incidents(&self, before: OffsetDateTime) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        // The actions go first, so this does not rely on the cascade.
+        sqlx::query(
+            "DELETE FROM incident_actions WHERE incident_id IN \
+             (SELECT id FROM incidents WHERE status = 'resolved' AND resolved_at < $1)",
+        )
+        .bind(to_micros(before))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("prune incidents"))?;
+        let done =
+            sqlx::query("DELETE FROM incidents WHERE status = 'resolved' AND resolved_at < $1")
+                .bind(to_micros(before))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("prune incidents"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("prune incidents"))?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -16,10 +16,11 @@ use weft_crypto::NodeId;
 
 use crate::error::Result;
 use crate::model::{
-    ApiToken, ApiTokenId, AuditFilter, AuditRecord, Enrolled, Heartbeat, JoinToken, JoinTokenId,
-    Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork,
-    NewNode, NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary, Revocation,
-    SecretBytes, SecretToken, SvidRecord, Tags,
+    ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditRecord, Enrolled, Heartbeat,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentSummary, JoinToken, JoinTokenId, Network,
+    NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode,
+    NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary, Revocation, SecretBytes,
+    SecretToken, SvidRecord, Tags,
 };
 
 /// The control plane's persistence.
@@ -288,4 +289,38 @@ pub trait Store: Clone + Send + Sync + 'static {
         network_id: NetworkId,
         page: PageRequest,
     ) -> impl Future<Output = Result<Page<PolicySummary>>> + Send;
+
+    // ---------------------------------------------------------- incidents
+
+    /// Stores an incident of the self-healing loop: creates it, or replaces
+    /// the stored one (its fields, document and actions) in one
+    /// transaction. A write whose `updated_at` is older than the stored
+    /// one's changes nothing and returns `false` (a delayed writer never
+    /// rolls an incident back); otherwise `true`.
+    fn put_incident(&self, incident: IncidentRecord) -> impl Future<Output = Result<bool>> + Send;
+
+    /// An incident by id, with its document and actions.
+    fn get_incident(&self, id: IncidentId) -> impl Future<Output = Result<IncidentRecord>> + Send;
+
+    /// Incidents matching `filter`, most recently opened first, without
+    /// documents and actions.
+    fn list_incidents(
+        &self,
+        filter: IncidentFilter,
+        page: PageRequest,
+    ) -> impl Future<Output = Result<Page<IncidentSummary>>> + Send;
+
+    /// For each (incident kind, action) pair, how often the action
+    /// succeeded and failed, over the stored incidents (pending actions
+    /// are not counted); only `incident_kind` if given. In kind, then
+    /// action order; at most [`MAX_ACTION_STATS`](crate::limits::MAX_ACTION_STATS)
+    /// pairs.
+    fn action_stats(
+        &self,
+        incident_kind: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ActionStats>>> + Send;
+
+    /// Deletes resolved incidents resolved before `before`, with their
+    /// actions; returns how many incidents. Open and escalated ones stay.
+    fn prune_incidents(&self, before: OffsetDateTime) -> impl Future<Output = Result<u64>> + Send;
 }

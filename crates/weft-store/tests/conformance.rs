@@ -197,4 +197,5 @@ suite! {
     audit_pagination;
     heartbeat_history, HISTORY;
     policies;
+    incidents;
 }
