@@ -206,6 +206,7 @@ enum Command {
     Drain(NodeId, bool, oneshot::Sender<bool>),
     InjectLoss(NodeId, f64),
     Telemetry(oneshot::Sender<Telemetry>),
+    Hang,
     Shutdown,
 }
 
@@ -314,6 +315,17 @@ impl AgentHandle {
         tracing::warn!(%peer, ratio, "fault injection: dropping datagrams on the link");
         self.commands
             .send(Command::InjectLoss(peer, ratio.clamp(0.0, 1.0)))
+            .map_err(|_| AgentError::Stopped)
+    }
+
+    /// Fault injection: the node stops working as a crashed or hung
+    /// process would — it handles nothing and sends nothing, while its
+    /// connections stay open so that no close frame tells the neighbours;
+    /// their liveness detectors must notice. Only shutdown follows.
+    pub fn hang(&self) -> Result<(), AgentError> {
+        tracing::warn!(node = %self.id(), "fault injection: the node hangs");
+        self.commands
+            .send(Command::Hang)
             .map_err(|_| AgentError::Stopped)
     }
 
@@ -733,6 +745,15 @@ impl Driver {
         self.start + Duration::from_micros(t.0)
     }
 
+    /// Ignores everything until shutdown, holding the links open.
+    async fn hung(rx: &mut mpsc::UnboundedReceiver<Command>) {
+        while let Some(c) = rx.recv().await {
+            if matches!(c, Command::Shutdown) {
+                return;
+            }
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
             let deadline = [self.node.next_deadline(), self.e2e.next_deadline()]
@@ -749,6 +770,10 @@ impl Driver {
             };
             match command {
                 Some(Command::Shutdown) => break,
+                Some(Command::Hang) => {
+                    Self::hung(&mut rx).await;
+                    break;
+                }
                 Some(c) => self.handle(c),
                 None => {
                     let now = self.now();
@@ -758,11 +783,15 @@ impl Driver {
             }
             // Under load, take what else is queued before carrying out the
             // outputs: one wake-up and one flush for a burst of packets.
-            let mut shutdown = false;
+            let (mut shutdown, mut hang) = (false, false);
             for _ in 0..BATCH {
                 match rx.try_recv() {
                     Ok(Command::Shutdown) => {
                         shutdown = true;
+                        break;
+                    }
+                    Ok(Command::Hang) => {
+                        hang = true;
                         break;
                     }
                     Ok(c) => self.handle(c),
@@ -770,6 +799,10 @@ impl Driver {
                 }
             }
             self.flush();
+            if hang {
+                Self::hung(&mut rx).await;
+                break;
+            }
             if shutdown {
                 break;
             }
@@ -883,7 +916,7 @@ impl Driver {
                     drained: self.drained.iter().copied().collect(),
                 });
             }
-            Command::Shutdown => {}
+            Command::Shutdown | Command::Hang => {}
         }
     }
 

@@ -147,7 +147,7 @@ async fn deliver(from: &Agent, to: &Agent, payload: &[u8]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn datagrams_cross_two_hops_and_reroute_when_the_relay_stops() {
+async fn datagrams_cross_two_hops_and_reroute_when_the_relay_hangs() {
     // a - b - c and a - d - c: two disjoint two-hop paths.
     let net = Network::new("mesh.weft.test", 4);
     let agents: Vec<Agent> = (0..4).map(|i| net.start(i)).collect();
@@ -164,17 +164,20 @@ async fn datagrams_cross_two_hops_and_reroute_when_the_relay_stops() {
     deliver(a, c, b"over two hops").await;
     deliver(c, a, b"and back").await;
 
-    // Stop the relay a uses; the other path takes over.
+    // The relay a uses hangs (no close frame warns anyone); the other path
+    // takes over once the detectors notice.
     let relay = next_hop(a, c.id()).await.unwrap();
     let mut agents = agents;
     let stopped = agents.iter().position(|x| x.id() == relay).unwrap();
-    agents.remove(stopped).shutdown().await;
+    let hung = agents.remove(stopped);
+    hung.handle().hang().unwrap();
     let (a, c) = (&agents[0], &agents[1]);
     eventually(Duration::from_secs(10), "a reroutes to c", || async {
         next_hop(a, c.id()).await.is_some_and(|hop| hop != relay)
     })
     .await;
     deliver(a, c, b"after the reroute").await;
+    hung.shutdown().await;
     for x in agents {
         x.shutdown().await;
     }
