@@ -736,3 +736,192 @@ pub fn agent_renew(args: AgentDirArgs) -> Result<()> {
         print_agent(&state, &args.data_dir, args.json)
     })
 }
+
+/// Arguments of `weft topology`.
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// Print GraphViz dot (pipe to `dot -Tsvg`).
+    #[arg(long, conflicts_with = "json")]
+    dot: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `weft policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Store a policy document (JSON) as the network's next version.
+    Set {
+        /// The document: {"default": "deny", "rules": [...]} (see docs/control.md).
+        file: PathBuf,
+        /// The version this edit is based on (0: none yet); refused if
+        /// someone stored another version since.
+        #[arg(long)]
+        base_version: Option<u32>,
+        /// The network.
+        #[arg(long, default_value = weft_control::config::DEFAULT_NETWORK)]
+        network: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a policy version (default: the latest).
+    Show {
+        /// The version (default: the latest).
+        #[arg(value_name = "VERSION")]
+        number: Option<u32>,
+        /// The network.
+        #[arg(long, default_value = weft_control::config::DEFAULT_NETWORK)]
+        network: String,
+        /// Print JSON (the whole record; default: the document).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List policy versions, newest first.
+    List {
+        /// The network.
+        #[arg(long, default_value = weft_control::config::DEFAULT_NETWORK)]
+        network: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Runs `weft topology`.
+pub fn topology(args: TopologyArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = args.client.client()?;
+        if args.dot {
+            print!("{}", client.topology_dot().await?);
+            return Ok(());
+        }
+        let t = client.topology().await?;
+        if args.json {
+            return print_json(&t);
+        }
+        println!("network {} at {}", t.network, t.at);
+        println!(
+            "{:<52}  {:<8}  {:<8}  LAST SEEN",
+            "NODE", "STATUS", "HEALTH"
+        );
+        for n in &t.nodes {
+            println!(
+                "{:<52}  {:<8}  {:<8}  {}",
+                n.node_id,
+                n.status,
+                n.health,
+                n.last_seen.as_deref().unwrap_or("never")
+            );
+        }
+        println!();
+        println!(
+            "{:<52}  {:<52}  {:<8}  {:>9}  {:>6}  COST",
+            "FROM", "TO", "HEALTH", "RTT ms", "LOSS %"
+        );
+        for l in &t.links {
+            println!(
+                "{:<52}  {:<52}  {:<8}  {:>9.2}  {:>6.1}  {}",
+                l.from,
+                l.to,
+                l.health,
+                l.rtt_ms,
+                l.loss * 100.0,
+                l.cost
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Largest policy file read.
+const MAX_POLICY_FILE: u64 = 256 * 1024;
+
+/// Runs `weft policy ...`.
+pub fn policy(command: PolicyCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        match command {
+            PolicyCommand::Set {
+                file,
+                base_version,
+                network,
+                json,
+                client,
+            } => {
+                let bytes = weft_crypto::files::read_public_file(&file, MAX_POLICY_FILE)
+                    .with_context(|| format!("policy file {}", file.display()))?;
+                let document: weft_control::policy::PolicyDocument = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("policy file {} is not a policy", file.display()))?;
+                let stored = client
+                    .client()?
+                    .put_policy(
+                        &network,
+                        &weft_control::policy::PutPolicy {
+                            document,
+                            base_version,
+                        },
+                    )
+                    .await?;
+                if json {
+                    return print_json(&stored);
+                }
+                println!(
+                    "policy version {} of network {} stored ({} rule(s), default {:?})",
+                    stored.version,
+                    stored.network,
+                    stored.document.rules.len(),
+                    stored.document.default
+                );
+            }
+            PolicyCommand::Show {
+                number,
+                network,
+                json,
+                client,
+            } => {
+                let p = client.client()?.get_policy(&network, number).await?;
+                if json {
+                    return print_json(&p);
+                }
+                println!(
+                    "# version {} by {} at {}",
+                    p.version, p.author, p.created_at
+                );
+                print_json(&p.document)?;
+            }
+            PolicyCommand::List {
+                network,
+                json,
+                client,
+            } => {
+                let page = client
+                    .client()?
+                    .list_policies(&network, Some(1000), None)
+                    .await?;
+                if json {
+                    return print_json(&page);
+                }
+                println!(
+                    "{:>7}  {:<30}  {:>8}  AUTHOR",
+                    "VERSION", "CREATED", "BYTES"
+                );
+                for p in &page.items {
+                    println!(
+                        "{:>7}  {:<30}  {:>8}  {}",
+                        p.version, p.created_at, p.size, p.author
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}

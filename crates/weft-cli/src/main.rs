@@ -75,6 +75,11 @@ enum Command {
     /// Make, list and revoke operators' API tokens.
     #[command(subcommand)]
     ApiToken(control_cmd::ApiTokenCommand),
+    /// Show the mesh's nodes and links with their health (table, JSON or GraphViz).
+    Topology(control_cmd::TopologyArgs),
+    /// Set, show and list the network's versioned ACL policy.
+    #[command(subcommand)]
+    Policy(control_cmd::PolicyCommand),
     /// Run the node agent.
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
@@ -482,6 +487,8 @@ fn run(command: Command) -> Result<()> {
         Command::Audit(cmd) => control_cmd::audit(cmd),
         Command::JoinToken(cmd) => control_cmd::join_token(cmd),
         Command::ApiToken(cmd) => control_cmd::api_token(cmd),
+        Command::Topology(args) => control_cmd::topology(args),
+        Command::Policy(cmd) => control_cmd::policy(cmd),
         Command::Status(args) => agent_cmd::admin_command("status", &args),
         Command::Peers(args) => agent_cmd::admin_command("peers", &args),
         Command::Routes(args) => agent_cmd::admin_command("routes", &args),

@@ -20,6 +20,14 @@ struct Control {
     token: String,
 }
 
+impl Drop for Control {
+    fn drop(&mut self) {
+        // A failed test must not leave the server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(dir: &Path) -> Control {
     let mut child = Command::new(WEFT)
         .args([
@@ -32,7 +40,7 @@ fn start(dir: &Path) -> Control {
         .arg("--data-dir")
         .arg(dir.join("control"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -190,6 +198,33 @@ fn an_operator_enrolls_lists_revokes_and_stops_the_control_plane() {
         .collect();
     assert_eq!(results, ["success", "denied"]);
 
+    // A policy, then the topology.
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":"deny","rules":[{"from":["tag:role=web"],"to":["tag:role=db"],"ports":["5432"],"protocol":"tcp","action":"allow"}]}"#,
+    )
+    .unwrap();
+    let stored = ok_json(weft(
+        &c,
+        &admin,
+        &[
+            "policy",
+            "set",
+            policy.to_str().unwrap(),
+            "--base-version",
+            "0",
+            "--json",
+        ],
+    ));
+    assert_eq!(stored["version"], 1);
+    let shown = ok_json(weft(&c, viewer, &["policy", "show", "--json"]));
+    assert_eq!(shown["document"]["rules"][0]["ports"][0], "5432");
+    let topology = ok_json(weft(&c, viewer, &["topology", "--json"]));
+    assert_eq!(topology["nodes"][0]["node_id"], node_id.as_str());
+    let dot = weft(&c, viewer, &["topology", "--dot"]);
+    assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph weft {"));
+
     // Without a trust anchor the CLI refuses to guess.
     let out = Command::new(WEFT)
         .args(["node", "list", "--control", &c.url])
@@ -201,7 +236,8 @@ fn an_operator_enrolls_lists_revokes_and_stops_the_control_plane() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-fingerprint"));
 
     // SIGTERM: a clean exit.
-    let mut child = c.child;
+    let mut c = c;
+    let child = &mut c.child;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -215,5 +251,41 @@ fn an_operator_enrolls_lists_revokes_and_stops_the_control_plane() {
         }
         assert!(Instant::now() < deadline, "weft control up did not stop");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn every_control_plane_command_has_help() {
+    for args in [
+        &["control", "up"][..],
+        &["node", "list"],
+        &["node", "show"],
+        &["node", "approve"],
+        &["node", "revoke"],
+        &["audit", "list"],
+        &["join-token", "create"],
+        &["join-token", "list"],
+        &["api-token", "create"],
+        &["api-token", "list"],
+        &["api-token", "revoke"],
+        &["topology"],
+        &["policy", "set"],
+        &["policy", "show"],
+        &["policy", "list"],
+        &["agent", "enroll"],
+        &["agent", "claim"],
+        &["agent", "renew"],
+    ] {
+        let out = Command::new(WEFT)
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "weft {} --help: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
 use serde_json::json;
 use time::OffsetDateTime;
 use tower::ServiceBuilder;
@@ -30,7 +30,6 @@ use weft_bus::envelope::{Envelope, EventType};
 use weft_bus::events::EventBus;
 use weft_bus::subject::Subject;
 use weft_crypto::NodeId;
-use weft_crypto::svid::{SvidVerifier, Usage};
 use weft_store::{
     AnyStore, ApiToken, AuditResult, Network, NetworkId, NewAuditRecord, Node, NodeStatus, Role,
     Store, StoreError,
@@ -55,6 +54,18 @@ pub const REVOCATION_STREAM: &str = "weft_revocations";
 pub const REVOCATION_SUBJECTS: &str = "weft.revocation.>";
 /// Event type of a revocation list.
 pub const REVOCATION_EVENT: &str = "weft.revocation.published";
+/// Stream of heartbeat batches on the bus.
+pub const TELEMETRY_STREAM: &str = "weft_telemetry";
+/// Subjects of heartbeat batches: `weft.telemetry.<network>`.
+pub const TELEMETRY_SUBJECTS: &str = "weft.telemetry.>";
+/// Event type of a heartbeat batch.
+pub const TELEMETRY_EVENT: &str = "weft.telemetry.heartbeats";
+/// Stream of policy versions on the bus.
+pub const POLICY_STREAM: &str = "weft_policies";
+/// Subjects of policy versions: `weft.policy.<network>`.
+pub const POLICY_SUBJECTS: &str = "weft.policy.>";
+/// Event type of a new policy version.
+pub const POLICY_EVENT: &str = "weft.policy.updated";
 /// Longest `Authorization` header value read.
 const MAX_AUTH_HEADER: usize = 512;
 
@@ -168,6 +179,26 @@ pub const ROUTES: &[RouteSpec] = &[
         "/v1/nodes/{id}/revoke",
         Access::Role(Role::Operator),
         Some("node.revoke"),
+    ),
+    route("POST", "/v1/heartbeat", Access::Agent, None),
+    route("GET", "/v1/topology", Access::Role(Role::Viewer), None),
+    route(
+        "GET",
+        "/v1/networks/{network}/policy",
+        Access::AgentOrViewer,
+        None,
+    ),
+    route(
+        "PUT",
+        "/v1/networks/{network}/policy",
+        Access::Role(Role::Operator),
+        Some("policy.update"),
+    ),
+    route(
+        "GET",
+        "/v1/networks/{network}/policies",
+        Access::Role(Role::Viewer),
+        None,
     ),
     route("GET", "/v1/api-tokens", Access::Role(Role::Admin), None),
     route(
@@ -338,9 +369,8 @@ pub struct AppState {
     pub config: ControlConfig,
     /// Rate limiters.
     pub limiters: Limiters,
-    /// Verifies node SVIDs on every request (expiry is re-checked on
-    /// long-lived connections).
-    pub svids: SvidVerifier,
+    /// Collects heartbeats into store batches.
+    pub heartbeats: crate::telemetry::Batcher,
     /// Signed revocation lists by network, re-signed when the epoch moves.
     pub revocations: Mutex<HashMap<NetworkId, Arc<RevocationListView>>>,
 }
@@ -420,6 +450,16 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/nodes/{id}", get(handlers::get_node))
         .route("/v1/nodes/{id}/approve", post(handlers::approve_node))
         .route("/v1/nodes/{id}/revoke", post(handlers::revoke_node))
+        .route("/v1/heartbeat", post(handlers::heartbeat))
+        .route("/v1/topology", get(handlers::topology))
+        .route(
+            "/v1/networks/{network}/policy",
+            get(handlers::get_policy).put(handlers::put_policy),
+        )
+        .route(
+            "/v1/networks/{network}/policies",
+            get(handlers::list_policies),
+        )
         .route(
             "/v1/api-tokens",
             get(handlers::list_api_tokens).post(handlers::create_api_token),
@@ -733,10 +773,22 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
             "this route is for enrolled nodes: present the node's X.509-SVID as TLS client certificate (mTLS)",
         ));
     };
-    let verified = state
-        .svids
-        .verify(std::slice::from_ref(cert), UnixTime::now(), Usage::Client)
+    // rustls verified the chain against the CA bundle at the handshake;
+    // a connection can outlive the certificate, so its end is checked on
+    // every request.
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| {
+        Problem::unauthorized(format!("the client certificate does not parse: {e}"))
+    })?;
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    if now > not_after {
+        return Err(Problem::unauthorized(format!(
+            "the client certificate expired at Unix time {not_after}; enroll again or renew before expiry"
+        )));
+    }
+    let spiffe_id = weft_crypto::svid::spiffe_id_from_der(cert)
         .map_err(|e| Problem::unauthorized(format!("the client certificate is refused: {e}")))?;
+    let verified = VerifiedPeer { spiffe_id };
     let node_id = NodeId::from_spiffe_id(&verified.spiffe_id).ok_or_else(|| {
         Problem::forbidden(format!(
             "{} is not a node's SPIFFE ID (spiffe://{}/node/<node id>)",
@@ -770,6 +822,11 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
             "node {node_id} is pending approval; an operator must approve it first"
         ))),
     }
+}
+
+/// The SPIFFE ID of a client certificate verified at the handshake.
+struct VerifiedPeer {
+    spiffe_id: weft_crypto::SpiffeId,
 }
 
 /// Records an audited request in the store and on the bus.

@@ -608,17 +608,86 @@ impl ControlClient {
         self.call(Method::POST, &path, None::<&()>).await
     }
 
+    /// `POST /v1/heartbeat` (needs the client built with the node's SVID).
+    pub async fn heartbeat(
+        &self,
+        report: &crate::telemetry::HeartbeatRequest,
+    ) -> Result<crate::handlers::HeartbeatAck, ClientError> {
+        self.call(Method::POST, "/v1/heartbeat", Some(report)).await
+    }
+
+    /// `GET /v1/topology` as JSON.
+    pub async fn topology(&self) -> Result<crate::telemetry::Topology, ClientError> {
+        self.call(Method::GET, "/v1/topology", None::<&()>).await
+    }
+
+    /// `GET /v1/topology?format=dot`: GraphViz text.
+    pub async fn topology_dot(&self) -> Result<String, ClientError> {
+        self.text("/v1/topology?format=dot").await
+    }
+
+    /// `PUT /v1/networks/{network}/policy`.
+    pub async fn put_policy(
+        &self,
+        network: &str,
+        request: &crate::policy::PutPolicy,
+    ) -> Result<crate::policy::PolicyView, ClientError> {
+        let path = format!("/v1/networks/{}/policy", encode_query_value(network));
+        self.call(Method::PUT, &path, Some(request)).await
+    }
+
+    /// `GET /v1/networks/{network}/policy`.
+    pub async fn get_policy(
+        &self,
+        network: &str,
+        version: Option<u32>,
+    ) -> Result<crate::policy::PolicyView, ClientError> {
+        let path = format!(
+            "/v1/networks/{}/policy{}",
+            encode_query_value(network),
+            query(&[("version", version.map(|v| v.to_string()))])
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /v1/networks/{network}/policies`.
+    pub async fn list_policies(
+        &self,
+        network: &str,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<crate::policy::PolicyPage, ClientError> {
+        let path = format!(
+            "/v1/networks/{}/policies{}",
+            encode_query_value(network),
+            query(&[("limit", limit.map(|l| l.to_string())), ("cursor", cursor)])
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, content_type, bytes) = self.raw(Method::GET, path, None).await?;
+        if status.is_success() {
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        match serde_json::from_slice::<ProblemBody>(&bytes) {
+            Ok(problem) if content_type.starts_with(crate::problem::PROBLEM_JSON) => {
+                Err(ClientError::Problem {
+                    status: status.as_u16(),
+                    problem,
+                })
+            }
+            _ => Err(ClientError::Unexpected {
+                status: status.as_u16(),
+                url: format!("{}{path}", self.base),
+                reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            }),
+        }
+    }
+
     /// `GET /metrics` as text.
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
-        let (status, _, bytes) = self.raw(Method::GET, "/metrics", None).await?;
-        if !status.is_success() {
-            return Err(ClientError::Unexpected {
-                status: status.as_u16(),
-                url: format!("{}/metrics", self.base),
-                reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        self.text("/metrics").await
     }
 }
 

@@ -28,8 +28,10 @@ use crate::api::{
 };
 use crate::app::{AUDIT_STREAM, AuditNote, ConnInfo, Identity, REVOCATION_EVENT, Shared, respond};
 use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::policy::{PolicyDocument, PolicyPage, PolicySummaryView, PolicyView, PutPolicy};
 use crate::problem::{Problem, ProblemBody};
 use crate::proof;
+use crate::telemetry::{HeartbeatRequest, Topology};
 
 /// Longest token text read.
 const MAX_TOKEN_TEXT: usize = 256;
@@ -974,4 +976,279 @@ pub async fn revoke_api_token(
         .await
         .map_err(|e| Problem::from(e).with_note(&note))?;
     Ok(respond(StatusCode::OK, &ApiTokenView::of(&token), note))
+}
+
+// ---------------------------------------------------------------- telemetry
+
+/// What a heartbeat answer says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatAck {
+    /// Stored.
+    pub accepted: bool,
+    /// Send the next one after this many seconds.
+    pub interval_seconds: u64,
+}
+
+/// Records the calling node's heartbeat (batched with others into one
+/// store transaction; answered once it is written).
+#[utoipa::path(post, path = "/v1/heartbeat", tag = "telemetry", request_body = HeartbeatRequest,
+    responses((status = 200, description = "stored", body = HeartbeatAck),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "the store is behind; retry", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn heartbeat(
+    State(state): State<Shared>,
+    Extension(identity): Extension<Identity>,
+    JsonBody(req): JsonBody<HeartbeatRequest>,
+) -> Result<axum::Json<HeartbeatAck>, Problem> {
+    let Identity::Agent { node } = identity else {
+        return Err(Problem::unauthorized(
+            "heartbeats come from nodes: present the node's SVID as TLS client certificate",
+        ));
+    };
+    req.check()?;
+    let payload = serde_json::to_string(&req)
+        .map_err(|e| Problem::internal(format!("cannot encode the heartbeat: {e}")))?;
+    state
+        .heartbeats
+        .record(weft_store::Heartbeat {
+            node_id: node.node_id,
+            at: now(),
+            payload,
+        })
+        .await?;
+    Ok(axum::Json(HeartbeatAck {
+        accepted: true,
+        interval_seconds: crate::telemetry::HEARTBEAT_INTERVAL.as_secs(),
+    }))
+}
+
+/// Options of the topology view.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TopologyQuery {
+    /// The network (default: the one served).
+    pub network: Option<String>,
+    /// `json` (default) or `dot` (GraphViz).
+    pub format: Option<String>,
+}
+
+/// Most nodes in one topology answer.
+const MAX_TOPOLOGY_NODES: usize = 10_000;
+
+/// Nodes and links with their health, as JSON or GraphViz dot.
+#[utoipa::path(get, path = "/v1/topology", tag = "telemetry", params(TopologyQuery), security(("bearer" = [])),
+    responses((status = 200, description = "the topology (JSON, or text/vnd.graphviz with format=dot)", body = Topology),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn topology(
+    State(state): State<Shared>,
+    QueryParams(q): QueryParams<TopologyQuery>,
+) -> Result<Response, Problem> {
+    let dot = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("dot") => true,
+        Some(other) => {
+            return Err(Problem::bad_request(format!(
+                "format {:?} is not known; use json or dot",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    let net = match &q.network {
+        Some(name) => state.served_network(name).await?,
+        None => state.network.clone(),
+    };
+    let mut nodes = Vec::new();
+    let mut page = PageRequest::first(limits::MAX_PAGE_SIZE);
+    loop {
+        let got = state
+            .store
+            .list_nodes(net.id, NodeFilter::default(), page)
+            .await?;
+        nodes.extend(got.items);
+        if nodes.len() > MAX_TOPOLOGY_NODES {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "topology-too-large",
+                format!(
+                    "network {} has more than {MAX_TOPOLOGY_NODES} nodes; list them page by page with /v1/nodes",
+                    net.name
+                ),
+            ));
+        }
+        match got.next {
+            Some(c) => page = PageRequest::after(c, limits::MAX_PAGE_SIZE),
+            None => break,
+        }
+    }
+    let mut latest = Vec::new();
+    let mut page = PageRequest::first(limits::MAX_PAGE_SIZE);
+    loop {
+        let got = state.store.latest_heartbeats(net.id, page).await?;
+        latest.extend(got.items);
+        match got.next {
+            Some(c) if latest.len() <= MAX_TOPOLOGY_NODES => {
+                page = PageRequest::after(c, limits::MAX_PAGE_SIZE)
+            }
+            _ => break,
+        }
+    }
+    let t = crate::telemetry::topology(net.name.as_str(), &nodes, &latest, now());
+    if dot {
+        let mut response = crate::telemetry::to_dot(&t).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/vnd.graphviz; charset=utf-8"),
+        );
+        Ok(response)
+    } else {
+        Ok(axum::Json(t).into_response())
+    }
+}
+
+// ----------------------------------------------------------------- policies
+
+/// Which policy version to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PolicyQuery {
+    /// A version (default: the latest).
+    pub version: Option<u32>,
+}
+
+fn policy_view(net: &Network, p: &weft_store::Policy) -> Result<PolicyView, Problem> {
+    let document: PolicyDocument = serde_json::from_str(&p.document).map_err(|e| {
+        Problem::internal(format!(
+            "stored policy version {} of network {} does not parse: {e}",
+            p.version, net.name
+        ))
+    })?;
+    Ok(PolicyView {
+        network: net.name.as_str().to_owned(),
+        version: p.version,
+        author: p.author.clone(),
+        created_at: rfc3339(p.created_at),
+        document,
+    })
+}
+
+/// Stores a policy document as the network's next version, publishes it.
+#[utoipa::path(put, path = "/v1/networks/{network}/policy", tag = "policy",
+    params(("network" = String, Path, description = "the network's name")),
+    request_body = PutPolicy, security(("bearer" = [])),
+    responses((status = 200, description = "stored as the next version", body = PolicyView),
+        (status = 400, description = "invalid document (the path of the problem is in the detail)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "based on a stale version", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn put_policy(
+    State(state): State<Shared>,
+    Extension(identity): Extension<Identity>,
+    PathParams(network): PathParams<String>,
+    JsonBody(req): JsonBody<PutPolicy>,
+) -> Result<Response, Problem> {
+    let net = state.served_network(&network).await?;
+    let note = AuditNote {
+        target: Some(format!("policy:{}", net.name)),
+        network_id: Some(net.id),
+        ..AuditNote::default()
+    };
+    req.document
+        .check(&net.trust_domain)
+        .map_err(|e| Problem::bad_request(format!("invalid policy: {e}")).with_note(&note))?;
+    let document = serde_json::to_string(&req.document).map_err(|e| {
+        Problem::internal(format!("cannot encode the policy: {e}")).with_note(&note)
+    })?;
+    let stored = state
+        .store
+        .put_policy(
+            weft_store::NewPolicy {
+                network_id: net.id,
+                document,
+                author: identity.actor(),
+                base_version: req.base_version,
+            },
+            now(),
+        )
+        .await
+        .map_err(|e| Problem::from(e).with_note(&note))?;
+    let view = policy_view(&net, &stored)?;
+    let published = state
+        .publish(
+            &format!("weft.policy.{}", net.name),
+            crate::app::POLICY_EVENT,
+            serde_json::to_value(&view).unwrap_or_default(),
+        )
+        .await;
+    let note = AuditNote {
+        detail: format!(
+            "version {}, {} rule(s){}",
+            view.version,
+            view.document.rules.len(),
+            if published {
+                ""
+            } else {
+                " (not published on the bus: see the logs)"
+            }
+        ),
+        ..note
+    };
+    Ok(respond(StatusCode::OK, &view, note))
+}
+
+/// A policy version (the latest by default), for agents (mTLS) and viewers.
+#[utoipa::path(get, path = "/v1/networks/{network}/policy", tag = "policy",
+    params(("network" = String, Path, description = "the network's name"), PolicyQuery), security(("bearer" = [])),
+    responses((status = 200, description = "the policy", body = PolicyView),
+        (status = 404, description = "no policy yet, or no such version", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn get_policy(
+    State(state): State<Shared>,
+    PathParams(network): PathParams<String>,
+    QueryParams(q): QueryParams<PolicyQuery>,
+) -> Result<axum::Json<PolicyView>, Problem> {
+    let net = state.served_network(&network).await?;
+    let p = state
+        .store
+        .get_policy(net.id, q.version)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => Problem::not_found(match q.version {
+                Some(v) => format!("network {} has no policy version {v}", net.name),
+                None => format!(
+                    "network {} has no policy yet; an operator sets one with weft policy set",
+                    net.name
+                ),
+            }),
+            other => other.into(),
+        })?;
+    Ok(axum::Json(policy_view(&net, &p)?))
+}
+
+/// A network's policy versions, newest first.
+#[utoipa::path(get, path = "/v1/networks/{network}/policies", tag = "policy",
+    params(("network" = String, Path, description = "the network's name"), PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of versions", body = PolicyPage),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list_policies(
+    State(state): State<Shared>,
+    PathParams(network): PathParams<String>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<axum::Json<PolicyPage>, Problem> {
+    let net = state.served_network(&network).await?;
+    let page = state
+        .store
+        .list_policies(net.id, page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
+    Ok(axum::Json(PolicyPage {
+        items: page
+            .items
+            .iter()
+            .map(|p| PolicySummaryView {
+                version: p.version,
+                author: p.author.clone(),
+                created_at: rfc3339(p.created_at),
+                size: p.size,
+            })
+            .collect(),
+        next: page.next.map(|c| c.as_str().to_owned()),
+    }))
 }

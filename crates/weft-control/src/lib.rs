@@ -31,9 +31,11 @@ pub mod handlers;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;
+pub mod policy;
 pub mod problem;
 pub mod proof;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -61,8 +63,9 @@ pub use config::{ControlConfig, Limits};
 pub use error::ControlError;
 
 use crate::app::{
-    AUDIT_EVENT, AUDIT_STREAM, AUDIT_SUBJECTS, AppState, Limiters, REVOCATION_EVENT,
-    REVOCATION_STREAM, REVOCATION_SUBJECTS,
+    AUDIT_EVENT, AUDIT_STREAM, AUDIT_SUBJECTS, AppState, Limiters, POLICY_EVENT, POLICY_STREAM,
+    POLICY_SUBJECTS, REVOCATION_EVENT, REVOCATION_STREAM, REVOCATION_SUBJECTS, TELEMETRY_EVENT,
+    TELEMETRY_STREAM, TELEMETRY_SUBJECTS,
 };
 use crate::metrics::Metrics;
 use crate::pki::Pki;
@@ -170,19 +173,27 @@ fn make_dir(dir: &Path) -> Result<(), ControlError> {
         .map_err(ControlError::io("cannot create directory", dir.display()))
 }
 
-async fn ensure_stream(bus: &AnyBus, name: &str, subjects: &str) -> Result<(), ControlError> {
+async fn ensure_stream(
+    bus: &AnyBus,
+    name: &str,
+    subjects: &str,
+    max_age: Option<Duration>,
+    max_bytes: Option<u64>,
+) -> Result<(), ControlError> {
     match bus.stream_info(name).await {
         Ok(_) => return Ok(()),
         Err(BusError::StreamNotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let config = StreamConfig::new(
+    let mut config = StreamConfig::new(
         name,
         vec![
             SubjectFilter::new(subjects)
                 .map_err(|e| ControlError::config("bus subjects", e.to_string()))?,
         ],
     );
+    config.max_age = max_age;
+    config.max_bytes = max_bytes;
     match bus.create_stream(config).await {
         Ok(_) | Err(BusError::StreamExists { .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -235,7 +246,77 @@ fn schemas() -> Result<SchemaRegistry, ControlError> {
             }),
         )
         .map_err(schema)?;
+    registry
+        .register(
+            &EventType::new(TELEMETRY_EVENT).map_err(bad)?,
+            1,
+            json!({
+                "type": "object",
+                "required": ["network", "heartbeats"],
+                "properties": {
+                    "network": {"type": "string"},
+                    "heartbeats": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["node_id", "at", "report"],
+                        "properties": {
+                            "node_id": {"type": "string"},
+                            "at": {"type": "string"},
+                            "report": {"type": "object"}
+                        }
+                    }}
+                }
+            }),
+        )
+        .map_err(schema)?;
+    registry
+        .register(
+            &EventType::new(POLICY_EVENT).map_err(bad)?,
+            1,
+            json!({
+                "type": "object",
+                "required": ["network", "version", "author", "created_at", "document"],
+                "properties": {
+                    "network": {"type": "string"},
+                    "version": {"type": "integer", "minimum": 1},
+                    "author": {"type": "string"},
+                    "created_at": {"type": "string"},
+                    "document": {"type": "object"}
+                }
+            }),
+        )
+        .map_err(schema)?;
     Ok(registry)
+}
+
+/// Largest heartbeat batch event on the bus (bytes of reports).
+const MAX_TELEMETRY_EVENT: usize = 256 * 1024;
+
+/// Publishes written heartbeats on the telemetry stream, in events of at
+/// most [`MAX_TELEMETRY_EVENT`] bytes of reports.
+async fn publish_heartbeats(state: &AppState, batch: Vec<weft_store::Heartbeat>) {
+    let subject = format!("weft.telemetry.{}", state.network.name);
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    let flush = |chunk: Vec<serde_json::Value>| json!({"network": state.network.name.as_str(), "heartbeats": chunk});
+    for hb in batch {
+        if size + hb.payload.len() > MAX_TELEMETRY_EVENT && !chunk.is_empty() {
+            state
+                .publish(&subject, TELEMETRY_EVENT, flush(std::mem::take(&mut chunk)))
+                .await;
+            size = 0;
+        }
+        size += hb.payload.len();
+        let report = serde_json::from_str::<serde_json::Value>(&hb.payload)
+            .unwrap_or(serde_json::Value::Null);
+        chunk.push(json!({
+            "node_id": hb.node_id.to_string(),
+            "at": api::rfc3339(hb.at),
+            "report": report,
+        }));
+    }
+    if !chunk.is_empty() {
+        state.publish(&subject, TELEMETRY_EVENT, flush(chunk)).await;
+    }
 }
 
 /// Starts the control plane (see the crate documentation).
@@ -291,8 +372,19 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
             )
         }
     };
-    ensure_stream(&bus, AUDIT_STREAM, AUDIT_SUBJECTS).await?;
-    ensure_stream(&bus, REVOCATION_STREAM, REVOCATION_SUBJECTS).await?;
+    ensure_stream(&bus, AUDIT_STREAM, AUDIT_SUBJECTS, None, None).await?;
+    ensure_stream(&bus, REVOCATION_STREAM, REVOCATION_SUBJECTS, None, None).await?;
+    ensure_stream(&bus, POLICY_STREAM, POLICY_SUBJECTS, None, None).await?;
+    // Telemetry is for consumers that keep up (weft-heal); the store
+    // keeps each node's history.
+    ensure_stream(
+        &bus,
+        TELEMETRY_STREAM,
+        TELEMETRY_SUBJECTS,
+        Some(Duration::from_secs(3600)),
+        Some(256 << 20),
+    )
+    .await?;
     let events = EventBus::new(bus, Arc::new(schemas()?), DEFAULT_MAX_ENVELOPE_BYTES);
 
     let (dns, ips) = config.split_server_names()?;
@@ -300,7 +392,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
     let resolver = CertResolver::new(certs);
     let bundle = pki.ca().bundle()?;
     let svids = SvidVerifier::new(bundle.clone(), RevokedSerials::default());
-    let clients = SpiffePeerVerifier::new(svids.clone(), any_in_trust_domain());
+    let clients = SpiffePeerVerifier::new(svids, any_in_trust_domain());
     let tls = tls::server_configs(resolver.clone(), clients, config.allow_classical_kex)?;
 
     let listener = TcpListener::bind(config.listen)
@@ -336,7 +428,16 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         max_connections: config.limits.max_connections,
         shutdown_grace: config.limits.shutdown_grace,
     };
+    let (stop, stop_rx) = watch::channel(false);
+    let (written_tx, mut written_rx) = tokio::sync::mpsc::channel(64);
+    let (heartbeats, batcher) = telemetry::Batcher::start(
+        store.clone(),
+        Duration::from_millis(2),
+        written_tx,
+        stop.subscribe(),
+    );
     let state = Arc::new(AppState {
+        heartbeats,
         store,
         events,
         limiters: Limiters::new(&config),
@@ -344,11 +445,15 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         network,
         metrics: metrics.clone(),
         config: config.clone(),
-        svids,
         revocations: Mutex::new(HashMap::new()),
     });
     let app = app::router(state.clone());
-    let (stop, stop_rx) = watch::channel(false);
+    let publisher_state = state.clone();
+    let publisher = tokio::spawn(async move {
+        while let Some(batch) = written_rx.recv().await {
+            publish_heartbeats(&publisher_state, batch).await;
+        }
+    });
     let maintenance = tokio::spawn(maintain(
         state.clone(),
         resolver,
@@ -360,6 +465,8 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
     let task = tokio::spawn(async move {
         server::serve(listener, tls, app, metrics, options, stop_rx).await;
         let _ = maintenance.await;
+        let _ = batcher.await;
+        let _ = publisher.await;
         task_state.events.backend().close().await;
         task_state.store.close().await;
         tracing::info!("control plane stopped");

@@ -1,0 +1,484 @@
+//! Heartbeats and the topology they describe.
+//!
+//! An approved node sends a heartbeat over mTLS: its load, versions and
+//! the links it sees (RTT, loss, cost). Heartbeats are checked, collected
+//! for a few milliseconds into batches of up to 1000, written to the store
+//! in one transaction per batch (latest state plus bounded history), and
+//! published per batch on the bus's telemetry stream. The topology view
+//! joins every node with its latest heartbeat's links.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use utoipa::ToSchema;
+use weft_crypto::NodeId;
+use weft_store::{AnyStore, Heartbeat, Store, StoreError, limits};
+
+use crate::problem::Problem;
+
+/// Most links in one heartbeat.
+pub const MAX_LINKS: usize = 256;
+/// Most version entries in one heartbeat.
+pub const MAX_VERSIONS: usize = 16;
+/// How often agents are expected to send heartbeats; a node is `stale`
+/// after three missed ones and `down` after twelve.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Most heartbeats waiting for the store before new ones are refused.
+const QUEUE: usize = 20_000;
+
+/// A link as a node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkReport {
+    /// The neighbour's node id.
+    pub peer: String,
+    /// Whether the link is up.
+    pub up: bool,
+    /// Smoothed round-trip time, milliseconds (0 to 600,000).
+    pub rtt_ms: f64,
+    /// Loss, 0 to 1.
+    pub loss: f64,
+    /// Routing cost (0 to 65,535; 65,535 is infinite).
+    pub cost: u32,
+}
+
+/// A heartbeat as an agent sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The agent's counter of heartbeats (for gaps and reordering).
+    pub seq: u64,
+    /// CPU use, percent of one core (0 to 100,000).
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// Resident memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Seconds since the agent started.
+    #[serde(default)]
+    pub uptime_seconds: Option<u64>,
+    /// Routes in the node's table.
+    #[serde(default)]
+    pub routes: Option<u32>,
+    /// Links to neighbours (at most 256).
+    #[serde(default)]
+    pub links: Vec<LinkReport>,
+    /// Component versions, name to version (at most 16; names 1 to 64
+    /// bytes, versions up to 128).
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
+}
+
+fn finite_in(what: &str, v: f64, lo: f64, hi: f64) -> Result<(), Problem> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(format!(
+            "{what} is {v}; it must be a number from {lo} to {hi}"
+        )))
+    }
+}
+
+impl HeartbeatRequest {
+    /// Checks every field against its limit, naming the field.
+    pub fn check(&self) -> Result<(), Problem> {
+        if let Some(cpu) = self.cpu_percent {
+            finite_in("cpu_percent", cpu, 0.0, 100_000.0)?;
+        }
+        if self.links.len() > MAX_LINKS {
+            return Err(Problem::bad_request(format!(
+                "links holds {} entries; at most {MAX_LINKS} are accepted",
+                self.links.len()
+            )));
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            l.peer.parse::<NodeId>().map_err(|e| {
+                Problem::bad_request(format!("links[{i}].peer is not a node id: {e}"))
+            })?;
+            finite_in(&format!("links[{i}].rtt_ms"), l.rtt_ms, 0.0, 600_000.0)?;
+            finite_in(&format!("links[{i}].loss"), l.loss, 0.0, 1.0)?;
+            if l.cost > 65_535 {
+                return Err(Problem::bad_request(format!(
+                    "links[{i}].cost is {}; it must be 0 to 65535",
+                    l.cost
+                )));
+            }
+        }
+        if self.versions.len() > MAX_VERSIONS {
+            return Err(Problem::bad_request(format!(
+                "versions holds {} entries; at most {MAX_VERSIONS} are accepted",
+                self.versions.len()
+            )));
+        }
+        for (k, v) in &self.versions {
+            let printable = |s: &str| s.chars().all(|c| !c.is_control());
+            if k.is_empty() || k.len() > 64 || !printable(k) {
+                return Err(Problem::bad_request(format!(
+                    "versions key {:?} must be 1 to 64 printable bytes",
+                    k.chars().take(70).collect::<String>()
+                )));
+            }
+            if v.len() > 128 || !printable(v) {
+                return Err(Problem::bad_request(format!(
+                    "versions[{k:?}] must be at most 128 printable bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+type Job = (Heartbeat, oneshot::Sender<Result<(), StoreError>>);
+
+/// Collects heartbeats into batches for the store.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Starts the batching task: it waits for a heartbeat, collects more
+    /// for up to `linger` (at most [`limits::MAX_HEARTBEAT_BATCH`]),
+    /// writes them in one transaction and answers each. `published` gets
+    /// each written batch (for the bus).
+    pub fn start(
+        store: AnyStore,
+        linger: Duration,
+        published: mpsc::Sender<Vec<Heartbeat>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let task = tokio::spawn(async move {
+            let mut stopping = false;
+            loop {
+                let first = tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    changed = stop.changed(), if !stopping => {
+                        if changed.is_err() || *stop.borrow() {
+                            // Take no more; write what is queued, then end.
+                            stopping = true;
+                            rx.close();
+                        }
+                        continue;
+                    }
+                };
+                let mut jobs = vec![first];
+                let deadline = tokio::time::Instant::now() + linger;
+                while jobs.len() < limits::MAX_HEARTBEAT_BATCH {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(job)) => jobs.push(job),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let batch: Vec<Heartbeat> = jobs.iter().map(|(h, _)| h.clone()).collect();
+                match store.record_heartbeats(batch).await {
+                    Ok(outcomes) => {
+                        let mut written = Vec::with_capacity(jobs.len());
+                        for ((hb, reply), outcome) in jobs.into_iter().zip(outcomes) {
+                            if outcome.is_ok() {
+                                written.push(hb);
+                            }
+                            let _ = reply.send(outcome);
+                        }
+                        if !written.is_empty() {
+                            let _ = published.try_send(written);
+                        }
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        tracing::error!(error = %text, "cannot record heartbeats");
+                        for (_, reply) in jobs {
+                            let _ = reply.send(Err(StoreError::Conflict {
+                                what: "heartbeat batch",
+                                id: String::new(),
+                                reason: text.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        });
+        (Self { tx }, task)
+    }
+
+    /// Queues a heartbeat and waits until its batch is written.
+    pub async fn record(&self, heartbeat: Heartbeat) -> Result<(), Problem> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send((heartbeat, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Problem::unavailable(format!(
+                "{QUEUE} heartbeats are waiting for the store; retry in a second"
+            ))
+            .with_header(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            ),
+            mpsc::error::TrySendError::Closed(_) => {
+                Problem::unavailable("the control plane is shutting down; retry elsewhere")
+            }
+        })?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(StoreError::Conflict {
+                what: "heartbeat batch",
+                reason,
+                ..
+            })) => Err(Problem::unavailable(format!(
+                "the heartbeat could not be stored: {reason}"
+            ))),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Problem::unavailable(
+                "the control plane stopped before the heartbeat was stored",
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- topology
+
+/// A node in the topology.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopologyNode {
+    /// Its id.
+    pub node_id: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// `pending`, `approved` or `revoked`.
+    pub status: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its latest heartbeat (RFC 3339), if any.
+    pub last_seen: Option<String>,
+    /// `up` (a heartbeat within 3 intervals), `stale` (within 12), `down`
+    /// (older), `unknown` (never).
+    pub health: String,
+    /// CPU percent in the latest heartbeat.
+    pub cpu_percent: Option<f64>,
+    /// Memory bytes in the latest heartbeat.
+    pub memory_bytes: Option<u64>,
+    /// Component versions in the latest heartbeat.
+    pub versions: BTreeMap<String, String>,
+}
+
+/// A link in the topology, as its source reported it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopologyLink {
+    /// The reporting node.
+    pub from: String,
+    /// Its neighbour.
+    pub to: String,
+    /// Whether it is up.
+    pub up: bool,
+    /// RTT, milliseconds.
+    pub rtt_ms: f64,
+    /// Loss, 0 to 1.
+    pub loss: f64,
+    /// Routing cost.
+    pub cost: u32,
+    /// `good` (up, loss under 5 %), `degraded` (up) or `down`.
+    pub health: String,
+}
+
+/// Nodes and links with health.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Topology {
+    /// The network.
+    pub network: String,
+    /// When it was computed (RFC 3339).
+    pub at: String,
+    /// The nodes.
+    pub nodes: Vec<TopologyNode>,
+    /// The links.
+    pub links: Vec<TopologyLink>,
+}
+
+/// A node's health from the age of its latest heartbeat.
+pub fn node_health(last: Option<OffsetDateTime>, now: OffsetDateTime) -> &'static str {
+    let interval = time::Duration::try_from(HEARTBEAT_INTERVAL).unwrap_or(time::Duration::ZERO);
+    match last {
+        None => "unknown",
+        Some(t) if now - t <= interval * 3 => "up",
+        Some(t) if now - t <= interval * 12 => "stale",
+        Some(_) => "down",
+    }
+}
+
+/// A link's health.
+pub fn link_health(l: &LinkReport) -> &'static str {
+    if !l.up {
+        "down"
+    } else if l.loss < 0.05 {
+        "good"
+    } else {
+        "degraded"
+    }
+}
+
+/// Builds the topology from nodes and their latest heartbeats.
+pub fn topology(
+    network: &str,
+    nodes: &[weft_store::Node],
+    latest: &[Heartbeat],
+    now: OffsetDateTime,
+) -> Topology {
+    let mut reports: HashMap<NodeId, (OffsetDateTime, Option<HeartbeatRequest>)> = HashMap::new();
+    for hb in latest {
+        // The payload is the report as the agent sent it, checked.
+        let report = serde_json::from_str::<HeartbeatRequest>(&hb.payload).ok();
+        reports.insert(hb.node_id, (hb.at, report));
+    }
+    let mut out_nodes = Vec::with_capacity(nodes.len());
+    let mut links = Vec::new();
+    for n in nodes {
+        let (last, report) = match reports.get(&n.node_id) {
+            Some((at, r)) => (Some(*at), r.as_ref()),
+            None => (n.last_seen, None),
+        };
+        out_nodes.push(TopologyNode {
+            node_id: n.node_id.to_string(),
+            spiffe_id: n.spiffe_id.to_string(),
+            status: n.status.as_str().to_owned(),
+            tags: n.tags.iter().map(str::to_owned).collect(),
+            last_seen: last.map(crate::api::rfc3339),
+            health: if n.status == weft_store::NodeStatus::Revoked {
+                "revoked".into()
+            } else {
+                node_health(last, now).into()
+            },
+            cpu_percent: report.and_then(|r| r.cpu_percent),
+            memory_bytes: report.and_then(|r| r.memory_bytes),
+            versions: report.map(|r| r.versions.clone()).unwrap_or_default(),
+        });
+        if let Some(r) = report {
+            for l in &r.links {
+                links.push(TopologyLink {
+                    from: n.node_id.to_string(),
+                    to: l.peer.clone(),
+                    up: l.up,
+                    rtt_ms: l.rtt_ms,
+                    loss: l.loss,
+                    cost: l.cost,
+                    health: link_health(l).into(),
+                });
+            }
+        }
+    }
+    Topology {
+        network: network.to_owned(),
+        at: crate::api::rfc3339(now),
+        nodes: out_nodes,
+        links,
+    }
+}
+
+/// The topology as a GraphViz digraph: nodes colored by health, links
+/// labelled with RTT and loss, down links dashed.
+pub fn to_dot(t: &Topology) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph weft {{");
+    let _ = writeln!(out, "  label=\"weft network {} at {}\";", t.network, t.at);
+    let _ = writeln!(out, "  node [shape=box, style=filled, fontname=monospace];");
+    for n in &t.nodes {
+        let color = match n.health.as_str() {
+            "up" => "palegreen",
+            "stale" => "khaki",
+            "down" | "revoked" => "lightcoral",
+            _ => "lightgrey",
+        };
+        let _ = writeln!(
+            out,
+            "  \"{}\" [label=\"{}…\\n{}\", fillcolor={color}];",
+            n.node_id,
+            &n.node_id[..n.node_id.len().min(8)],
+            n.health
+        );
+    }
+    for l in &t.links {
+        let style = if l.up { "solid" } else { "dashed" };
+        let color = match l.health.as_str() {
+            "good" => "darkgreen",
+            "degraded" => "orange",
+            _ => "red",
+        };
+        let _ = writeln!(
+            out,
+            "  \"{}\" -> \"{}\" [label=\"{:.1} ms, {:.1}%\", style={style}, color={color}];",
+            l.from,
+            l.to,
+            l.rtt_ms,
+            l.loss * 100.0
+        );
+    }
+    let _ = writeln!(out, "}}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn link(peer: &str) -> LinkReport {
+        LinkReport {
+            peer: peer.into(),
+            up: true,
+            rtt_ms: 1.5,
+            loss: 0.0,
+            cost: 10,
+        }
+    }
+
+    #[test]
+    fn heartbeats_are_checked_field_by_field() {
+        let peer = "a".repeat(52);
+        let mut hb = HeartbeatRequest {
+            seq: 1,
+            cpu_percent: Some(12.5),
+            memory_bytes: Some(1 << 20),
+            uptime_seconds: Some(5),
+            routes: Some(3),
+            links: vec![link(&peer)],
+            versions: BTreeMap::from([("agent".into(), "0.1.0".into())]),
+        };
+        hb.check().unwrap();
+        hb.links[0].loss = 1.5;
+        assert!(hb.check().unwrap_err().detail.contains("links[0].loss"));
+        hb.links[0].loss = f64::NAN;
+        assert!(hb.check().is_err());
+        hb.links[0].loss = 0.0;
+        hb.links[0].peer = "x".into();
+        assert!(hb.check().unwrap_err().detail.contains("links[0].peer"));
+        hb.links = vec![link(&peer); MAX_LINKS + 1];
+        assert!(hb.check().unwrap_err().detail.contains("links holds"));
+        hb.links.clear();
+        hb.cpu_percent = Some(f64::INFINITY);
+        assert!(hb.check().is_err());
+    }
+
+    #[test]
+    fn health_by_age() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(node_health(None, now), "unknown");
+        assert_eq!(node_health(Some(now), now), "up");
+        assert_eq!(
+            node_health(Some(now - time::Duration::seconds(60)), now),
+            "stale"
+        );
+        assert_eq!(
+            node_health(Some(now - time::Duration::hours(1)), now),
+            "down"
+        );
+        let mut l = link("x");
+        assert_eq!(link_health(&l), "good");
+        l.loss = 0.2;
+        assert_eq!(link_health(&l), "degraded");
+        l.up = false;
+        assert_eq!(link_health(&l), "down");
+    }
+}
