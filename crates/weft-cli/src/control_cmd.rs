@@ -925,3 +925,80 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
         Ok(())
     })
 }
+
+/// Arguments of `weft bench control`.
+#[derive(Debug, Args)]
+pub struct ControlBenchArgs {
+    /// Agents, each enrolled with its own identity and keep-alive mTLS connection.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Seconds per phase (baseline, saturation, paced).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Heartbeats per second of the paced phase (all agents together).
+    #[arg(long, default_value_t = 10_000)]
+    target_rate: u32,
+    /// A PostgreSQL database to create the bench's database from.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        env = "WEFT_BENCH_POSTGRES"
+    )]
+    postgres: String,
+    /// Measure SQLite only.
+    #[arg(long)]
+    no_postgres: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `weft bench control`.
+pub fn bench_control(args: ControlBenchArgs) -> Result<()> {
+    let config = weft_control::bench::BenchConfig {
+        agents: args.agents,
+        seconds: args.seconds,
+        target_rate: args.target_rate,
+        postgres_admin_url: (!args.no_postgres).then_some(args.postgres),
+        ..weft_control::bench::BenchConfig::default()
+    };
+    let report = runtime()?
+        .block_on(weft_control::bench::run(&config))
+        .context("control bench failed")?;
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "weft bench control: {} s per phase, {} CPUs shared by the agents and the server",
+        report.seconds, report.cpus
+    );
+    for (name, b) in &report.backends {
+        println!();
+        println!(
+            "{name}: {} agents on keep-alive mTLS connections (setup {:.1} s)",
+            b.agents, b.setup_seconds
+        );
+        println!(
+            "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "phase", "per sec", "p50 ms", "p99 ms", "max ms", "errors"
+        );
+        for (label, p) in [
+            ("baseline GET /health (saturated)", &b.baseline),
+            ("heartbeats (saturated)", &b.saturated),
+            ("heartbeats (paced at target)", &b.paced),
+        ] {
+            println!(
+                "  {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                label, p.per_sec, p.p50_ms, p.p99_ms, p.max_ms, p.errors
+            );
+            if let Some(e) = &p.first_error {
+                println!("    first error: {e}");
+            }
+        }
+        println!(
+            "  heartbeats_per_sec {:.0}, heartbeat_p99_ms {:.2} at {}/s, ratio_vs_baseline {:.3}",
+            b.heartbeats_per_sec, b.heartbeat_p99_ms, b.target_rate, b.ratio_vs_baseline
+        );
+    }
+    Ok(())
+}

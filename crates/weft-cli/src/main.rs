@@ -223,6 +223,10 @@ enum BenchCommand {
     /// network namespaces against plain UDP on the same path, link and
     /// end-to-end handshake rates, seal+open cost. Needs root and iperf3.
     Dataplane(agent_cmd::DataplaneBenchArgs),
+    /// Control plane heartbeats from many enrolled agents over keep-alive
+    /// mTLS against a trivial handler on the same server, on SQLite and
+    /// PostgreSQL.
+    Control(control_cmd::ControlBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -479,6 +483,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Crypto(args)) => bench_crypto(&args),
         Command::Bench(BenchCommand::Bus(args)) => bench_bus(&args),
         Command::Bench(BenchCommand::Dataplane(args)) => agent_cmd::bench_dataplane(&args),
+        Command::Bench(BenchCommand::Control(args)) => control_cmd::bench_control(args),
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
         Command::Agent(cmd) => agent_cmd::agent(cmd),

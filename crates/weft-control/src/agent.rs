@@ -264,6 +264,32 @@ fn record(
     Ok(state)
 }
 
+/// The enrollment request for `identity` and its SVID key, with both
+/// proofs of possession.
+pub fn enroll_request(
+    identity: &NodeIdentity,
+    svid_key: &PqdsaKeyPair,
+    svid_public: &[u8],
+    token: &str,
+) -> Result<EnrollRequest, AgentError> {
+    let identity_pk = identity.signing_key().public_key().as_bytes().to_vec();
+    let message = proof::enroll_message(token, &identity_pk, svid_public);
+    let (signature, svid_sig) = proof::sign(
+        identity.signing_key(),
+        svid_key,
+        &message,
+        proof::ENROLL_CONTEXT,
+    )
+    .map_err(local)?;
+    Ok(EnrollRequest {
+        token: token.to_owned(),
+        identity_public_key: BASE64.encode(&identity_pk),
+        svid_public_key: BASE64.encode(svid_public),
+        signature: BASE64.encode(&signature),
+        svid_key_signature: BASE64.encode(&svid_sig),
+    })
+}
+
 /// Enrolls this agent with `token`: makes (or reuses) its identity and
 /// SVID key in `data_dir`, proves possession of both, and records the
 /// answer (the SVID when approved at once).
@@ -283,20 +309,9 @@ pub async fn enroll(
     make_dir(data_dir)?;
     let id = identity(&paths)?;
     let (svid_key, svid_public) = svid_key(&paths)?;
-    let identity_pk = id.signing_key().public_key().as_bytes().to_vec();
-    let message = proof::enroll_message(token, &identity_pk, &svid_public);
-    let (signature, svid_sig) =
-        proof::sign(id.signing_key(), &svid_key, &message, proof::ENROLL_CONTEXT).map_err(local)?;
+    let request = enroll_request(&id, &svid_key, &svid_public, token)?;
     let client = ControlClient::new(control_url, trust.clone(), None, None)?;
-    let answer = client
-        .enroll(&EnrollRequest {
-            token: token.to_owned(),
-            identity_public_key: BASE64.encode(&identity_pk),
-            svid_public_key: BASE64.encode(&svid_public),
-            signature: BASE64.encode(&signature),
-            svid_key_signature: BASE64.encode(&svid_sig),
-        })
-        .await?;
+    let answer = client.enroll(&request).await?;
     trust.accepts_bundle(&answer.ca_bundle_pem)?;
     if answer.settings.node_id != id.node_id().to_string() {
         return Err(AgentError::BadAnswer(format!(

@@ -17,12 +17,15 @@
 //! - [`proof`]: what agents sign to enroll and claim.
 //! - [`client`]: an HTTPS client of this API (the CLI's and the tests').
 //! - [`agent`]: the agent side of enrollment, claims and renewal.
+//! - [`telemetry`]: heartbeats and the topology; [`policy`]: ACL policies.
+//! - [`bench`]: `weft bench control`.
 //! - [`problem`]: RFC 9457 problem details.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;
