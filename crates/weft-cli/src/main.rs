@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod control_cmd;
+mod heal_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -227,6 +228,9 @@ enum BenchCommand {
     /// mTLS against a trivial handler on the same server, on SQLite and
     /// PostgreSQL.
     Control(control_cmd::ControlBenchArgs),
+    /// Self-healing loop: one full cycle over telemetry from 1000 and
+    /// 10,000 nodes against naive detectors and a bare pass over the samples.
+    Heal(heal_cmd::HealBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -484,6 +488,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Bus(args)) => bench_bus(&args),
         Command::Bench(BenchCommand::Dataplane(args)) => agent_cmd::bench_dataplane(&args),
         Command::Bench(BenchCommand::Control(args)) => control_cmd::bench_control(args),
+        Command::Bench(BenchCommand::Heal(args)) => heal_cmd::bench_heal(&args),
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
         Command::Agent(cmd) => agent_cmd::agent(cmd),

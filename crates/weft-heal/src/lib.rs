@@ -15,7 +15,7 @@
 //!   help; every step is an [`Output::Audit`] event.
 //! - **Knowledge** ([`knowledge`]): incidents with full timelines and the
 //!   outcome of every action, in memory or in `weft-store`.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`bench`]: `weft bench heal`.
 //!
 //! The [`Engine`] is driven by `(now, input) -> outputs + next deadline`
 //! ([`Engine::step`], or [`Engine::handle_input`] / [`Engine::handle_timeout`]
@@ -26,6 +26,7 @@
 
 pub mod actuator;
 mod analyze;
+pub mod bench;
 pub mod detect;
 pub mod engine;
 mod execute;
