@@ -207,6 +207,7 @@ enum Command {
     InjectLoss(NodeId, f64),
     Telemetry(oneshot::Sender<Telemetry>),
     Hang,
+    Forge(NodeId, oneshot::Sender<usize>),
     Shutdown,
 }
 
@@ -329,6 +330,15 @@ impl AgentHandle {
             .map_err(|_| AgentError::Stopped)
     }
 
+    /// Fault injection: this node turns attacker and sends every neighbour
+    /// an announcement claiming to come from `victim` but signed with its
+    /// own key (a forgery the neighbours must refuse and report). Returns
+    /// the links it was sent on.
+    pub async fn inject_forged(&self, victim: NodeId) -> Result<usize, AgentError> {
+        tracing::warn!(node = %self.id(), %victim, "fault injection: forging announcements");
+        self.ask(|tx| Command::Forge(victim, tx)).await
+    }
+
     /// What the agent measures now.
     pub async fn telemetry(&self) -> Result<Telemetry, AgentError> {
         self.ask(Command::Telemetry).await
@@ -374,6 +384,8 @@ impl Agent {
     /// Starts the agent: binds the endpoint and runs the node. Must be
     /// called inside a tokio runtime.
     pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        let key = cfg.key.clone();
+        let unix_ms_at_zero = cfg.node.unix_ms_at_zero;
         let node = Node::new(
             cfg.key,
             cfg.node,
@@ -409,6 +421,8 @@ impl Agent {
         let metrics = Arc::new(metrics::AgentMetrics::new());
         let driver = Driver {
             node,
+            key,
+            unix_ms_at_zero,
             e2e,
             metrics: metrics.clone(),
             last_rx: HashMap::new(),
@@ -712,6 +726,10 @@ const REROUTE_WINDOW: Duration = Duration::from_secs(30);
 
 struct Driver {
     node: Node,
+    /// The node's signing key (fault injection forges with it).
+    key: Arc<CompositeSigningKey>,
+    /// The node's wall clock at start, Unix milliseconds.
+    unix_ms_at_zero: u64,
     e2e: E2e,
     metrics: Arc<metrics::AgentMetrics>,
     /// When each neighbour last sent anything (detection time).
@@ -916,6 +934,9 @@ impl Driver {
                     drained: self.drained.iter().copied().collect(),
                 });
             }
+            Command::Forge(victim, tx) => {
+                let _ = tx.send(self.forge(victim));
+            }
             Command::Shutdown | Command::Hang => {}
         }
     }
@@ -1094,6 +1115,32 @@ impl Driver {
 }
 
 impl Driver {
+    /// See [`AgentHandle::inject_forged`].
+    fn forge(&mut self, victim: NodeId) -> usize {
+        // The node's own clock, so that the forgery passes the freshness
+        // check and is refused for its signature.
+        let unix_ms = self.unix_ms_at_zero + self.now().0 / 1000;
+        let seqno = weft_proto::wire::Seqno(1000);
+        let Ok(own) =
+            weft_proto::origin::OwnOrigin::new(self.key.clone(), u32::MAX, seqno, unix_ms)
+        else {
+            return 0;
+        };
+        let Some(mut a) = own.announcement(seqno) else {
+            return 0;
+        };
+        let mut cert = (*a.cert).clone();
+        cert.origin = victim;
+        a.cert = Arc::new(cert);
+        let Ok(bytes) = weft_proto::wire::Message::Announcement(a).to_bytes() else {
+            return 0;
+        };
+        self.links
+            .values()
+            .filter(|l| l.writer.try_send(bytes.clone()).is_ok())
+            .count()
+    }
+
     fn peer_infos(&self) -> Vec<PeerInfo> {
         self.links
             .iter()

@@ -71,7 +71,13 @@ impl Network {
             roster: self.roster.clone(),
             authority: self.authority.public_key().clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            node: NodeConfig::default(),
+            node: NodeConfig {
+                unix_ms_at_zero: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
+                ..NodeConfig::default()
+            },
             e2e: Default::default(),
         }
     }
@@ -96,6 +102,11 @@ impl Network {
         }
     }
 }
+
+/// The tests run one at a time: each runs several agents, and on a busy
+/// 2-core machine their detectors would otherwise see each other's load
+/// as link loss.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Polls `check` every 20 ms for up to `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
@@ -148,6 +159,7 @@ async fn deliver(from: &Agent, to: &Agent, payload: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datagrams_cross_two_hops_and_reroute_when_the_relay_hangs() {
+    let _serial = SERIAL.lock().await;
     // a - b - c and a - d - c: two disjoint two-hop paths.
     let net = Network::new("mesh.weft.test", 4);
     let agents: Vec<Agent> = (0..4).map(|i| net.start(i)).collect();
@@ -185,6 +197,7 @@ async fn datagrams_cross_two_hops_and_reroute_when_the_relay_hangs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_outside_the_network_are_refused() {
+    let _serial = SERIAL.lock().await;
     let net = Network::new("mesh.weft.test", 2);
     let a = net.start(0);
 
@@ -227,6 +240,7 @@ async fn peers_outside_the_network_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_neighbour_is_cut_off_and_cannot_come_back() {
+    let _serial = SERIAL.lock().await;
     let net = Network::new("mesh.weft.test", 3);
     let agents: Vec<Agent> = (0..3).map(|i| net.start(i)).collect();
     let [a, b, c] = [&agents[0], &agents[1], &agents[2]];
@@ -273,6 +287,7 @@ async fn a_revoked_neighbour_is_cut_off_and_cannot_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_enrolled_later_is_accepted_once_the_network_file_grows() {
+    let _serial = SERIAL.lock().await;
     let net = Network::new("mesh.weft.test", 3);
     // a and b start knowing only themselves and each other.
     let early = Arc::new(Roster::of(net.keys[..2].iter().map(|k| k.public_key().clone())).unwrap());
@@ -318,6 +333,7 @@ async fn a_node_enrolled_later_is_accepted_once_the_network_file_grows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_moves_routes_and_injected_loss_shows_in_telemetry() {
+    let _serial = SERIAL.lock().await;
     // a - b - c and a - d - c.
     let net = Network::new("mesh.weft.test", 4);
     let agents: Vec<Agent> = (0..4).map(|i| net.start(i)).collect();
@@ -365,6 +381,50 @@ async fn draining_moves_routes_and_injected_loss_shows_in_telemetry() {
         },
     )
     .await;
+    for x in agents {
+        x.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_announcements_are_refused_and_name_the_sender() {
+    let _serial = SERIAL.lock().await;
+    let net = Network::new("mesh.weft.test", 3);
+    let agents: Vec<Agent> = (0..3).map(|i| net.start(i)).collect();
+    let [a, b, c] = [&agents[0], &agents[1], &agents[2]];
+    a.connect(b.local_addr()).await.unwrap();
+    b.connect(c.local_addr()).await.unwrap();
+    eventually(Duration::from_secs(10), "a reaches c", || async {
+        next_hop(a, c.id()).await.is_some()
+    })
+    .await;
+    let mut events = a.events();
+    assert_eq!(b.handle().inject_forged(c.id()).await.unwrap(), 2);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::AnnouncementRefused {
+                origin,
+                reason,
+                from,
+            }) = events.recv().await
+                && origin == c.id()
+            {
+                assert_eq!(reason, weft_proto::origin::Refusal::Forged);
+                assert_eq!(from, b.id());
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a refuses the forgery");
+    let t = a.handle().telemetry().await.unwrap();
+    assert!(
+        t.refused_announcements
+            .iter()
+            .any(|(r, n)| r == "forged" && *n >= 1)
+    );
+    // The real route to c survives.
+    assert_eq!(next_hop(a, c.id()).await, Some(b.id()));
     for x in agents {
         x.shutdown().await;
     }

@@ -239,6 +239,8 @@ pub enum Event {
         origin: NodeId,
         /// Why.
         reason: Refusal,
+        /// The neighbour that sent it (which may only have relayed it).
+        from: NodeId,
     },
     /// A newer revocation list was accepted.
     RevocationApplied {
@@ -1009,7 +1011,12 @@ impl Node {
         seqno: Seqno,
         reason: Refusal,
     ) {
-        self.event(Event::AnnouncementRefused { origin, reason });
+        let from = self.link(slot).map_or(self.id, |l| l.peer);
+        self.event(Event::AnnouncementRefused {
+            origin,
+            reason,
+            from,
+        });
         // The fetch failed: the next update naming the seqno asks again.
         if let Some(o) = self.roster().index(&origin)
             && self.fetch(o) == Some((seqno, slot))

@@ -545,7 +545,9 @@ impl Sim {
             Event::Delivered { src, payload } => (6, idx(src), payload.len() as u32, 0),
             Event::Dropped { src, dst, reason } => (7, idx(src), idx(dst), *reason as u64),
             Event::Unreachable { dst, reporter } => (8, idx(dst), idx(reporter), 0),
-            Event::AnnouncementRefused { origin, reason } => (9, idx(origin), 0, *reason as u64),
+            Event::AnnouncementRefused { origin, reason, .. } => {
+                (9, idx(origin), 0, *reason as u64)
+            }
             Event::RevocationApplied { epoch } => (10, 0, 0, *epoch),
         };
         let mut buf = [0u8; 29];
