@@ -979,8 +979,8 @@ pub fn bench_control(args: ControlBenchArgs) -> Result<()> {
             b.agents, b.setup_seconds
         );
         println!(
-            "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>7}",
-            "phase", "per sec", "p50 ms", "p99 ms", "max ms", "errors"
+            "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>7} {:>8}",
+            "phase", "per sec", "p50 ms", "p99 ms", "max ms", "errors", "missed"
         );
         for (label, p) in [
             ("baseline GET /health (saturated)", &b.baseline),
@@ -988,8 +988,8 @@ pub fn bench_control(args: ControlBenchArgs) -> Result<()> {
             ("heartbeats (paced at target)", &b.paced),
         ] {
             println!(
-                "  {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-                label, p.per_sec, p.p50_ms, p.p99_ms, p.max_ms, p.errors
+                "  {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8}",
+                label, p.per_sec, p.p50_ms, p.p99_ms, p.max_ms, p.errors, p.missed
             );
             if let Some(e) = &p.first_error {
                 println!("    first error: {e}");

@@ -656,10 +656,19 @@ async fn guard(
         return with_label(too_many("this identity"), label);
     }
     req.extensions_mut().insert(identity.clone());
-    let response = next.run(req).await;
-    if spec.access == Access::Enrollment && response.status() == StatusCode::UNAUTHORIZED {
-        // A bad join token or signature counts as a failed authentication.
-        let _ = state.limiters.auth_failures.check_key(&addr);
+    let mut response = next.run(req).await;
+    if spec.access == Access::Enrollment
+        && response.status() == StatusCode::UNAUTHORIZED
+        && state.limiters.auth_failures.check_key(&addr).is_err()
+    {
+        // A bad join token or signature counts as a failed
+        // authentication; past the budget the answer is 429.
+        state.metrics.rate_limited("auth_failures");
+        let note = response.extensions().get::<AuditNote>().cloned();
+        response = too_many("failed authentications from this client address");
+        if let Some(note) = note {
+            response.extensions_mut().insert(note);
+        }
     }
     if let Some(action) = spec.action {
         audit(&state, identity.actor(), action, &path, &response).await;

@@ -14,7 +14,8 @@
 //! 3. **paced**: every agent sends a heartbeat every `agents /
 //!    target_rate` seconds; latency is measured from the scheduled send
 //!    time (so a slow server cannot hide queueing), which gives
-//!    `heartbeat_p99_ms` at that rate.
+//!    `heartbeat_p99_ms` at that rate; sends still due when the phase
+//!    ends are counted as `missed`.
 //!
 //! `ratio_vs_baseline` is saturated heartbeats per second over saturated
 //! health checks per second. The client and the server share the
@@ -111,6 +112,9 @@ pub struct Phase {
     pub p99_ms: f64,
     /// Largest latency, milliseconds.
     pub max_ms: f64,
+    /// Paced sends never made: the agent was still waiting for earlier
+    /// answers when the phase ended (the server was behind).
+    pub missed: u64,
     /// The first error seen, if any.
     pub first_error: Option<String>,
 }
@@ -166,7 +170,13 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
 }
 
-fn phase(mut latencies: Vec<u32>, errors: u64, first_error: Option<String>, secs: f64) -> Phase {
+fn phase(
+    mut latencies: Vec<u32>,
+    errors: u64,
+    missed: u64,
+    first_error: Option<String>,
+    secs: f64,
+) -> Phase {
     latencies.sort_unstable();
     Phase {
         ok: latencies.len() as u64,
@@ -175,6 +185,7 @@ fn phase(mut latencies: Vec<u32>, errors: u64, first_error: Option<String>, secs
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         max_ms: latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
+        missed,
         first_error,
     }
 }
@@ -231,15 +242,24 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
                 }
                 _ => Instant::now(),
             };
+            let mut missed = 0u64;
             loop {
+                if Instant::now() >= end {
+                    // Paced sends still due when the phase ended were
+                    // never made: the server was behind.
+                    if let Load::Paced(every) = load
+                        && next < end
+                    {
+                        missed += ((end - next).as_secs_f64() / every.as_secs_f64()).ceil() as u64;
+                    }
+                    break;
+                }
                 if let Load::Paced(every) = load {
                     if next >= end {
                         break;
                     }
                     tokio::time::sleep_until(next.into()).await;
                     next += every;
-                } else if Instant::now() >= end {
-                    break;
                 }
                 let scheduled = match load {
                     Load::Paced(every) => next - every,
@@ -260,22 +280,30 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
                     }
                 }
             }
-            (latencies, errors, first_error)
+            (latencies, errors, missed, first_error)
         });
     }
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut missed = 0;
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
-        if let Ok((l, e, f)) = done {
+        if let Ok((l, e, m, f)) = done {
             all.extend(l);
             errors += e;
+            missed += m;
             if first_error.is_none() {
                 first_error = f;
             }
         }
     }
-    phase(all, errors, first_error, start.elapsed().as_secs_f64())
+    phase(
+        all,
+        errors,
+        missed,
+        first_error,
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 fn setup_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> BenchError {

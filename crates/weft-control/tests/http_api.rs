@@ -193,6 +193,14 @@ async fn rate_limits_answer_429_with_retry_after() {
         );
     }
     assert_eq!(codes, [401, 401, 429, 429]);
+    // Forged join tokens from the same address count against the budget.
+    let anon = h.client(None);
+    let body = br#"{"token":"weft_join_x","identity_public_key":"","svid_public_key":"","signature":"","svid_key_signature":""}"#;
+    let (status, _, _) = anon
+        .raw(Method::POST, "/v1/enroll", Some(body.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, 429);
     h.stop().await;
 }
 
