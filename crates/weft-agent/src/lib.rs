@@ -313,7 +313,7 @@ impl AgentHandle {
     /// datagrams (hellos included) to and from `peer`, as a lossy link
     /// would. 0 stops it. Logged, since it degrades a real link.
     pub fn inject_loss(&self, peer: NodeId, ratio: f64) -> Result<(), AgentError> {
-        tracing::warn!(%peer, ratio, "fault injection: dropping datagrams on the link");
+        tracing::info!(%peer, ratio, "fault injection: dropping datagrams on the link");
         self.commands
             .send(Command::InjectLoss(peer, ratio.clamp(0.0, 1.0)))
             .map_err(|_| AgentError::Stopped)
@@ -324,7 +324,7 @@ impl AgentHandle {
     /// connections stay open so that no close frame tells the neighbours;
     /// their liveness detectors must notice. Only shutdown follows.
     pub fn hang(&self) -> Result<(), AgentError> {
-        tracing::warn!(node = %self.id(), "fault injection: the node hangs");
+        tracing::info!(node = %self.id(), "fault injection: the node hangs");
         self.commands
             .send(Command::Hang)
             .map_err(|_| AgentError::Stopped)
@@ -335,7 +335,7 @@ impl AgentHandle {
     /// own key (a forgery the neighbours must refuse and report). Returns
     /// the links it was sent on.
     pub async fn inject_forged(&self, victim: NodeId) -> Result<usize, AgentError> {
-        tracing::warn!(node = %self.id(), %victim, "fault injection: forging announcements");
+        tracing::info!(node = %self.id(), %victim, "fault injection: forging announcements");
         self.ask(|tx| Command::Forge(victim, tx)).await
     }
 

@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod control_cmd;
+mod demo_cmd;
 mod heal_cmd;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,10 @@ enum Command {
     /// Set, show and list the network's versioned ACL policy.
     #[command(subcommand)]
     Policy(control_cmd::PolicyCommand),
+    /// Run the whole system in one process (control plane, bus, 12 agents
+    /// on loopback, the healing loop), inject five faults and show each
+    /// detected, repaired and verified.
+    Demo(demo_cmd::DemoArgs),
     /// Run the node agent.
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
@@ -491,6 +496,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Heal(args)) => heal_cmd::bench_heal(&args),
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
+        Command::Demo(args) => demo_cmd::demo(&args),
         Command::Agent(cmd) => agent_cmd::agent(cmd),
         Command::Control(cmd) => control_cmd::control(cmd),
         Command::Node(cmd) => control_cmd::node(cmd),
