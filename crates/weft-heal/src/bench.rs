@@ -2,13 +2,18 @@
 //! execute → plan) takes over telemetry from a fleet, against baselines
 //! measured in the same run.
 //!
-//! The fleet: `nodes` nodes, each reporting CPU, memory, its route count
-//! and loss and RTT on 4 links (11 samples per node per cycle), noisy
-//! around steady levels. After a warm-up (so every statistical detector
+//! The fleet: `nodes` nodes, each sending one report per cycle (as an
+//! agent's heartbeat does) with CPU, memory, its route count and loss and
+//! RTT on 4 links (11 samples per node per cycle), noisy around steady
+//! levels. After a warm-up (so every statistical detector
 //! is live), 1 % of the nodes overload and 0.5 % of the links turn lossy,
 //! so the timed cycles also open incidents and plan actions. Nothing
 //! answers the actions: they time out and are rolled back, which the
 //! timed cycles include too.
+//!
+//! The main size is also run with every value sent as its own sample
+//! (`cycle_p50_ms_per_sample`), the slower path for drivers that cannot
+//! batch.
 //!
 //! Baselines, over the same samples:
 //! - **naive**: the same four detectors implemented directly: every
@@ -26,7 +31,7 @@ use weft_crypto::NodeId;
 
 use crate::engine::{Config, Engine, Output};
 use crate::knowledge::MemoryKnowledge;
-use crate::model::{Input, Metric, Sample};
+use crate::model::{Input, Metric, Sample, Telemetry};
 use crate::policy::Policy;
 use crate::time::Time;
 
@@ -88,6 +93,11 @@ pub struct BenchReport {
     pub cycle_p99_ms: f64,
     /// One full cycle, worst.
     pub cycle_max_ms: f64,
+    /// The same cycle with every value sent as its own sample instead of
+    /// one report per node, median.
+    pub cycle_p50_ms_per_sample: f64,
+    /// ... and 99th percentile.
+    pub cycle_p99_ms_per_sample: f64,
     /// By phase.
     pub phases: Phases,
     /// Nodes of the large run.
@@ -205,46 +215,38 @@ impl Fleet {
         }
     }
 
-    fn samples(&mut self, at: Time, out: &mut Vec<Input>) {
+    /// One report per node, as agents send them.
+    fn reports(&mut self, at: Time, out: &mut Vec<Input>) {
         out.clear();
         for i in 0..self.ids.len() {
-            let node = self.ids[i];
             let cpu = if self.hot[i] { 97.0 } else { 40.0 };
-            let mut push = |metric, value: f64| {
-                out.push(Input::Sample(Sample {
-                    node,
-                    metric,
-                    value: value.clamp(0.0, 100.0),
-                    at,
-                }));
-            };
-            push(Metric::Cpu, cpu + 2.0 * self.noise.gauss());
-            push(Metric::Memory, 55.0 + self.noise.gauss());
-            let routes = (self.ids.len() - 1) as f64;
-            out.push(Input::Sample(Sample {
-                node,
-                metric: Metric::RouteCount,
-                value: routes,
-                at,
-            }));
+            let mut values = Vec::with_capacity(11);
+            values.push((
+                Metric::Cpu,
+                (cpu + 2.0 * self.noise.gauss()).clamp(0.0, 100.0),
+            ));
+            values.push((
+                Metric::Memory,
+                (55.0 + self.noise.gauss()).clamp(0.0, 100.0),
+            ));
+            values.push((Metric::RouteCount, (self.ids.len() - 1) as f64));
             for (k, &p) in self.peers[i].iter().enumerate() {
                 let peer = self.ids[p];
                 let loss = if self.lossy[i][k] { 20.0 } else { 0.3 };
-                let loss = (loss + 0.1 * self.noise.gauss()).clamp(0.0, 100.0);
-                let rtt = (20.0 + 2.0 * self.noise.gauss()).max(0.0);
-                out.push(Input::Sample(Sample {
-                    node,
-                    metric: Metric::LinkLoss { peer },
-                    value: loss,
-                    at,
-                }));
-                out.push(Input::Sample(Sample {
-                    node,
-                    metric: Metric::LinkRtt { peer },
-                    value: rtt,
-                    at,
-                }));
+                values.push((
+                    Metric::LinkLoss { peer },
+                    (loss + 0.1 * self.noise.gauss()).clamp(0.0, 100.0),
+                ));
+                values.push((
+                    Metric::LinkRtt { peer },
+                    (20.0 + 2.0 * self.noise.gauss()).max(0.0),
+                ));
             }
+            out.push(Input::Telemetry(Telemetry {
+                node: self.ids[i],
+                at,
+                values,
+            }));
         }
     }
 }
@@ -280,6 +282,7 @@ fn run_size(
     warmup: usize,
     seed: u64,
     baselines: bool,
+    per_sample: bool,
 ) -> Result<Run, BenchError> {
     let cfg = Config {
         monitor: crate::monitor::MonitorConfig {
@@ -316,15 +319,27 @@ fn run_size(
             fleet.inject();
         }
         let now = start + Duration::from_secs(c as u64 + 1);
-        fleet.samples(now, &mut inputs);
-        run.samples_per_cycle = inputs.len();
+        fleet.reports(now, &mut inputs);
+        if per_sample {
+            inputs = split(std::mem::take(&mut inputs));
+        }
+        run.samples_per_cycle = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Telemetry(t) => t.values.len(),
+                _ => 1,
+            })
+            .sum();
+
         let timed = c >= warmup;
         if baselines && timed {
             let t = Instant::now();
             let mut sum = 0.0;
             for i in &inputs {
-                if let Input::Sample(s) = i {
-                    sum += s.value;
+                if let Input::Telemetry(t) = i {
+                    for (_, v) in &t.values {
+                        sum += v;
+                    }
                 }
             }
             black_box(sum);
@@ -375,6 +390,27 @@ fn run_size(
     Ok(run)
 }
 
+/// The same reports as one sample per value.
+fn split(reports: Vec<Input>) -> Vec<Input> {
+    let mut out = Vec::with_capacity(reports.len() * 11);
+    for r in reports {
+        match r {
+            Input::Telemetry(t) => {
+                for (metric, value) in t.values {
+                    out.push(Input::Sample(Sample {
+                        node: t.node,
+                        metric,
+                        value,
+                        at: t.at,
+                    }));
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Runs the bench.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     if !(16..=1_000_000).contains(&cfg.nodes) {
@@ -404,13 +440,29 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
             ),
         });
     }
-    let main = run_size(cfg.nodes, cfg.cycles, cfg.warmup_cycles, cfg.seed, true)?;
+    let main = run_size(
+        cfg.nodes,
+        cfg.cycles,
+        cfg.warmup_cycles,
+        cfg.seed,
+        true,
+        false,
+    )?;
+    let single = run_size(
+        cfg.nodes,
+        cfg.cycles,
+        cfg.warmup_cycles,
+        cfg.seed,
+        false,
+        true,
+    )?;
     let large = if cfg.nodes_large > 0 {
         Some(run_size(
             cfg.nodes_large,
             cfg.cycles_large.max(1),
             cfg.warmup_cycles,
             cfg.seed,
+            false,
             false,
         )?)
     } else {
@@ -428,6 +480,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         cycle_p50_ms: p50,
         cycle_p99_ms: p99,
         cycle_max_ms: main.cycle.last().copied().unwrap_or(0.0),
+        cycle_p50_ms_per_sample: pct(&single.cycle, 0.5),
+        cycle_p99_ms_per_sample: pct(&single.cycle, 0.99),
         phases: Phases {
             monitor_p50_ms: pct(&main.monitor, 0.5),
             analyze_p50_ms: pct(&main.analyze, 0.5),
@@ -467,20 +521,22 @@ impl Naive {
     /// returns how many series fire.
     fn cycle(&mut self, inputs: &[Input]) -> usize {
         for i in inputs {
-            let Input::Sample(s) = i else { continue };
-            let (kind, peer) = match &s.metric {
-                Metric::Cpu => (0u8, None),
-                Metric::Memory => (1, None),
-                Metric::RouteCount => (2, None),
-                Metric::LinkLoss { peer } => (3, Some(*peer)),
-                Metric::LinkRtt { peer } => (4, Some(*peer)),
-                Metric::ComponentErrors { .. } => (5, None),
-            };
-            let w = self.series.entry((s.node, kind, peer)).or_default();
-            if w.len() >= Self::WINDOW {
-                w.remove(0);
+            let Input::Telemetry(t) = i else { continue };
+            for (metric, value) in &t.values {
+                let (kind, peer) = match metric {
+                    Metric::Cpu => (0u8, None),
+                    Metric::Memory => (1, None),
+                    Metric::RouteCount => (2, None),
+                    Metric::LinkLoss { peer } => (3, Some(*peer)),
+                    Metric::LinkRtt { peer } => (4, Some(*peer)),
+                    Metric::ComponentErrors { .. } => (5, None),
+                };
+                let w = self.series.entry((t.node, kind, peer)).or_default();
+                if w.len() >= Self::WINDOW {
+                    w.remove(0);
+                }
+                w.push(*value);
             }
-            w.push(s.value);
         }
         let mut firing = 0;
         let mut latest: HashMap<u8, Vec<f64>> = HashMap::new();

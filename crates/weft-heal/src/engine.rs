@@ -452,6 +452,10 @@ impl<K: Knowledge> Engine<K> {
             Input::Sample(s) => self
                 .monitor
                 .sample(now, &s, &self.cfg.monitor, &self.cfg.detect),
+            Input::Telemetry(t) => {
+                self.monitor
+                    .telemetry(now, &t, &self.cfg.monitor, &self.cfg.detect)
+            }
             Input::Event { at, event } => {
                 self.monitor.event(now, at, &event, &self.cfg.monitor);
                 Ok(())

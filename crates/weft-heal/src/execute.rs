@@ -406,11 +406,9 @@ impl<K: Knowledge> Engine<K> {
                 Some(recent as f64 / self.cfg.analyze.forged_min_reports as f64)
             }
             Element::Component(n, c) => {
-                let node_slot = slot(n)?;
                 let comp = m
-                    .component_index
-                    .get(&(node_slot, c.clone()))
-                    .and_then(|c| m.components.get(*c))?;
+                    .find_component(slot(n)?, c)
+                    .and_then(|c| m.components.get(c))?;
                 if comp.down_since.is_some() {
                     return Some(DOWN);
                 }

@@ -51,7 +51,7 @@ pub use knowledge::{Knowledge, KnowledgeError, MemoryKnowledge, Outcomes, StoreK
 pub use metrics::HealMetrics;
 pub use model::{
     ActionId, ActionKind, ActionResult, Component, Detector, Event, Evidence, IncidentKind, Input,
-    InputError, Metric, MetricKind, Sample, Severity, Target,
+    InputError, MAX_TELEMETRY_VALUES, Metric, MetricKind, Sample, Severity, Target, Telemetry,
 };
 pub use monitor::MonitorConfig;
 pub use policy::{DEFAULT_POLICY, Policy, PolicyError, Precondition};

@@ -178,6 +178,23 @@ pub struct Sample {
     pub at: Time,
 }
 
+/// Most values in one [`Telemetry`] report.
+pub const MAX_TELEMETRY_VALUES: usize = 4096;
+
+/// A node's whole report at one time (what an agent's heartbeat
+/// carries): cheaper than one [`Sample`] per value, as the node is looked
+/// up once and its links are found among its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Telemetry {
+    /// The node that measured.
+    pub node: NodeId,
+    /// When.
+    pub at: Time,
+    /// The values, each in its metric's unit and range (at most
+    /// [`MAX_TELEMETRY_VALUES`]).
+    pub values: Vec<(Metric, f64)>,
+}
+
 /// A discrete event reported by a node, the control plane or the mesh.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -271,6 +288,8 @@ pub struct ActionResult {
 pub enum Input {
     /// A telemetry sample.
     Sample(Sample),
+    /// A node's whole report.
+    Telemetry(Telemetry),
     /// An event, with when it happened.
     Event {
         /// When.
@@ -306,9 +325,18 @@ pub enum InputError {
         /// The limit.
         limit_ms: u64,
     },
-    /// The sample is older than the newest one of its series.
+    /// The sample is older than the newest one of its series (a report:
+    /// older than the node's newest sample).
     #[error("sample is older than the newest of its series; samples of a series must be in order")]
     OutOfOrder,
+    /// A report carries too many values.
+    #[error("report carries {count} values; the limit is {limit}")]
+    TooManyValues {
+        /// How many.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A node reported on itself as its own peer.
     #[error("a node cannot be its own peer")]
     SelfPeer,

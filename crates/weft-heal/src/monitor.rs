@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use weft_crypto::NodeId;
 
 use crate::detect::{Alarms, DetectorConfig, SeriesDetector};
-use crate::model::{Component, Event, InputError, Metric, MetricKind, Sample};
+use crate::model::{
+    Component, Event, InputError, MAX_TELEMETRY_VALUES, Metric, MetricKind, Sample, Telemetry,
+};
 use crate::time::{Time, serde_duration};
 
 /// Monitor settings.
@@ -32,9 +34,6 @@ pub struct MonitorConfig {
     pub max_components_per_node: usize,
     /// Samples kept per series (2 to 4096).
     pub window_samples: usize,
-    /// Samples older than this are dropped from windows.
-    #[serde(with = "serde_duration")]
-    pub window: Duration,
     /// A node that reported before and sent nothing for this long is
     /// silent (down unless it comes back).
     #[serde(with = "serde_duration")]
@@ -57,7 +56,6 @@ impl Default for MonitorConfig {
             max_links_per_node: 64,
             max_components_per_node: 16,
             window_samples: 24,
-            window: Duration::from_secs(300),
             stale_after: Duration::from_secs(5),
             max_future_skew: Duration::from_secs(60),
             max_reports: 64,
@@ -90,7 +88,6 @@ impl MonitorConfig {
         range("window_samples", self.window_samples, 2, 4096)?;
         range("max_reports", self.max_reports, 1, 4096)?;
         for (key, d) in [
-            ("window", self.window),
             ("stale_after", self.stale_after),
             ("max_future_skew", self.max_future_skew),
             ("report_window", self.report_window),
@@ -106,23 +103,35 @@ impl MonitorConfig {
     }
 }
 
-/// A bounded window of (time, value) samples, oldest first.
+/// A bounded window of (time, value) samples: a ring of `cap` slots
+/// allocated at the first push, the newest sample also kept inline so
+/// the hot path (order check, latest value) never reads the ring.
 #[derive(Clone, Debug, Default)]
 pub struct Window {
-    buf: VecDeque<(Time, f32)>,
+    buf: Box<[(Time, f32)]>,
+    /// Slot of the oldest sample.
+    head: u32,
+    len: u32,
+    last: Option<(Time, f32)>,
 }
 
 impl Window {
-    /// Appends a sample, evicting the oldest past `cap` or older than
-    /// `horizon`.
-    pub fn push(&mut self, at: Time, value: f32, cap: usize, horizon: Time) {
-        while self.buf.len() >= cap {
-            self.buf.pop_front();
+    /// Appends a sample, overwriting the oldest once `cap` are held.
+    pub fn push(&mut self, at: Time, value: f32, cap: usize) {
+        if self.buf.is_empty() {
+            self.buf = vec![(Time::ZERO, 0.0); cap.max(1)].into_boxed_slice();
         }
-        while self.buf.front().is_some_and(|(t, _)| *t < horizon) {
-            self.buf.pop_front();
-        }
-        self.buf.push_back((at, value));
+        let cap = self.buf.len() as u32;
+        let slot = if self.len < cap {
+            self.len += 1;
+            (self.head + self.len - 1) % cap
+        } else {
+            let s = self.head;
+            self.head = (self.head + 1) % cap;
+            s
+        };
+        self.buf[slot as usize] = (at, value);
+        self.last = Some((at, value));
     }
 
     /// The mean of the samples at or after `since`, and how many there
@@ -130,11 +139,11 @@ impl Window {
     pub fn mean_since(&self, since: Time) -> Option<(f64, usize)> {
         let mut sum = 0.0;
         let mut n = 0usize;
-        for (t, v) in self.buf.iter().rev() {
-            if *t < since {
+        for (t, v) in self.iter_newest_first() {
+            if t < since {
                 break;
             }
-            sum += f64::from(*v);
+            sum += f64::from(v);
             n += 1;
         }
         (n > 0).then(|| (sum / n as f64, n))
@@ -142,22 +151,28 @@ impl Window {
 
     /// The newest sample.
     pub fn last(&self) -> Option<(Time, f32)> {
-        self.buf.back().copied()
+        self.last
+    }
+
+    fn iter_newest_first(&self) -> impl Iterator<Item = (Time, f32)> + '_ {
+        let cap = self.buf.len() as u32;
+        (0..self.len).map(move |k| self.buf[((self.head + self.len - 1 - k) % cap) as usize])
     }
 
     /// The samples, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &(Time, f32)> {
-        self.buf.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (Time, f32)> + '_ {
+        let cap = self.buf.len() as u32;
+        (0..self.len).map(move |k| self.buf[((self.head + k) % cap) as usize])
     }
 
     /// How many samples.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len as usize
     }
 
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.len == 0
     }
 }
 
@@ -295,6 +310,8 @@ pub struct LinkState {
     pub from: u32,
     /// The peer (slot).
     pub to: u32,
+    /// The peer's id (to find a node's link by peer without hashing).
+    pub peer: NodeId,
     /// Loss.
     pub loss: Series,
     /// RTT.
@@ -410,8 +427,6 @@ pub struct Monitor {
     pub link_index: FxHashMap<(u32, u32), u32>,
     /// Components.
     pub components: Slab<ComponentState>,
-    /// Component slots by (node slot, name).
-    pub component_index: FxHashMap<(u32, Component), u32>,
     /// Series with a firing detector.
     pub active: FxHashSet<SeriesRef>,
     /// Nodes that ever sent a sample.
@@ -482,8 +497,7 @@ impl Monitor {
             self.remove_link(*l);
         }
         for c in node.components {
-            if let Some(comp) = self.components.remove(c) {
-                self.component_index.remove(&(i, comp.name));
+            if self.components.remove(c).is_some() {
                 self.active.remove(&SeriesRef::Component(c));
             }
         }
@@ -525,9 +539,11 @@ impl Monitor {
                 self.remove_link(old);
             }
         }
+        let peer = self.nodes.get(to).map_or(NodeId([0; 32]), |n| n.id);
         let l = self.links.insert(LinkState {
             from,
             to,
+            peer,
             loss: Series::default(),
             rtt: Series::default(),
             dead_since: None,
@@ -544,6 +560,16 @@ impl Monitor {
         l
     }
 
+    /// The slot of component `name` of node slot `node`, if tracked (a
+    /// scan of the node's few components; no allocation).
+    pub fn find_component(&self, node: u32, name: &Component) -> Option<u32> {
+        self.nodes.get(node)?.components.iter().copied().find(|c| {
+            self.components
+                .get(*c)
+                .is_some_and(|comp| comp.name == *name)
+        })
+    }
+
     fn component_slot(
         &mut self,
         node: u32,
@@ -551,7 +577,7 @@ impl Monitor {
         now: Time,
         cfg: &MonitorConfig,
     ) -> u32 {
-        if let Some(&c) = self.component_index.get(&(node, name.clone())) {
+        if let Some(c) = self.find_component(node, name) {
             return c;
         }
         let full = self
@@ -566,9 +592,8 @@ impl Monitor {
                     .min_by_key(|c| self.components.get(*c).map(|c| c.touched))
             });
             if let Some(old) = oldest
-                && let Some(comp) = self.components.remove(old)
+                && self.components.remove(old).is_some()
             {
-                self.component_index.remove(&(node, comp.name));
                 self.active.remove(&SeriesRef::Component(old));
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.components.retain(|x| *x != old);
@@ -582,14 +607,14 @@ impl Monitor {
             down_since: None,
             touched: now,
         });
-        self.component_index.insert((node, name.clone()), c);
         if let Some(n) = self.nodes.get_mut(node) {
             n.components.push(c);
         }
         c
     }
 
-    /// Takes in one sample.
+    /// Takes in one sample: at most three hash lookups (node, peer,
+    /// link), a window push and the per-sample detectors.
     pub fn sample(
         &mut self,
         now: Time,
@@ -612,107 +637,247 @@ impl Monitor {
                 limit_ms: crate::time::millis(cfg.max_future_skew),
             });
         }
-        let peer = match &s.metric {
-            Metric::LinkLoss { peer } | Metric::LinkRtt { peer } => {
-                if *peer == s.node {
-                    return Err(InputError::SelfPeer);
-                }
-                Some(*peer)
-            }
-            _ => None,
-        };
-        // Check the order before creating anything.
-        if let Some(&n) = self.node_index.get(&s.node) {
-            let newest = self.series_of(n, &s.metric).and_then(Series::last_at);
-            if newest.is_some_and(|t| s.at < t) {
-                return Err(InputError::OutOfOrder);
-            }
+        if let Metric::LinkLoss { peer } | Metric::LinkRtt { peer } = &s.metric
+            && *peer == s.node
+        {
+            return Err(InputError::SelfPeer);
         }
-        let n = self.node_slot(s.node, now, cfg);
-        let horizon = now.saturating_sub(cfg.window);
-        let m = det.metric(kind);
-        let value = s.value as f32;
-        let (series_ref, series) = match &s.metric {
-            Metric::Cpu | Metric::Memory | Metric::RouteCount => {
-                let which = match kind {
-                    MetricKind::Cpu => NodeMetric::Cpu,
-                    MetricKind::Memory => NodeMetric::Memory,
-                    _ => NodeMetric::Routes,
-                };
-                let Some(node) = self.nodes.get_mut(n) else {
-                    return Ok(());
-                };
-                let series = match which {
-                    NodeMetric::Cpu => &mut node.cpu,
-                    NodeMetric::Memory => &mut node.memory,
-                    NodeMetric::Routes => &mut node.routes,
-                };
-                (SeriesRef::Node(n, which), series)
-            }
-            Metric::LinkLoss { .. } | Metric::LinkRtt { .. } => {
-                let Some(peer) = peer else {
-                    return Ok(());
-                };
-                let p = self.node_slot(peer, now, cfg);
-                // Creating the peer may have evicted the reporter.
-                let Some(&n) = self.node_index.get(&s.node) else {
-                    return Ok(());
-                };
-                let l = self.link_slot(n, p, now, cfg);
-                let Some(link) = self.links.get_mut(l) else {
-                    return Ok(());
-                };
-                link.touched = s.at.max(link.touched);
-                if kind == MetricKind::LinkLoss {
-                    (SeriesRef::Link(l, LinkMetric::Loss), &mut link.loss)
-                } else {
-                    (SeriesRef::Link(l, LinkMetric::Rtt), &mut link.rtt)
-                }
-            }
-            Metric::ComponentErrors { component } => {
-                let c = self.component_slot(n, component, now, cfg);
-                let Some(comp) = self.components.get_mut(c) else {
-                    return Ok(());
-                };
-                comp.touched = s.at.max(comp.touched);
-                (SeriesRef::Component(c), &mut comp.errors)
-            }
-        };
-        series.window.push(s.at, value, cfg.window_samples, horizon);
-        let alarms = series.det.update(s.at, s.value, kind, det, m);
-        set_active(&mut self.active, series_ref, alarms.any());
-        let Some(&n) = self.node_index.get(&s.node) else {
+        // Find (or make) the series. A series made now is empty, so the
+        // order check below never refuses a sample after creating
+        // anything for it.
+        let Some((n, r)) = self.resolve(now, s, cfg) else {
             return Ok(());
         };
+        if self
+            .series_mut(r)
+            .and_then(|series| series.last_at())
+            .is_some_and(|t| s.at < t)
+        {
+            return Err(InputError::OutOfOrder);
+        }
+        self.apply(r, s.at, s.value, kind, cfg, det);
+        self.seen(n, s.at, now);
+        Ok(())
+    }
+
+    /// Takes in a node's whole report: one node lookup, its links found
+    /// by scanning its own (few) links. All or nothing: a bad value, a
+    /// report older than the node's newest sample, or more than
+    /// [`MAX_TELEMETRY_VALUES`] values refuse the whole report.
+    pub fn telemetry(
+        &mut self,
+        now: Time,
+        t: &Telemetry,
+        cfg: &MonitorConfig,
+        det: &DetectorConfig,
+    ) -> Result<(), InputError> {
+        if t.values.len() > MAX_TELEMETRY_VALUES {
+            return Err(InputError::TooManyValues {
+                count: t.values.len(),
+                limit: MAX_TELEMETRY_VALUES,
+            });
+        }
+        if t.at > now.saturating_add(cfg.max_future_skew) {
+            return Err(InputError::FromTheFuture {
+                ahead_ms: t.at.as_millis().saturating_sub(now.as_millis()),
+                limit_ms: crate::time::millis(cfg.max_future_skew),
+            });
+        }
+        for (metric, value) in &t.values {
+            let kind = metric.kind();
+            if !value.is_finite() || *value < 0.0 || *value > kind.max_value() {
+                return Err(InputError::OutOfRange {
+                    metric: kind.as_str(),
+                    value: *value,
+                    max: kind.max_value(),
+                });
+            }
+            if let Metric::LinkLoss { peer } | Metric::LinkRtt { peer } = metric
+                && *peer == t.node
+            {
+                return Err(InputError::SelfPeer);
+            }
+        }
+        // No series of the node is newer than the node's newest sample,
+        // so this one check keeps every series in order.
+        if let Some(&n) = self.node_index.get(&t.node)
+            && self
+                .nodes
+                .get(n)
+                .and_then(|x| x.last_seen)
+                .is_some_and(|last| t.at < last)
+        {
+            return Err(InputError::OutOfOrder);
+        }
+        let mut n = self.node_slot(t.node, now, cfg);
+        self.touch(n, now);
+        for (metric, value) in &t.values {
+            let kind = metric.kind();
+            let r = match metric {
+                Metric::Cpu => SeriesRef::Node(n, NodeMetric::Cpu),
+                Metric::Memory => SeriesRef::Node(n, NodeMetric::Memory),
+                Metric::RouteCount => SeriesRef::Node(n, NodeMetric::Routes),
+                Metric::LinkLoss { peer } | Metric::LinkRtt { peer } => {
+                    let l = match self.own_link(n, peer) {
+                        Some(l) => l,
+                        None => {
+                            let p = self.node_slot(*peer, now, cfg);
+                            self.touch(p, now);
+                            if !self.holds(n, &t.node) {
+                                n = self.node_slot(t.node, now, cfg);
+                                self.touch(n, now);
+                                if !self.holds(p, peer) {
+                                    continue;
+                                }
+                            }
+                            self.link_slot(n, p, now, cfg)
+                        }
+                    };
+                    if let Some(link) = self.links.get_mut(l) {
+                        link.touched = link.touched.max(t.at);
+                    }
+                    let which = if kind == MetricKind::LinkLoss {
+                        LinkMetric::Loss
+                    } else {
+                        LinkMetric::Rtt
+                    };
+                    SeriesRef::Link(l, which)
+                }
+                Metric::ComponentErrors { component } => {
+                    let c = self.component_slot(n, component, now, cfg);
+                    if let Some(comp) = self.components.get_mut(c) {
+                        comp.touched = comp.touched.max(t.at);
+                    }
+                    SeriesRef::Component(c)
+                }
+            };
+            self.apply(r, t.at, *value, kind, cfg, det);
+        }
+        self.seen(n, t.at, now);
+        Ok(())
+    }
+
+    /// Node slot `n`'s link to `peer`, found by scanning its links (the
+    /// hash index for nodes with many).
+    fn own_link(&self, n: u32, peer: &NodeId) -> Option<u32> {
+        let node = self.nodes.get(n)?;
+        if node.links_out.len() <= 16 {
+            node.links_out
+                .iter()
+                .copied()
+                .find(|l| self.links.get(*l).is_some_and(|x| x.peer == *peer))
+        } else {
+            let p = *self.node_index.get(peer)?;
+            self.link_index.get(&(n, p)).copied()
+        }
+    }
+
+    /// Pushes a value into a series and runs its detectors.
+    fn apply(
+        &mut self,
+        r: SeriesRef,
+        at: Time,
+        value: f64,
+        kind: MetricKind,
+        cfg: &MonitorConfig,
+        det: &DetectorConfig,
+    ) {
+        let Some(series) = self.series_mut(r) else {
+            return;
+        };
+        series.window.push(at, value as f32, cfg.window_samples);
+        let was = series.det.alarms().any();
+        let firing = series
+            .det
+            .update(at, value, kind, det, det.metric(kind))
+            .any();
+        if was != firing {
+            set_active(&mut self.active, r, firing);
+        }
+    }
+
+    /// Records that node slot `n` sent a sample taken at `at`.
+    fn seen(&mut self, n: u32, at: Time, now: Time) {
         if let Some(node) = self.nodes.get_mut(n) {
             if node.last_seen.is_none() {
                 self.reporting += 1;
             }
-            node.last_seen = Some(node.last_seen.map_or(s.at, |t| t.max(s.at)));
-            node.touched = node.touched.max(s.at).max(now);
+            node.last_seen = Some(node.last_seen.map_or(at, |t| t.max(at)));
+            node.touched = node.touched.max(at).max(now);
         }
-        Ok(())
     }
 
-    fn series_of(&self, n: u32, metric: &Metric) -> Option<&Series> {
-        let node = self.nodes.get(n)?;
-        match metric {
-            Metric::Cpu => Some(&node.cpu),
-            Metric::Memory => Some(&node.memory),
-            Metric::RouteCount => Some(&node.routes),
+    /// The reporting node's slot and the series a sample belongs to,
+    /// creating what is missing; `None` if churn (evictions while making
+    /// room) left nothing to record it in.
+    fn resolve(&mut self, now: Time, s: &Sample, cfg: &MonitorConfig) -> Option<(u32, SeriesRef)> {
+        let mut n = self.node_slot(s.node, now, cfg);
+        self.touch(n, now);
+        let r = match &s.metric {
+            Metric::Cpu => SeriesRef::Node(n, NodeMetric::Cpu),
+            Metric::Memory => SeriesRef::Node(n, NodeMetric::Memory),
+            Metric::RouteCount => SeriesRef::Node(n, NodeMetric::Routes),
             Metric::LinkLoss { peer } | Metric::LinkRtt { peer } => {
-                let p = *self.node_index.get(peer)?;
-                let l = self.links.get(*self.link_index.get(&(n, p))?)?;
-                Some(if matches!(metric, Metric::LinkLoss { .. }) {
-                    &l.loss
+                let p = self.node_slot(*peer, now, cfg);
+                self.touch(p, now);
+                if !self.holds(n, &s.node) {
+                    // Making room for the peer evicted the reporter.
+                    n = self.node_slot(s.node, now, cfg);
+                    self.touch(n, now);
+                    if !self.holds(p, peer) {
+                        return None;
+                    }
+                }
+                let l = self.link_slot(n, p, now, cfg);
+                if let Some(link) = self.links.get_mut(l) {
+                    link.touched = link.touched.max(s.at);
+                }
+                let which = if matches!(s.metric, Metric::LinkLoss { .. }) {
+                    LinkMetric::Loss
                 } else {
-                    &l.rtt
-                })
+                    LinkMetric::Rtt
+                };
+                SeriesRef::Link(l, which)
             }
             Metric::ComponentErrors { component } => {
-                let c = *self.component_index.get(&(n, component.clone()))?;
-                Some(&self.components.get(c)?.errors)
+                let c = self.component_slot(n, component, now, cfg);
+                if let Some(comp) = self.components.get_mut(c) {
+                    comp.touched = comp.touched.max(s.at);
+                }
+                SeriesRef::Component(c)
             }
+        };
+        Some((n, r))
+    }
+
+    fn touch(&mut self, n: u32, now: Time) {
+        if let Some(node) = self.nodes.get_mut(n) {
+            node.touched = node.touched.max(now);
+        }
+    }
+
+    fn holds(&self, slot: u32, id: &NodeId) -> bool {
+        self.nodes.get(slot).is_some_and(|x| x.id == *id)
+    }
+
+    fn series_mut(&mut self, r: SeriesRef) -> Option<&mut Series> {
+        match r {
+            SeriesRef::Node(n, m) => {
+                let node = self.nodes.get_mut(n)?;
+                Some(match m {
+                    NodeMetric::Cpu => &mut node.cpu,
+                    NodeMetric::Memory => &mut node.memory,
+                    NodeMetric::Routes => &mut node.routes,
+                })
+            }
+            SeriesRef::Link(l, m) => {
+                let link = self.links.get_mut(l)?;
+                Some(match m {
+                    LinkMetric::Loss => &mut link.loss,
+                    LinkMetric::Rtt => &mut link.rtt,
+                })
+            }
+            SeriesRef::Component(c) => Some(&mut self.components.get_mut(c)?.errors),
         }
     }
 
@@ -995,15 +1160,19 @@ mod tests {
     #[test]
     fn windows_evict_the_oldest() {
         let mut w = Window::default();
+        assert_eq!(w.mean_since(Time::ZERO), None);
         for i in 0..10 {
-            w.push(Time::from_millis(i * 10), i as f32, 4, Time::ZERO);
+            w.push(Time::from_millis(i * 10), i as f32, 4);
         }
         assert_eq!(w.len(), 4);
-        assert_eq!(w.iter().next().map(|x| x.1), Some(6.0));
-        w.push(Time::from_millis(1000), 1.0, 4, Time::from_millis(85));
-        assert_eq!(w.len(), 2);
+        let all: Vec<f32> = w.iter().map(|x| x.1).collect();
+        assert_eq!(all, [6.0, 7.0, 8.0, 9.0]);
+        assert_eq!(w.last(), Some((Time::from_millis(90), 9.0)));
+        w.push(Time::from_millis(1000), 1.0, 4);
+        assert_eq!(w.len(), 4);
         assert_eq!(w.mean_since(Time::from_millis(90)), Some((5.0, 2)));
         assert_eq!(w.mean_since(Time::from_millis(2000)), None);
+        assert_eq!(w.mean_since(Time::ZERO), Some((6.25, 4)));
     }
 
     #[test]
@@ -1032,6 +1201,71 @@ mod tests {
             Err(InputError::OutOfOrder)
         );
         assert_eq!(m.reporting, 1);
+    }
+
+    #[test]
+    fn reports_equal_samples_and_are_all_or_nothing() {
+        let cfg = MonitorConfig::default();
+        let det = DetectorConfig::default();
+        let (mut a, mut b) = (Monitor::default(), Monitor::default());
+        for k in 0..80u64 {
+            let now = Time::from_millis(k * 1000 + 1000);
+            let values = vec![
+                (Metric::Cpu, 40.0 + (k % 7) as f64),
+                (Metric::LinkLoss { peer: id(2) }, 0.5 + (k % 3) as f64),
+                (Metric::LinkRtt { peer: id(3) }, 20.0 + (k % 5) as f64),
+            ];
+            for (metric, value) in &values {
+                a.sample(
+                    now,
+                    &sample(1, metric.clone(), *value, k * 1000),
+                    &cfg,
+                    &det,
+                )
+                .unwrap();
+            }
+            b.telemetry(
+                now,
+                &Telemetry {
+                    node: id(1),
+                    at: Time::from_millis(k * 1000),
+                    values,
+                },
+                &cfg,
+                &det,
+            )
+            .unwrap();
+        }
+        let (na, nb) = (a.node_index[&id(1)], b.node_index[&id(1)]);
+        let (x, y) = (a.nodes.get(na).unwrap(), b.nodes.get(nb).unwrap());
+        assert_eq!(x.cpu.det.mean(), y.cpu.det.mean());
+        assert_eq!(x.last_seen, y.last_seen);
+        assert_eq!(a.links.len(), 2);
+        assert_eq!(b.links.len(), 2);
+        let now = Time::from_millis(100_000);
+        let bad = Telemetry {
+            node: id(1),
+            at: Time::from_millis(90_000),
+            values: vec![(Metric::Cpu, 10.0), (Metric::Memory, f64::NAN)],
+        };
+        assert!(b.telemetry(now, &bad, &cfg, &det).is_err());
+        let late = Telemetry {
+            node: id(1),
+            at: Time::from_millis(1),
+            values: vec![(Metric::Cpu, 10.0)],
+        };
+        assert_eq!(
+            b.telemetry(now, &late, &cfg, &det),
+            Err(InputError::OutOfOrder)
+        );
+        let many = Telemetry {
+            node: id(1),
+            at: Time::from_millis(90_000),
+            values: vec![(Metric::Cpu, 1.0); MAX_TELEMETRY_VALUES + 1],
+        };
+        assert!(b.telemetry(now, &many, &cfg, &det).is_err());
+        // Nothing of the refused reports was taken.
+        assert_eq!(b.nodes.get(nb).unwrap().last_seen, x.last_seen);
     }
 
     #[test]

@@ -458,3 +458,32 @@ fn a_quiet_fleet_opens_no_incident() {
     );
     assert!(f.detected().is_empty(), "{:?}", f.detected());
 }
+
+#[test]
+fn metrics_are_exported() {
+    let metrics = weft_heal::HealMetrics::new();
+    let mut f = Fleet::new(ring(20), Policy::default_policy());
+    f.idle(40);
+    f.cpu[3] = 97.0;
+    f.run(60, &mut fixing);
+    for a in &f.audits {
+        metrics.observe(&weft_heal::Output::Audit(a.clone()));
+    }
+    // A cycle driven through the metrics is timed by phase.
+    let now = f.now + std::time::Duration::from_secs(1);
+    metrics.run_cycle(&mut f.engine, now);
+    metrics.time(weft_heal::metrics::Phase::Monitor, || ());
+    let text = metrics.encode_text().unwrap();
+    for expected in [
+        "weft_heal_cycle_duration_seconds_count{phase=\"analyze\"} 1",
+        "weft_heal_cycle_duration_seconds_count{phase=\"plan\"} 1",
+        "weft_heal_cycle_duration_seconds_count{phase=\"monitor\"} 1",
+        "weft_heal_mttd_seconds_count 1",
+        "weft_heal_mttr_seconds_count 1",
+        "weft_heal_actions_total{action=\"shed_load\",outcome=\"verified\"} 1",
+        "weft_heal_actions_total{action=\"shed_load\",outcome=\"acted\"} 1",
+        "weft_heal_incidents_total{kind=\"overload\",event=\"resolved\"} 1",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+}
