@@ -253,25 +253,39 @@ impl<S: Store> StoreKnowledge<S> {
     }
 
     /// Writes every incident changed since the last flush; returns how
-    /// many. On an error the unwritten ones stay queued for the next
-    /// flush.
+    /// many. If the database fails, the unwritten ones stay queued for
+    /// the next flush. An incident the store refuses (it cannot encode or
+    /// is over a limit) would be refused again: it is dropped from the
+    /// queue, the others are still written, and the first refusal is the
+    /// error.
     pub async fn flush(&mut self) -> Result<usize, KnowledgeError> {
         let mut written = 0;
+        let mut refused = None;
         while let Some(&id) = self.dirty.iter().next() {
             if let Some(incident) = self.memory.incident(id) {
-                let record =
-                    incident
-                        .to_record(self.network_id)
-                        .map_err(|e| KnowledgeError::Encode {
-                            id,
-                            reason: e.to_string(),
-                        })?;
-                self.store.put_incident(record).await?;
-                written += 1;
+                let stored = match incident.to_record(self.network_id) {
+                    Ok(record) => self.store.put_incident(record).await.map_err(Into::into),
+                    Err(e) => Err(KnowledgeError::Encode {
+                        id,
+                        reason: e.to_string(),
+                    }),
+                };
+                match stored {
+                    Ok(_) => written += 1,
+                    Err(KnowledgeError::Store(e @ StoreError::Database { .. })) => {
+                        return Err(KnowledgeError::Store(e));
+                    }
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                    }
+                }
             }
             self.dirty.remove(&id);
         }
-        Ok(written)
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
     }
 
     /// Incidents changed and not yet written.

@@ -171,3 +171,29 @@ async fn incidents_survive_a_restart_postgres() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_incident_does_not_block_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("weft.db"),
+        weft_store::StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    // Stored under a network that does not exist: the store refuses it.
+    let mut knowledge = StoreKnowledge::open(store, Some(weft_store::NetworkId::new()))
+        .await
+        .unwrap();
+    let mut f = Fleet::new(ring(20), policy());
+    f.idle(40);
+    f.cpu[4] = 97.0;
+    f.idle(5);
+    let incident = f.engine.incidents().next().unwrap().clone();
+    knowledge.record(&incident);
+    assert_eq!(knowledge.pending(), 1);
+    let err = knowledge.flush().await.unwrap_err();
+    assert!(err.to_string().contains("network"), "{err}");
+    assert_eq!(knowledge.pending(), 0);
+    assert_eq!(knowledge.flush().await.unwrap(), 0);
+}
