@@ -82,6 +82,15 @@ impl Daemon {
         let bundle = TrustBundle::from_pem(&bundle_pem)
             .map_err(|e| setup("trust bundle", &bundle_path, e))?;
         let network_path = dir.join(NETWORK_FILE);
+        if !network_path.exists() {
+            return Err(setup(
+                "no network file at",
+                &network_path,
+                "it lists the enrolled nodes' public keys in enrollment order and the \
+                 revocation authority's key (format in docs/agent.md); the control plane \
+                 does not serve it yet, so it must be provided with the node's files",
+            ));
+        }
         let network = Network::load(&network_path).map_err(|e| setup("", &network_path, e))?;
 
         // The SVID must name this identity, or every peer will refuse it.
