@@ -140,6 +140,92 @@ async fn torn_tail_is_truncated_and_appends_continue() {
 }
 
 #[tokio::test]
+async fn a_zero_filled_end_is_clean_and_written_over_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = EmbeddedBus::open(dir.path(), config()).unwrap();
+        bus.create_stream(StreamConfig::new(
+            "z",
+            vec![SubjectFilter::new("z").unwrap()],
+        ))
+        .await
+        .unwrap();
+        for i in 0..3 {
+            bus.publish(msg("z", &format!("m{i}"))).await.unwrap();
+        }
+        bus.close().await;
+    }
+    // The segment as the writer leaves one it zero-filled ahead of use.
+    let last = segments(dir.path(), "z").pop().unwrap();
+    let records = std::fs::metadata(&last).unwrap().len();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.resize(4096, 0);
+    std::fs::write(&last, &bytes).unwrap();
+    {
+        let bus = EmbeddedBus::open(dir.path(), config()).unwrap();
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), 4096, "nothing cut");
+        assert_eq!(bus.stream_info("z").await.unwrap().state.messages, 3);
+        assert_eq!(bus.publish(msg("z", "m3")).await.unwrap().sequence, 4);
+        bus.close().await;
+    }
+    // The new record went over the zeros, right after the old ones.
+    let bytes = std::fs::read(&last).unwrap();
+    assert_eq!(bytes.len(), 4096);
+    assert_ne!(bytes[records as usize], 0);
+    let bus = EmbeddedBus::open(dir.path(), config()).unwrap();
+    assert_eq!(bus.stream_info("z").await.unwrap().state.messages, 4);
+    assert_eq!(&bus.get_message("z", 4).await.unwrap().payload[..], b"m3");
+    bus.close().await;
+}
+
+#[tokio::test]
+async fn a_torn_record_before_zeros_is_cut_and_data_after_zeros_is_refused() {
+    let cfg = EmbeddedConfig {
+        segment_bytes: 1 << 20,
+        max_batch_bytes: 1024,
+        max_message_bytes: 1024,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = EmbeddedBus::open(dir.path(), cfg).unwrap();
+        bus.create_stream(StreamConfig::new(
+            "t",
+            vec![SubjectFilter::new("t").unwrap()],
+        ))
+        .await
+        .unwrap();
+        for i in 0..3 {
+            bus.publish(msg("t", &format!("m{i}"))).await.unwrap();
+        }
+        bus.close().await;
+    }
+    let last = segments(dir.path(), "t").pop().unwrap();
+    let good = std::fs::read(&last).unwrap();
+    // A torn write over a zero-filled end: the start of a record, zeros.
+    let mut bytes = good.clone();
+    bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+    bytes.resize(200_000, 0);
+    std::fs::write(&last, &bytes).unwrap();
+    {
+        let bus = EmbeddedBus::open(dir.path(), cfg).unwrap();
+        assert_eq!(std::fs::read(&last).unwrap(), good, "torn record cut off");
+        assert_eq!(bus.stream_info("t").await.unwrap().state.messages, 3);
+        bus.close().await;
+    }
+    // Bytes far past the zeros (more than a commit batch from the last
+    // record) were never an unsynced batch: refused, nothing cut.
+    let mut bytes = good.clone();
+    bytes.resize(200_000, 0);
+    bytes.push(7);
+    std::fs::write(&last, &bytes).unwrap();
+    assert!(matches!(
+        EmbeddedBus::open(dir.path(), cfg),
+        Err(BusError::Corrupt { .. })
+    ));
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), 200_001);
+}
+
+#[tokio::test]
 async fn corruption_before_the_last_segment_is_refused_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     {

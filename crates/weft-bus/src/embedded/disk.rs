@@ -4,26 +4,48 @@
 //! ```text
 //! <root>/streams/<name>/stream.json              configuration (atomic write)
 //! <root>/streams/<name>/<base:020>.log           segments, named by first sequence
+//! <root>/streams/<name>/prealloc.tmp             the next segment, being zero-filled
 //! <root>/streams/<name>/consumers/<name>.json    consumer state (atomic write)
 //! ```
+//!
+//! Segments are written in place, not appended: once the active segment
+//! is half full, a helper thread fills the next one with zeros and syncs
+//! it, and the rotation renames it into place. An `fdatasync` of records
+//! written over blocks that are already allocated, written and synced
+//! has no metadata to write (no new size, no new extents), so it costs
+//! one device write and a flush instead of also writing the inode and
+//! the allocation (on the 2-core development machine a bare loop of 128
+//! records per `write` + `fdatasync` ran about twice as fast over a
+//! zero-filled file as appending). A segment's records end at the first
+//! length field that is zero with only zero bytes after it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{Notify, watch};
 
 use super::Now;
+use super::queue::{Batch, Completion, Queue, QueueTx};
 use super::stream::{
-    Consumer, ConsumerFile, Durable, Entry, Job, Loc, Pending, Shared, State, Storage, Stream, lock,
+    Consumer, ConsumerFile, Durable, Entry, Loc, Pending, Shared, State, Storage, Stream, lock,
 };
 use crate::backend::{BusError, StreamConfig};
 use crate::record::{Record, Tail, scan_segment};
 
 /// Largest `stream.json` or consumer state file read.
 const MAX_META_FILE: u64 = 16 << 20;
+
+/// Segments up to this size are zero-filled ahead of use; larger ones are
+/// extended as records arrive (filling them would take too long and hold
+/// too much disk).
+const MAX_PREALLOCATED_SEGMENT: u64 = 256 << 20;
+
+/// The next segment while it is being zero-filled.
+const PREALLOC_FILE: &str = "prealloc.tmp";
 
 /// Sizes the disk backend works with.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +95,19 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, BusError> {
         });
     }
     Ok(out)
+}
+
+/// Writes a file of `len` zero bytes and syncs it, data and size.
+fn zero_fill(path: &Path, len: u64) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -128,12 +163,15 @@ struct Writer {
     name: String,
     dir: PathBuf,
     shared: Weak<Shared>,
-    rx: mpsc::Receiver<Job>,
+    queue: Arc<Queue>,
     active: File,
+    /// Where the records of the active segment end (its file may be
+    /// longer: zeros written ahead).
     active_len: u64,
     segs: Vec<SegMeta>,
     limits: DiskLimits,
-    buf: Vec<u8>,
+    /// The zero-filling of the next segment, once started.
+    prealloc: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 /// Opens (recovers) a stream directory and starts its writer thread.
@@ -157,6 +195,11 @@ pub(crate) fn open_stream(
         }
     }
     bases.sort_unstable();
+    // A zero-filling cut short by a crash; it is started again when needed.
+    let stray = dir.join(PREALLOC_FILE);
+    if stray.exists() {
+        fs::remove_file(&stray).map_err(io("delete", &stray))?;
+    }
     if bases.is_empty() {
         let seg = segment_path(dir, 1);
         File::create(&seg)
@@ -166,31 +209,47 @@ pub(crate) fn open_stream(
         bases.push(1);
     }
 
-    let (tx, rx) = mpsc::channel();
-    let mut st = State::new(Storage::Disk(tx));
+    let queue = Queue::new(limits.max_batch_bytes);
+    let mut st = State::new(Storage::Disk(QueueTx(queue.clone())));
     let window = u64::try_from(config.duplicate_window.as_nanos()).unwrap_or(u64::MAX);
     let mut segs = Vec::new();
     let mut last_msg = 0u64;
     let count = bases.len();
+    let mut active_len = 0;
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base);
         let bytes = fs::read(&path).map_err(io("read", &path))?;
         let scan = scan_segment(&bytes, last_msg);
+        // Where the bytes that are not zero end.
+        let data_end = match &scan.tail {
+            Tail::Clean => bytes.len(),
+            Tail::Corrupt { at, .. } | Tail::Incomplete { at } => {
+                at + bytes[*at..]
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(0, |p| p + 1)
+            }
+        };
+        active_len = scan.valid_len as u64;
         match &scan.tail {
             Tail::Clean => {}
+            // Only zeros after the last record: the unused end of a
+            // zero-filled segment.
+            Tail::Corrupt { at, .. } | Tail::Incomplete { at } if data_end == *at => {}
             Tail::Corrupt { at, .. } | Tail::Incomplete { at }
-                if i + 1 == count && bytes.len() - at > limits.torn_window =>
+                if i + 1 == count && data_end - at > limits.torn_window =>
             {
-                // Only the last commit batch can be torn, and it ends at the
-                // end of the file: bad bytes further back were durable once.
+                // Only the last commit batch can be torn, and it ends where
+                // the data ends (zeros after it are the zero-filled end): bad
+                // bytes further back were durable once.
                 return Err(BusError::Corrupt {
                     path: path.display().to_string(),
                     offset: *at as u64,
                     reason: format!(
-                        "{:?} with {} bytes after it, more than one commit batch ({}) can span, so this is \
-                         damage to durable data rather than a torn write",
+                        "{:?} with {} bytes of data after it, more than one commit batch ({}) can span, \
+                         so this is damage to durable data rather than a torn write",
                         scan.tail,
-                        bytes.len() - at,
+                        data_end - at,
                         limits.torn_window
                     ),
                 });
@@ -332,10 +391,9 @@ pub(crate) fn open_stream(
 
     let active_path = segment_path(dir, last_base);
     let active = OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&active_path)
         .map_err(io("open", &active_path))?;
-    let active_len = active.metadata().map_err(io("stat", &active_path))?.len();
     let durable = Durable {
         seq: st.next_seq - 1,
         poisoned: false,
@@ -362,12 +420,12 @@ pub(crate) fn open_stream(
         name: name.clone(),
         dir: dir.to_owned(),
         shared: Arc::downgrade(&stream.shared),
-        rx,
+        queue,
         active,
         active_len,
         segs,
         limits,
-        buf: Vec::new(),
+        prealloc: None,
     };
     let handle = std::thread::Builder::new()
         .name(format!("weft-bus-{name}"))
@@ -383,22 +441,11 @@ pub(crate) fn open_stream(
 
 impl Writer {
     fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
-            let mut size = first.bytes.len();
-            let mut jobs = vec![first];
-            while size < self.limits.max_batch_bytes {
-                match self.rx.try_recv() {
-                    Ok(j) => {
-                        size += j.bytes.len();
-                        jobs.push(j);
-                    }
-                    Err(_) => break,
-                }
-            }
+        while let Some(mut batch) = self.queue.take() {
             let Some(shared) = self.shared.upgrade() else {
-                return;
+                break;
             };
-            let result = self.commit(&shared, &mut jobs);
+            let result = self.commit(&shared, &mut batch);
             if let Err(e) = &result {
                 tracing::error!(stream = %self.name, error = %e, "log write failed; the stream refuses writes until reopened");
                 let mut st = lock(&shared.state);
@@ -409,15 +456,39 @@ impl Writer {
                 shared.durable.send_modify(|d| d.poisoned = true);
                 shared.notify.notify_waiters();
             }
-            for job in jobs {
-                if let Some(done) = job.done {
-                    let _ = done.send(result.clone());
-                }
+            Completion::deliver(result, std::mem::take(&mut batch.waiters));
+            self.queue.recycle(batch);
+            self.prepare_next_segment();
+        }
+        // Not left writing into a directory that may be deleted next.
+        if let Some(h) = self.prealloc.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Starts zero-filling the next segment once the active one is half
+    /// full (on a thread of its own, off the commit path).
+    fn prepare_next_segment(&mut self) {
+        let size = self.limits.segment_bytes;
+        if self.prealloc.is_some() || size > MAX_PREALLOCATED_SEGMENT || self.active_len < size / 2
+        {
+            return;
+        }
+        let path = self.dir.join(PREALLOC_FILE);
+        let spawned = std::thread::Builder::new()
+            .name(format!("weft-bus-{}-prealloc", self.name))
+            .spawn(move || zero_fill(&path, size));
+        match spawned {
+            Ok(h) => self.prealloc = Some(h),
+            Err(e) => {
+                tracing::warn!(stream = %self.name, error = %e, "could not start zero-filling the next segment; it will be extended as records arrive");
             }
         }
     }
 
-    fn commit(&mut self, shared: &Shared, jobs: &mut [Job]) -> Result<(), BusError> {
+    /// Writes and syncs one batch (one `write`, one `fdatasync`), then
+    /// makes its messages visible and persists consumer state.
+    fn commit(&mut self, shared: &Shared, batch: &mut Batch) -> Result<(), BusError> {
         if lock(&shared.state).poisoned.is_some() {
             return Err(BusError::Poisoned {
                 stream: self.name.clone(),
@@ -425,53 +496,45 @@ impl Writer {
             });
         }
         if self.active_len >= self.limits.segment_bytes
-            && let Some((seq, ..)) = jobs.iter().find_map(|j| j.entry.as_ref())
+            && let Some(first) = batch.entries.first()
         {
-            self.rotate(shared, *seq)?;
+            self.rotate(shared, first.seq)?;
         }
         let active_base = self.segs.last().map_or(1, |s| s.base);
-        self.buf.clear();
-        let mut visible = Vec::new();
-        for job in jobs.iter_mut() {
-            let offset = self.active_len + self.buf.len() as u64;
-            if let Some((seq, subject, time_ns, size)) = job.entry.take() {
-                visible.push((
-                    seq,
-                    Entry {
-                        subject,
-                        time_ns,
-                        size,
-                        loc: Loc::Disk {
-                            segment: active_base,
-                            offset,
-                            len: job.bytes.len() as u32,
-                        },
-                    },
-                ));
-            }
-            self.buf.extend_from_slice(&job.bytes);
-        }
-        let active_path = segment_path(&self.dir, active_base);
-        if !self.buf.is_empty() {
+        let start = self.active_len;
+        if !batch.bytes.is_empty() {
+            let active_path = segment_path(&self.dir, active_base);
             self.active
-                .write_all(&self.buf)
+                .write_all_at(&batch.bytes, start)
                 .map_err(io("write", &active_path))?;
             self.active.sync_data().map_err(io("fsync", &active_path))?;
-            self.active_len += self.buf.len() as u64;
-            if let (Some(seg), Some((seq, _))) = (self.segs.last_mut(), visible.last()) {
-                seg.last_msg = Some(*seq);
+            self.active_len += batch.bytes.len() as u64;
+            if let (Some(seg), Some(last)) = (self.segs.last_mut(), batch.entries.last()) {
+                seg.last_msg = Some(last.seq);
             }
         }
         let (snapshots, min_live) = {
             let mut st = lock(&shared.state);
             let mut last = None;
-            for (seq, entry) in visible {
+            for e in batch.entries.drain(..) {
                 // A message deleted or dropped by limits before it became
                 // visible is not inserted.
-                if seq >= st.floor {
-                    st.insert(seq, entry);
+                if e.seq >= st.floor {
+                    st.insert(
+                        e.seq,
+                        Entry {
+                            subject: e.subject,
+                            time_ns: e.time_ns,
+                            size: u64::from(e.len),
+                            loc: Loc::Disk {
+                                segment: active_base,
+                                offset: start + e.offset as u64,
+                                len: e.len,
+                            },
+                        },
+                    );
                 }
-                last = Some(seq);
+                last = Some(e.seq);
             }
             if let Some(seq) = last {
                 shared.durable.send_modify(|d| d.seq = d.seq.max(seq));
@@ -483,14 +546,12 @@ impl Writer {
         for (name, bytes) in snapshots {
             write_atomic(&cdir.join(format!("{name}.json")), &bytes)?;
         }
-        for job in jobs.iter() {
-            if let Some(name) = &job.delete_consumer {
-                let path = cdir.join(format!("{name}.json"));
-                match fs::remove_file(&path) {
-                    Ok(()) => sync_dir(&cdir)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(BusError::io("delete", &path, &e)),
-                }
+        for name in &batch.delete_consumers {
+            let path = cdir.join(format!("{name}.json"));
+            match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&cdir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BusError::io("delete", &path, &e)),
             }
         }
         self.compact(shared, min_live);
@@ -499,11 +560,43 @@ impl Writer {
 
     fn rotate(&mut self, shared: &Shared, base: u64) -> Result<(), BusError> {
         let path = segment_path(&self.dir, base);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io("create", &path))?;
+        let prepared = match self.prealloc.take() {
+            Some(h) if h.is_finished() => match h.join() {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(stream = %self.name, error = %e, "zero-filling the next segment failed; it will be extended as records arrive");
+                    false
+                }
+                Err(_) => false,
+            },
+            // Still filling: this segment is extended as records arrive,
+            // the filled file serves the next rotation.
+            running => {
+                self.prealloc = running;
+                false
+            }
+        };
+        let file = if prepared {
+            let tmp = self.dir.join(PREALLOC_FILE);
+            if path.exists() {
+                return Err(BusError::Io {
+                    op: "create",
+                    path: path.display().to_string(),
+                    message: "segment already exists".into(),
+                });
+            }
+            fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io("open", &path))?
+        } else {
+            OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+                .map_err(io("create", &path))?
+        };
         sync_dir(&self.dir)?;
         let reader = File::open(&path).map_err(io("open", &path))?;
         lock(&shared.state)

@@ -9,6 +9,7 @@
 //! ack returns. See `docs/bus.md` for the format and guarantees.
 
 mod disk;
+mod queue;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -121,7 +122,11 @@ struct Counters(Mutex<BusCounters>);
 impl Counters {
     fn stream(&self, name: &str, f: impl FnOnce(&mut StreamCounters)) {
         let mut c = lock(&self.0);
-        f(c.streams.entry(name.to_owned()).or_default());
+        // Called on every publish: allocate the name only the first time.
+        match c.streams.get_mut(name) {
+            Some(s) => f(s),
+            None => f(c.streams.entry(name.to_owned()).or_default()),
+        }
     }
 
     fn refuse(&self, reason: &str) {

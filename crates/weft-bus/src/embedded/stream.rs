@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -15,6 +14,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 use super::Now;
+use super::queue::{Batch, BatchEntry, Completion, QueueTx};
 use crate::backend::{
     BusError, ConsumerConfig, ConsumerInfo, DeliverPolicy, OutgoingMessage, Retention,
     StoredMessage, StreamConfig, StreamInfo, StreamState,
@@ -29,7 +29,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Completion of a job sent to the writer, to await (none in memory mode).
-pub(crate) type Waiter = Option<oneshot::Receiver<Result<(), BusError>>>;
+pub(crate) type Waiter = Option<oneshot::Receiver<Completion>>;
 
 /// Where a message's bytes live.
 #[derive(Debug, Clone)]
@@ -56,23 +56,10 @@ pub(crate) struct Entry {
     pub loc: Loc,
 }
 
-/// Work for the writer thread (disk mode).
-pub(crate) struct Job {
-    /// Encoded records to append (may be empty: a sync of consumer state).
-    pub bytes: Vec<u8>,
-    /// For a message record: its sequence and index entry (location filled
-    /// in by the writer).
-    pub entry: Option<(u64, Subject, u64, u64)>,
-    /// A consumer whose state file must be deleted (after earlier writes).
-    pub delete_consumer: Option<String>,
-    /// Completed once the batch holding this job is durable.
-    pub done: Option<oneshot::Sender<Result<(), BusError>>>,
-}
-
 /// How the stream stores records.
 pub(crate) enum Storage {
     Memory,
-    Disk(mpsc::Sender<Job>),
+    Disk(QueueTx),
     Closed,
 }
 
@@ -248,27 +235,21 @@ impl State {
         }
     }
 
-    /// Sends a job to the writer (disk) or completes it at once (memory).
-    /// Returns a receiver to await when `wait`.
-    pub fn submit(&mut self, stream: &str, mut job: Job, wait: bool) -> Result<Waiter, BusError> {
+    /// Adds a submission to the writer's open batch (disk; `fill` appends
+    /// to it) or does nothing (memory). Returns a receiver to await when
+    /// `wait`.
+    pub fn submit(
+        &mut self,
+        stream: &str,
+        fill: impl FnOnce(&mut Batch) -> Result<(), BusError>,
+        wait: bool,
+    ) -> Result<Waiter, BusError> {
         match &self.storage {
             Storage::Memory => Ok(None),
             Storage::Closed => Err(BusError::Closed {
                 stream: stream.to_owned(),
             }),
-            Storage::Disk(tx) => {
-                let rx = if wait {
-                    let (dtx, drx) = oneshot::channel();
-                    job.done = Some(dtx);
-                    Some(drx)
-                } else {
-                    None
-                };
-                tx.send(job).map_err(|_| BusError::Closed {
-                    stream: stream.to_owned(),
-                })?;
-                Ok(rx)
-            }
+            Storage::Disk(q) => q.0.submit(stream, fill, wait),
         }
     }
 
@@ -279,19 +260,11 @@ impl State {
         record: Option<Record>,
         wait: bool,
     ) -> Result<Waiter, BusError> {
-        let mut bytes = Vec::new();
-        if let Some(r) = record
-            && matches!(self.storage, Storage::Disk(_))
-        {
-            encode_record(&r, &mut bytes).map_err(encode_error)?;
-        }
         self.submit(
             stream,
-            Job {
-                bytes,
-                entry: None,
-                delete_consumer: None,
-                done: None,
+            |b| match record {
+                Some(r) => encode_record(&r, &mut b.bytes).map_err(encode_error),
+                None => Ok(()),
             },
             wait,
         )
@@ -420,7 +393,7 @@ impl Stream {
         enum Step {
             Done(u64),
             Duplicate(u64),
-            Wait(u64, oneshot::Receiver<Result<(), BusError>>),
+            Wait(u64, oneshot::Receiver<Completion>),
         }
         let window = u64::try_from(self.config.duplicate_window.as_nanos()).unwrap_or(u64::MAX);
         let step = {
@@ -466,16 +439,21 @@ impl Stream {
                     Storage::Disk(_) => {
                         let subject = record.subject.clone();
                         let id = record.msg_id.clone();
-                        let mut bytes = Vec::with_capacity(size as usize);
-                        encode_record(&Record::Message(record), &mut bytes)
-                            .map_err(encode_error)?;
-                        let job = Job {
-                            bytes,
-                            entry: Some((seq, subject, now.wall_ns, size)),
-                            delete_consumer: None,
-                            done: None,
+                        // Encoded straight into the writer's open batch.
+                        let fill = |b: &mut Batch| {
+                            let offset = b.bytes.len();
+                            encode_record(&Record::Message(record), &mut b.bytes)
+                                .map_err(encode_error)?;
+                            b.entries.push(BatchEntry {
+                                seq,
+                                subject,
+                                time_ns: now.wall_ns,
+                                offset,
+                                len: (b.bytes.len() - offset) as u32,
+                            });
+                            Ok(())
                         };
-                        let rx = st.submit(&self.name, job, true)?;
+                        let rx = st.submit(&self.name, fill, true)?;
                         st.next_seq += 1;
                         if let Some(id) = id {
                             st.remember_id(id, seq, now.wall_ns);
@@ -495,11 +473,13 @@ impl Stream {
                 Ok((seq, true))
             }
             Step::Wait(seq, rx) => {
-                rx.await.map_err(|_| BusError::Closed {
-                    stream: self.name.clone(),
-                })??;
-                let mut st = self.state();
-                self.enforce_limits(&mut st, now)?;
+                self.await_done(Some(rx)).await?;
+                // Only a count, size or age limit can drop anything.
+                let c = &self.config;
+                if c.max_messages.is_some() || c.max_bytes.is_some() || c.max_age.is_some() {
+                    let mut st = self.state();
+                    self.enforce_limits(&mut st, now)?;
+                }
                 Ok((seq, false))
             }
         }
@@ -611,9 +591,12 @@ impl Stream {
     pub async fn await_done(&self, rx: Waiter) -> Result<(), BusError> {
         match rx {
             None => Ok(()),
-            Some(rx) => rx.await.map_err(|_| BusError::Closed {
-                stream: self.name.clone(),
-            })?,
+            Some(rx) => rx
+                .await
+                .map_err(|_| BusError::Closed {
+                    stream: self.name.clone(),
+                })?
+                .fan_out(),
         }
     }
 
@@ -719,11 +702,9 @@ impl Stream {
             }
             st.submit(
                 &self.name,
-                Job {
-                    bytes: Vec::new(),
-                    entry: None,
-                    delete_consumer: Some(name.to_owned()),
-                    done: None,
+                |b| {
+                    b.delete_consumers.push(name.to_owned());
+                    Ok(())
                 },
                 true,
             )?
