@@ -211,6 +211,14 @@ enum Command {
     Shutdown,
 }
 
+/// The endpoint and the TLS configuration links are made with, which a
+/// renewed SVID replaces.
+struct LinkTls {
+    endpoint: quinn::Endpoint,
+    verifier: Arc<SpiffePeerVerifier>,
+    client: RwLock<quinn::ClientConfig>,
+}
+
 /// State the handshake checks read outside the driver task.
 struct Shared {
     me: NodeId,
@@ -258,6 +266,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub struct AgentHandle {
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
+    tls: Arc<LinkTls>,
 }
 
 impl AgentHandle {
@@ -344,6 +353,16 @@ impl AgentHandle {
         self.ask(Command::Telemetry).await
     }
 
+    /// Presents `creds` (a renewed SVID) on every link made from now on;
+    /// links already up keep the session they authenticated with.
+    pub fn set_credentials(&self, creds: &SvidCredentials) -> Result<(), AgentError> {
+        let (server, client) = quic::configs(creds, self.tls.verifier.clone())?;
+        self.tls.endpoint.set_server_config(Some(server));
+        *write(&self.tls.client) = client;
+        tracing::info!(node = %self.id(), "new SVID in use for new links");
+        Ok(())
+    }
+
     /// Says where the network state comes from (shown by `weft status`).
     pub fn set_control_status(&self, status: impl Into<String>) {
         *write(&self.shared.control_status) = status.into();
@@ -371,7 +390,7 @@ pub struct Agent {
     id: NodeId,
     local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    tls: Arc<LinkTls>,
     commands: mpsc::UnboundedSender<Command>,
     events: broadcast::Sender<Event>,
     deliveries: broadcast::Sender<Delivery>,
@@ -410,7 +429,12 @@ impl Agent {
             SvidVerifier::new(cfg.bundle, RevokedSerials::default()),
             Arc::new(move |spiffe: &SpiffeId| policy.authorize(spiffe)),
         );
-        let (endpoint, client) = quic::endpoint(cfg.listen, &cfg.svid, verifier)?;
+        let (endpoint, client) = quic::endpoint(cfg.listen, &cfg.svid, verifier.clone())?;
+        let tls = Arc::new(LinkTls {
+            endpoint: endpoint.clone(),
+            verifier,
+            client: RwLock::new(client),
+        });
         let local_addr = endpoint.local_addr().map_err(|e| AgentError::Bind {
             addr: cfg.listen,
             reason: e.to_string(),
@@ -456,7 +480,7 @@ impl Agent {
             id,
             local_addr,
             endpoint,
-            client,
+            tls,
             commands,
             events,
             deliveries,
@@ -500,27 +524,19 @@ impl Agent {
     /// Dials `addr` once and returns the neighbour's id when the link is up.
     pub async fn connect(&self, addr: SocketAddr) -> Result<NodeId, AgentError> {
         let (tx, rx) = oneshot::channel();
-        dial(
-            &self.endpoint,
-            &self.client,
-            addr,
-            &self.commands,
-            &self.shared,
-            Some(tx),
-        )
-        .await?;
+        dial(&self.tls, addr, &self.commands, &self.shared, Some(tx)).await?;
         rx.await.map_err(|_| AgentError::Stopped)?
     }
 
     /// Keeps a link to `addr`: dials it now and again whenever the link is
     /// lost, with backoff, until the agent stops.
     pub fn add_peer(&mut self, addr: SocketAddr) {
-        let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
+        let tls = self.tls.clone();
         let (commands, shared) = (self.commands.clone(), self.shared.clone());
         self.tasks.push(tokio::spawn(async move {
             let mut delay = REDIAL_MIN;
             loop {
-                match dial_and_wait(&endpoint, &client, addr, &commands, &shared).await {
+                match dial_and_wait(&tls, addr, &commands, &shared).await {
                     // The link lived: start over quickly.
                     Ok(()) => delay = REDIAL_MIN,
                     Err(AgentError::Stopped) => return,
@@ -547,6 +563,7 @@ impl Agent {
         AgentHandle {
             commands: self.commands.clone(),
             shared: self.shared.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -581,21 +598,19 @@ impl Agent {
 
 /// Dials `addr`, and waits until the link so made closes.
 async fn dial_and_wait(
-    endpoint: &quinn::Endpoint,
-    client: &quinn::ClientConfig,
+    tls: &LinkTls,
     addr: SocketAddr,
     commands: &mpsc::UnboundedSender<Command>,
     shared: &Arc<Shared>,
 ) -> Result<(), AgentError> {
-    let conn = dial(endpoint, client, addr, commands, shared, None).await?;
+    let conn = dial(tls, addr, commands, shared, None).await?;
     conn.closed().await;
     Ok(())
 }
 
 /// Dials `addr`, authenticates the peer and hands the link to the driver.
 async fn dial(
-    endpoint: &quinn::Endpoint,
-    client: &quinn::ClientConfig,
+    tls: &LinkTls,
     addr: SocketAddr,
     commands: &mpsc::UnboundedSender<Command>,
     shared: &Arc<Shared>,
@@ -605,8 +620,10 @@ async fn dial(
         return Err(AgentError::Stopped);
     }
     let failed = |reason: String| AgentError::Connect { addr, reason };
-    let connecting = endpoint
-        .connect_with(client.clone(), addr, "weft-peer")
+    let client = read(&tls.client).clone();
+    let connecting = tls
+        .endpoint
+        .connect_with(client, addr, "weft-peer")
         .map_err(|e| failed(e.to_string()))?;
     let conn = connecting.await.map_err(|e| {
         if matches!(e, quinn::ConnectionError::TransportError(_)) {

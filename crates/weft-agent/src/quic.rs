@@ -92,12 +92,11 @@ impl Refusals {
     }
 }
 
-/// Builds the endpoint that both accepts and dials links on `listen`.
-pub(crate) fn endpoint(
-    listen: SocketAddr,
+/// The TLS configurations of both sides of a link for `creds`.
+pub(crate) fn configs(
     creds: &SvidCredentials,
     verifier: Arc<SpiffePeerVerifier>,
-) -> Result<(quinn::Endpoint, quinn::ClientConfig), AgentError> {
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), AgentError> {
     let mut server = tls::server_config(creds, verifier.clone())?;
     server.alpn_protocols = vec![ALPN.to_vec()];
     let mut client = tls::client_config(creds, verifier)?;
@@ -116,7 +115,17 @@ pub(crate) fn endpoint(
         .map_err(|e| AgentError::Quic(format!("client TLS configuration: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
     client.transport_config(transport);
+    Ok((server, client))
+}
 
+/// Builds the endpoint that both accepts and dials links on `listen`, and
+/// the configuration its dials use.
+pub(crate) fn endpoint(
+    listen: SocketAddr,
+    creds: &SvidCredentials,
+    verifier: Arc<SpiffePeerVerifier>,
+) -> Result<(quinn::Endpoint, quinn::ClientConfig), AgentError> {
+    let (server, client) = configs(creds, verifier)?;
     let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| AgentError::Bind {
         addr: listen,
         reason: e.to_string(),
