@@ -66,6 +66,9 @@ pub struct Status {
     pub network_nodes: usize,
     /// Where network state comes from.
     pub control_plane: String,
+    /// The network policy version in force (`None`: no policy, all
+    /// traffic allowed).
+    pub policy_version: Option<u32>,
     /// Refused peers by reason.
     pub refusals: std::collections::BTreeMap<String, u64>,
     /// TUN interface and its counters, if any.
@@ -178,6 +181,7 @@ async fn answer(
                     ("dropped_no_node", s.dropped_no_node.load(Relaxed).into()),
                     ("dropped_spoofed", s.dropped_spoofed.load(Relaxed).into()),
                     ("dropped_lagged", s.dropped_lagged.load(Relaxed).into()),
+                    ("dropped_policy", s.dropped_policy.load(Relaxed).into()),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
@@ -192,6 +196,7 @@ async fn answer(
                 routes: routes.len(),
                 network_nodes: ctx.network_nodes,
                 control_plane: agent.control_status(),
+                policy_version: agent.acl().map(|a| a.version),
                 refusals,
                 tun,
             };

@@ -327,6 +327,7 @@ fn flows(weft: &Path, seconds: u32) -> Result<(f64, f64, f64), BenchError> {
         trust_domain: td.clone(),
         authority: NodeIdentity::generate().map_err(fail)?.public().signing,
         nodes: ids.iter().map(|i| i.public()).collect(),
+        tags: Default::default(),
     };
     for (i, id) in ids.iter().enumerate() {
         let d = dir.join(format!("n{i}"));

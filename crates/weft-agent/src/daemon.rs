@@ -19,7 +19,7 @@ use weft_proto::node::NodeConfig;
 use crate::admin::{AdminServer, StatusContext};
 use crate::config::AgentSettings;
 use crate::network::{NETWORK_FILE, Network};
-use crate::tun::{AddressBook, Tun, mesh_address};
+use crate::tun::{Tun, mesh_address};
 use crate::{Agent, AgentConfig, AgentError};
 
 /// File name of the node identity in the data directory.
@@ -87,8 +87,8 @@ impl Daemon {
                 "no network file at",
                 &network_path,
                 "it lists the enrolled nodes' public keys in enrollment order and the \
-                 revocation authority's key (format in docs/agent.md); the control plane \
-                 does not serve it yet, so it must be provided with the node's files",
+                 revocation authority's key (format in docs/agent.md); an enrolled agent \
+                 fetches it from its control plane, otherwise provide it with the node's files",
             ));
         }
         let network = Network::load(&network_path).map_err(|e| setup("", &network_path, e))?;
@@ -156,11 +156,7 @@ impl Daemon {
             agent.add_peer(*peer);
         }
         let tun = match &settings.tun {
-            Some(name) => Some(Tun::start(
-                &agent,
-                AddressBook::of(network.nodes.iter().map(|n| n.node_id())),
-                name,
-            )?),
+            Some(name) => Some(Tun::start(&agent, name)?),
             None => None,
         };
         let ctx = StatusContext {

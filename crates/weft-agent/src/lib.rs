@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod bench;
 pub mod config;
@@ -223,6 +224,10 @@ struct LinkTls {
 struct Shared {
     me: NodeId,
     roster: RwLock<Arc<Roster>>,
+    /// Mesh addresses of the roster's nodes, for the TUN data plane.
+    addresses: RwLock<Arc<tun::AddressBook>>,
+    /// The network policy in force, if the control plane gave one.
+    acl: RwLock<Option<Arc<acl::Acl>>>,
     revoked: RwLock<std::collections::HashSet<NodeId>>,
     refusals: Refusals,
     control_status: RwLock<String>,
@@ -363,6 +368,29 @@ impl AgentHandle {
         Ok(())
     }
 
+    /// The node whose mesh address is `addr`, among the roster's.
+    pub fn node_at(&self, addr: &std::net::Ipv6Addr) -> Option<NodeId> {
+        read(&self.shared.addresses).node(addr)
+    }
+
+    /// Puts `acl` in force on the data plane (`None`: allow everything).
+    pub fn set_acl(&self, acl: Option<acl::Acl>) {
+        match &acl {
+            Some(a) => tracing::info!(
+                version = a.version,
+                rules = a.rules.len(),
+                "network policy in force"
+            ),
+            None => tracing::info!("no network policy: all traffic allowed"),
+        }
+        *write(&self.shared.acl) = acl.map(Arc::new);
+    }
+
+    /// The network policy in force, if any.
+    pub fn acl(&self) -> Option<Arc<acl::Acl>> {
+        read(&self.shared.acl).clone()
+    }
+
     /// Says where the network state comes from (shown by `weft status`).
     pub fn set_control_status(&self, status: impl Into<String>) {
         *write(&self.shared.control_status) = status.into();
@@ -419,7 +447,9 @@ impl Agent {
         }
         let shared = Arc::new(Shared {
             me: id,
+            addresses: RwLock::new(Arc::new(tun::AddressBook::of_roster(&cfg.roster))),
             roster: RwLock::new(cfg.roster),
+            acl: RwLock::new(None),
             revoked: RwLock::new(Default::default()),
             refusals: Refusals::default(),
             control_status: RwLock::new("no control plane configured".into()),
@@ -1197,6 +1227,7 @@ impl Driver {
         for (id, key) in net.kem_keys() {
             self.e2e.set_peer_key(id, key);
         }
+        *write(&self.shared.addresses) = Arc::new(tun::AddressBook::of_roster(&roster));
         *write(&self.shared.roster) = roster;
         Ok(())
     }

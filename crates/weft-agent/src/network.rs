@@ -10,8 +10,11 @@
 //! ```json
 //! { "version": 1, "trust_domain": "mesh.example",
 //!   "authority": "<base64 composite public key>",
-//!   "nodes": [ { "signing": "<base64>", "kem": "<base64>" } ] }
+//!   "nodes": [ { "signing": "<base64>", "kem": "<base64>", "tags": ["role=web"] } ] }
 //! ```
+//!
+//! `tags` (optional) are the tags the node was enrolled with; the network
+//! policy's `tag:` selectors resolve against them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +32,10 @@ pub const NETWORK_FILE: &str = "network.json";
 /// Largest network file read (about 4 KB per node: 65 000 nodes).
 pub const MAX_NETWORK_FILE_LEN: u64 = 256 * 1024 * 1024;
 const VERSION: u32 = 1;
+/// Most tags per node in a network file.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag in a network file, bytes.
+pub const MAX_TAG_LEN: usize = 128;
 
 /// Why a network file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +81,8 @@ struct NetworkJson {
 struct NodeJson {
     signing: String,
     kem: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
 }
 
 /// A parsed network file.
@@ -85,6 +94,8 @@ pub struct Network {
     pub authority: CompositePublicKey,
     /// Enrolled nodes in enrollment order.
     pub nodes: Vec<NodePublicIdentity>,
+    /// Nodes' tags (nodes without tags are absent).
+    pub tags: HashMap<NodeId, Vec<String>>,
 }
 
 impl std::fmt::Debug for Network {
@@ -127,18 +138,41 @@ impl Network {
             CompositePublicKey::from_bytes(&decode("authority".into(), &json.authority)?)
                 .map_err(|e| field("authority".into(), e.to_string()))?;
         let mut nodes = Vec::with_capacity(json.nodes.len());
+        let mut tags = HashMap::new();
         for (i, n) in json.nodes.iter().enumerate() {
+            if n.tags.len() > MAX_TAGS {
+                return Err(field(
+                    format!("nodes[{i}].tags"),
+                    format!("{} tags; at most {MAX_TAGS}", n.tags.len()),
+                ));
+            }
+            if let Some((j, _)) = n
+                .tags
+                .iter()
+                .enumerate()
+                .find(|(_, t)| t.is_empty() || t.len() > MAX_TAG_LEN)
+            {
+                return Err(field(
+                    format!("nodes[{i}].tags[{j}]"),
+                    format!("a tag has 1 to {MAX_TAG_LEN} bytes"),
+                ));
+            }
             let signing =
                 CompositePublicKey::from_bytes(&decode(format!("nodes[{i}].signing"), &n.signing)?)
                     .map_err(|e| field(format!("nodes[{i}].signing"), e.to_string()))?;
             let kem = EncapsulationKey::from_bytes(&decode(format!("nodes[{i}].kem"), &n.kem)?)
                 .map_err(|e| field(format!("nodes[{i}].kem"), e.to_string()))?;
-            nodes.push(NodePublicIdentity { signing, kem });
+            let node = NodePublicIdentity { signing, kem };
+            if !n.tags.is_empty() {
+                tags.insert(node.node_id(), n.tags.clone());
+            }
+            nodes.push(node);
         }
         Ok(Self {
             trust_domain,
             authority,
             nodes,
+            tags,
         })
     }
 
@@ -170,6 +204,7 @@ impl Network {
                 .map(|n| NodeJson {
                     signing: BASE64.encode(n.signing.as_bytes()),
                     kem: BASE64.encode(&n.kem.to_bytes()),
+                    tags: self.tags.get(&n.node_id()).cloned().unwrap_or_default(),
                 })
                 .collect(),
         };
@@ -212,6 +247,7 @@ mod tests {
             nodes: (0..n)
                 .map(|_| NodeIdentity::generate().unwrap().public())
                 .collect(),
+            tags: HashMap::new(),
         }
     }
 

@@ -62,6 +62,15 @@ impl AddressBook {
         Self(nodes.into_iter().map(|n| (mesh_address(&n), n)).collect())
     }
 
+    /// The addresses of a roster's nodes.
+    pub fn of_roster(roster: &weft_proto::roster::Roster) -> Self {
+        Self::of(
+            (0..roster.len())
+                .filter_map(|i| u32::try_from(i).ok())
+                .filter_map(|i| roster.id(weft_proto::roster::NodeIndex(i))),
+        )
+    }
+
     /// The node at `addr`.
     pub fn node(&self, addr: &Ipv6Addr) -> Option<NodeId> {
         self.0.get(addr).copied()
@@ -84,6 +93,8 @@ pub struct TunStats {
     pub dropped_spoofed: AtomicU64,
     /// Lost because the data plane fell behind the mesh.
     pub dropped_lagged: AtomicU64,
+    /// Refused by the network policy, leaving or arriving.
+    pub dropped_policy: AtomicU64,
 }
 
 /// A running TUN data plane.
@@ -99,8 +110,9 @@ pub struct Tun {
 
 impl Tun {
     /// Creates interface `name` with this node's mesh address and starts
-    /// carrying packets between it and the mesh. Needs CAP_NET_ADMIN.
-    pub fn start(agent: &Agent, book: AddressBook, name: &str) -> Result<Tun, AgentError> {
+    /// carrying packets between it and the mesh (to the roster's nodes, as
+    /// the network policy allows). Needs CAP_NET_ADMIN.
+    pub fn start(agent: &Agent, name: &str) -> Result<Tun, AgentError> {
         let address = mesh_address(&agent.id());
         let device = tun_rs::DeviceBuilder::new()
             .name(name)
@@ -118,11 +130,16 @@ impl Tun {
             tokio::spawn(outbound(
                 device.clone(),
                 address,
-                book,
                 agent.handle(),
                 stats.clone(),
             )),
-            tokio::spawn(inbound(device, address, agent.deliveries(), stats.clone())),
+            tokio::spawn(inbound(
+                device,
+                address,
+                agent.handle(),
+                agent.deliveries(),
+                stats.clone(),
+            )),
         ];
         tracing::info!(interface = name, %address, "TUN data plane up");
         Ok(Tun {
@@ -148,10 +165,10 @@ fn count(c: &AtomicU64) {
 async fn outbound(
     device: Arc<tun_rs::AsyncDevice>,
     me: Ipv6Addr,
-    book: AddressBook,
     sender: AgentHandle,
     stats: Arc<TunStats>,
 ) {
+    let my_id = sender.id();
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     loop {
         let n = match device.recv(&mut buf).await {
@@ -167,10 +184,17 @@ async fn outbound(
             continue;
         };
         let _ = src;
-        let Some(node) = book.node(&dst) else {
+        let Some(node) = sender.node_at(&dst) else {
             count(&stats.dropped_no_node);
             continue;
         };
+        if sender
+            .acl()
+            .is_some_and(|acl| !acl.allows(&my_id, &node, packet))
+        {
+            count(&stats.dropped_policy);
+            continue;
+        }
         if sender.send(node, packet.to_vec()).is_err() {
             return;
         }
@@ -181,9 +205,11 @@ async fn outbound(
 async fn inbound(
     device: Arc<tun_rs::AsyncDevice>,
     me: Ipv6Addr,
+    agent: AgentHandle,
     mut deliveries: broadcast::Receiver<Delivery>,
     stats: Arc<TunStats>,
 ) {
+    let my_id = agent.id();
     loop {
         let d = match deliveries.recv().await {
             Ok(d) => d,
@@ -197,6 +223,13 @@ async fn inbound(
             .is_some_and(|(src, dst)| src == mesh_address(&d.src) && dst == me);
         if !authentic {
             count(&stats.dropped_spoofed);
+            continue;
+        }
+        if agent
+            .acl()
+            .is_some_and(|acl| !acl.allows(&d.src, &my_id, &d.payload))
+        {
+            count(&stats.dropped_policy);
             continue;
         }
         if let Err(e) = device.send(&d.payload).await {

@@ -318,6 +318,7 @@ async fn a_node_enrolled_later_is_accepted_once_the_network_file_grows() {
                 kem: d.encapsulation_key(),
             })
             .collect(),
+        tags: Default::default(),
     };
     a.handle().set_network(grown.clone()).await.unwrap();
     assert_eq!(c.connect(a.local_addr()).await.unwrap(), a.id());

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use weft_agent::admin;
 use weft_agent::config::AgentSettings;
 use weft_agent::daemon::Daemon;
+use weft_control::sync::{EnrolledAgent, is_enrolled};
 
 /// `weft agent ...`
 #[derive(Debug, Subcommand)]
@@ -53,17 +54,23 @@ pub fn agent(command: AgentCommand) -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
-                let daemon = Daemon::start(&settings)
-                    .await
-                    .context("cannot start the agent")?;
-                eprintln!(
-                    "weft agent {} listening on {} (admin socket {})",
-                    daemon.agent.id(),
-                    daemon.agent.local_addr(),
-                    settings.admin_socket.display()
-                );
-                wait_for_signal().await?;
-                daemon.stop().await;
+                // Enrolled with a control plane: follow it; else run on
+                // the files in the data directory alone.
+                if is_enrolled(&settings.data_dir) {
+                    let agent = EnrolledAgent::start(&settings)
+                        .await
+                        .context("cannot start the agent")?;
+                    announce(&agent.daemon, &settings);
+                    wait_for_signal().await?;
+                    agent.stop().await;
+                } else {
+                    let daemon = Daemon::start(&settings)
+                        .await
+                        .context("cannot start the agent")?;
+                    announce(&daemon, &settings);
+                    wait_for_signal().await?;
+                    daemon.stop().await;
+                }
                 Ok(())
             })
         }
@@ -71,6 +78,15 @@ pub fn agent(command: AgentCommand) -> Result<()> {
         AgentCommand::Claim(args) => crate::control_cmd::agent_claim(args),
         AgentCommand::Renew(args) => crate::control_cmd::agent_renew(args),
     }
+}
+
+fn announce(daemon: &Daemon, settings: &AgentSettings) {
+    eprintln!(
+        "weft agent {} listening on {} (admin socket {})",
+        daemon.agent.id(),
+        daemon.agent.local_addr(),
+        settings.admin_socket.display()
+    );
 }
 
 async fn wait_for_signal() -> Result<()> {

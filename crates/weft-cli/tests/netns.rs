@@ -1,21 +1,26 @@
 //! Agents across real hosts: six network namespaces joined by veth pairs
 //! in two disjoint three-hop paths, one `weft agent run` process per
-//! namespace with its TUN interface.
+//! namespace with its TUN interface, and a control plane in a seventh
+//! namespace that every node reaches over its own management link.
 //!
 //! ```text
 //!        n1 ---- n2
 //!       /          \
-//!     n0            n3
+//!     n0            n3          ctl -- every node (10.232.i.0/24)
 //!       \          /
 //!        n4 ---- n5
 //! ```
 //!
-//! Shows: `ping -6` from n0 to n3's mesh address over three hops; SIGKILL
+//! Every agent enrolls with `weft agent enroll` and a join token, and its
+//! `weft agent run` fetches the network file, sends heartbeats and follows
+//! revocations. Shows: `ping -6` from n0 to n3's mesh address over three hops; SIGKILL
 //! of the relay in use and traffic resuming on the other path (lost
 //! pings bounded, detection and reroute seen in /metrics); an agent with
 //! an SVID from another trust domain refused; the killed relay restarted
 //! from its data directory and linked again; garbage and repeated UDP payloads at an agent's port causing
-//! no crash and no accepted link. Needs root (namespaces, TUN) and `ip`
+//! no crash and no accepted link; a node revoked at the control plane cut
+//! off by its neighbours; the control plane stopped, the mesh still
+//! carrying traffic and `weft status` saying so. Needs root (namespaces, TUN) and `ip`
 //! and `ping`; skips with a message otherwise. Namespaces are deleted
 //! even when the test fails.
 
@@ -34,6 +39,7 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const NODES: usize = 6;
 const EDGES: [(usize, usize); 6] = [(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 3)];
 const PORT: u16 = 7946;
+const CONTROL_PORT: u16 = 8443;
 
 fn can_run() -> Result<(), String> {
     let uid = Command::new("id")
@@ -84,6 +90,16 @@ impl Lab {
         format!("10.231.{edge}.{}", end + 1)
     }
 
+    /// The control plane's namespace.
+    fn ctl(&self) -> String {
+        format!("{}-c", self.prefix)
+    }
+
+    /// The control plane's URL as node `i` reaches it.
+    fn control_url(i: usize) -> String {
+        format!("https://10.232.{i}.1:{CONTROL_PORT}")
+    }
+
     fn new() -> Lab {
         let tag = std::process::id() % 100_000;
         let lab = Lab {
@@ -94,6 +110,21 @@ impl Lab {
         for i in 0..NODES {
             sh(&["ip", "netns", "add", &lab.ns(i)]);
             sh(&["ip", "-n", &lab.ns(i), "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "netns", "add", &lab.ctl()]);
+        sh(&["ip", "-n", &lab.ctl(), "link", "set", "lo", "up"]);
+        // Management links: the control plane's namespace to every node.
+        for i in 0..NODES {
+            let (vc, vn) = (format!("wm{tag}c{i}"), format!("wm{tag}n{i}"));
+            sh(&[
+                "ip", "link", "add", &vc, "type", "veth", "peer", "name", &vn,
+            ]);
+            for (v, ns, host) in [(&vc, lab.ctl(), 1), (&vn, lab.ns(i), 2)] {
+                sh(&["ip", "link", "set", v, "netns", &ns]);
+                let cidr = format!("10.232.{i}.{host}/24");
+                sh(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", v]);
+                sh(&["ip", "-n", &ns, "link", "set", v, "up"]);
+            }
         }
         for (e, &(a, b)) in EDGES.iter().enumerate() {
             let (va, vb) = (format!("wv{tag}a{e}"), format!("wv{tag}b{e}"));
@@ -112,6 +143,76 @@ impl Lab {
 
     fn node_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Runs `weft ARGS` in namespace `ns` and returns its standard output;
+    /// fails the test if it fails.
+    fn weft(ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, WEFT])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "weft {args:?} in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `weft control up` in the control namespace; returns the
+    /// child's index once its admin token and CA bundle exist.
+    fn start_control(&mut self) -> usize {
+        let dir = self.node_dir("control");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("control.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ctl(), WEFT, "control", "up"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", &format!("0.0.0.0:{CONTROL_PORT}")])
+            .args(["--trust-domain", "lab.weft.test"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(Some(child));
+        let token = dir.join("admin.token");
+        wait_for(Duration::from_secs(30), "the control plane starts", || {
+            token.exists() && Lab::control_ok(&self.ctl(), &dir)
+        });
+        self.children.len() - 1
+    }
+
+    /// Whether the control plane answers an authenticated request.
+    fn control_ok(ctl: &str, dir: &Path) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", ctl, WEFT, "node", "list", "--json"])
+            .args(Lab::operator(dir))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The operator's client arguments, inside the control namespace.
+    fn operator(dir: &Path) -> Vec<String> {
+        vec![
+            "--control".into(),
+            format!("https://127.0.0.1:{CONTROL_PORT}"),
+            "--api-token-file".into(),
+            dir.join("admin.token").display().to_string(),
+            "--ca-bundle".into(),
+            dir.join("ca").join("bundle.pem").display().to_string(),
+        ]
+    }
+
+    /// Runs an operator command against the control plane.
+    fn operate(&self, args: &[&str]) -> String {
+        let dir = self.node_dir("control");
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(Lab::operator(&dir));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Lab::weft(&self.ctl(), &refs)
     }
 
     /// Starts `weft agent run` for `dir` in namespace `ns`.
@@ -161,22 +262,36 @@ impl Drop for Lab {
         for i in 0..self.children.len() {
             self.kill(i);
         }
-        for i in 0..NODES {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(i)])
-                .status();
+        for ns in (0..NODES).map(|i| self.ns(i)).chain([self.ctl()]) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
     }
 }
 
-/// Writes an enrolled node's data directory: identity, SVID, bundle,
-/// network file and agent.toml.
-fn write_node(
+/// Writes `dir/agent.toml`: links on `port`, dialing `peers`.
+fn write_config(dir: &Path, peers: &[String], port: u16, tun: bool, metrics_port: u16) {
+    let peers = peers
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let toml = format!(
+        "data_dir = \"{d}\"\nlisten = \"0.0.0.0:{port}\"\npeers = [{peers}]\ntun = {tun}\nadmin_socket = \"{d}/agent.sock\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("agent.toml"), toml).unwrap();
+}
+
+/// Writes the data directory of a node not enrolled anywhere (its own CA
+/// and network file) and its agent.toml.
+fn write_unenrolled_node(
     dir: &Path,
     identity: &NodeIdentity,
     ca: &CertificateAuthority,
     network: &Network,
     peers: &[String],
+    port: u16,
+    metrics_port: u16,
 ) {
     std::fs::create_dir_all(dir).unwrap();
     identity.save(&dir.join("node.key"), false).unwrap();
@@ -189,16 +304,7 @@ fn write_node(
         .unwrap();
     svid.save(dir, &ca.bundle_pem()).unwrap();
     std::fs::write(dir.join(NETWORK_FILE), network.to_json()).unwrap();
-    let peers = peers
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let toml = format!(
-        "data_dir = \"{d}\"\nlisten = \"0.0.0.0:{PORT}\"\npeers = [{peers}]\ntun = true\nadmin_socket = \"{d}/agent.sock\"\nmetrics_listen = \"127.0.0.1:9464\"\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("agent.toml"), toml).unwrap();
+    write_config(dir, peers, port, false, metrics_port);
 }
 
 fn admin(dir: &Path, cmd: &str) -> Option<serde_json::Value> {
@@ -278,25 +384,47 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
         return;
     }
     let mut lab = Lab::new();
-    let td = TrustDomain::new("lab.weft.test").unwrap();
-    let ca = CertificateAuthority::init(&td, Duration::from_secs(3600)).unwrap();
-    let ids: Vec<NodeIdentity> = (0..NODES)
-        .map(|_| NodeIdentity::generate().unwrap())
-        .collect();
-    let network = Network {
-        trust_domain: td.clone(),
-        authority: NodeIdentity::generate().unwrap().public().signing,
-        nodes: ids.iter().map(|i| i.public()).collect(),
-    };
-    // The lower-numbered end of each edge dials the other.
-    for (n, id) in ids.iter().enumerate() {
+    let control = lab.start_control();
+    let token = lab.operate(&[
+        "join-token",
+        "create",
+        "--uses",
+        "6",
+        "--auto-approve",
+        "--json",
+    ]);
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    let bundle = lab.node_dir("control").join("ca").join("bundle.pem");
+    // Enroll in order, so that n0..n5 are the roster's first six nodes.
+    let mut ids = Vec::new();
+    for n in 0..NODES {
+        let dir = lab.node_dir(&format!("n{n}"));
+        let url = Lab::control_url(n);
+        Lab::weft(
+            &lab.ns(n),
+            &[
+                "agent",
+                "enroll",
+                "--control",
+                &url,
+                "--token",
+                &token,
+                "--ca-bundle",
+                bundle.to_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+        );
+        ids.push(NodeIdentity::load(&dir.join("node.key")).unwrap());
+        // The lower-numbered end of each edge dials the other.
         let peers: Vec<String> = EDGES
             .iter()
             .enumerate()
             .filter(|(_, (a, _))| *a == n)
             .map(|(e, _)| format!("{}:{PORT}", Lab::addr(e, 1)))
             .collect();
-        write_node(&lab.node_dir(&format!("n{n}")), id, &ca, &network, &peers);
+        write_config(&dir, &peers, PORT, true, 9464);
     }
     for n in 0..NODES {
         let (ns, dir) = (lab.ns(n), lab.node_dir(&format!("n{n}")));
@@ -366,23 +494,20 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
     let stranger = NodeIdentity::generate().unwrap();
     let foreign_net = Network {
         trust_domain: foreign_td,
-        authority: network.authority.clone(),
+        authority: NodeIdentity::generate().unwrap().public().signing,
         nodes: vec![stranger.public(), ids[3].public()],
+        tags: Default::default(),
     };
     let dx = lab.node_dir("foreign");
-    write_node(
+    write_unenrolled_node(
         &dx,
         &stranger,
         &foreign_ca,
         &foreign_net,
         &[format!("{}:{PORT}", Lab::addr(5, 1))],
+        7947,
+        9465,
     );
-    let toml = std::fs::read_to_string(dx.join("agent.toml"))
-        .unwrap()
-        .replace(&format!("0.0.0.0:{PORT}"), "0.0.0.0:7947")
-        .replace("tun = true", "tun = false")
-        .replace("127.0.0.1:9464", "127.0.0.1:9465");
-    std::fs::write(dx.join("agent.toml"), toml).unwrap();
     let foreign = lab.start(&lab.ns(5), &dx);
     wait_for(
         Duration::from_secs(10),
@@ -439,4 +564,62 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
         peers_of_n3.as_array().unwrap().len() <= 2,
         "garbage made links: {peers_of_n3}"
     );
+
+    // The agents follow the control plane: it has their heartbeats, and
+    // `weft status` says they are connected to it.
+    let status = admin(&d0, "status").unwrap();
+    assert!(
+        status["control_plane"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("connected to"),
+        "n0's status: {status}"
+    );
+    let nodes: serde_json::Value =
+        serde_json::from_str(&lab.operate(&["node", "list", "--json"])).unwrap();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(NODES), "{nodes}");
+
+    // Revoke n5 at the control plane: its neighbours (n4, n3) close their
+    // links to it and nobody keeps a route to it.
+    let victim = ids[5].node_id();
+    lab.operate(&[
+        "node",
+        "revoke",
+        &victim.to_string(),
+        "--reason",
+        "netns test",
+    ]);
+    let (d4, victim_text) = (lab.node_dir("n4"), victim.to_string());
+    let linked_to_victim = |dir: &Path| {
+        admin(dir, "peers")
+            .is_none_or(|p| p.as_array().unwrap().iter().any(|p| p["id"] == victim_text))
+    };
+    wait_for(
+        Duration::from_secs(40),
+        "n3 and n4 cut off the revoked n5",
+        || !linked_to_victim(&d3) && !linked_to_victim(&d4),
+    );
+    wait_for(Duration::from_secs(20), "n0 loses its route to n5", || {
+        next_hop(&d0, &victim).is_none()
+    });
+    let (sent, got) = ping(&lab.ns(0), &far_addr, 5, "0.2");
+    assert!(got >= 4, "after the revocation: {got}/{sent} answered");
+
+    // The control plane goes away: the mesh keeps carrying traffic on
+    // cached state, and `weft status` says so.
+    lab.kill(control);
+    wait_for(
+        Duration::from_secs(40),
+        "n0's status says the control plane is unreachable",
+        || {
+            admin(&d0, "status").is_some_and(|s| {
+                s["control_plane"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("UNREACHABLE")
+            })
+        },
+    );
+    let (sent, got) = ping(&lab.ns(0), &far_addr, 5, "0.2");
+    assert!(got >= 4, "without the control plane: {got}/{sent} answered");
 }

@@ -282,7 +282,7 @@ impl std::fmt::Debug for ControlClient {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
-fn encode_query_value(value: &str) -> String {
+pub(crate) fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

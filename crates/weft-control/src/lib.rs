@@ -38,6 +38,7 @@ pub mod policy;
 pub mod problem;
 pub mod proof;
 pub mod server;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 

@@ -246,6 +246,7 @@ pub async fn run(
         trust_domain: TrustDomain::new(&info.trust_domain).map_err(|e| fail("trust domain", e))?,
         authority,
         nodes: identities.iter().map(|i| i.public()).collect(),
+        tags: Default::default(),
     };
     for d in &dirs {
         std::fs::write(d.join(NETWORK_FILE), network.to_json())
@@ -750,18 +751,7 @@ async fn distribute_revocations(
         .revocations(network)
         .await
         .map_err(|e| fail("revocation list", e))?;
-    let wire = BASE64
-        .decode(view.wire.as_bytes())
-        .map_err(|e| fail("revocation list", e))?;
-    let list =
-        match weft_proto::wire::decode_exact(&wire).map_err(|e| fail("revocation list", e))? {
-            weft_proto::wire::Message::Revocation(list) => list,
-            other => {
-                return Err(DemoError(format!(
-                    "expected a revocation list, got {other:?}"
-                )));
-            }
-        };
+    let list = weft_control::sync::revocation_list(&view).map_err(DemoError)?;
     let mut applied = 0;
     for slot in &demo.nodes {
         if let Some(h) = slot.handle()
