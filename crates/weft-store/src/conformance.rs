@@ -17,9 +17,10 @@ use crate::error::StoreError;
 use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
     ActionOutcome, ActionStats, AuditFilter, AuditResult, Cursor, Heartbeat, IncidentAction,
-    IncidentFilter, IncidentId, IncidentRecord, IncidentStatus, JoinToken, Network, NetworkId,
-    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy,
-    NodeFilter, NodeStatus, PageRequest, Role, SecretBytes, SecretToken, SvidRecord, Tags,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentStatus, JoinToken, MembershipStamp,
+    Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork,
+    NewNode, NewPolicy, NodeFilter, NodeKeys, NodeStatus, PageRequest, Role, SecretBytes,
+    SecretToken, SvidRecord, Tags,
 };
 use crate::store::Store;
 
@@ -36,6 +37,14 @@ fn node_id(network: u8, i: u32) -> NodeId {
     NodeId(id)
 }
 
+/// Stand-in public keys of node `id` (the store keeps them opaque).
+fn keys_of(id: NodeId) -> NodeKeys {
+    NodeKeys {
+        signing: [&b"sign"[..], &id.0].concat(),
+        kem: [&b"kem"[..], &id.0].concat(),
+    }
+}
+
 fn new_node(network: &Network, id: NodeId) -> NewNode {
     let spiffe_id =
         SpiffeId::from_parts(&network.trust_domain, &format!("/node/{id}")).expect("SPIFFE ID");
@@ -46,6 +55,7 @@ fn new_node(network: &Network, id: NodeId) -> NewNode {
             serial: id.0[28..].to_vec(),
             not_after: at(3600),
         }),
+        keys: keys_of(id),
     }
 }
 
@@ -676,6 +686,134 @@ pub async fn node_listing<S: Store>(store: &S) {
         .await
         .expect_err("bad cursor");
     assert!(matches!(bad_cursor, StoreError::InvalidInput { .. }));
+}
+
+/// Members: approved nodes with their keys, in enrollment order (time,
+/// then node id), paged without skips or repeats; pending and revoked
+/// nodes are left out; the membership stamp moves with every change of
+/// the list and not otherwise; bad keys are refused at enrollment.
+pub async fn members<S: Store>(store: &S) {
+    let net = network(store, "members").await;
+    let other = network(store, "elsewhere").await;
+    let empty = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(
+        empty,
+        MembershipStamp {
+            members: 0,
+            last_change_us: 0
+        }
+    );
+    let (_, approve) = join_token(store, &net, 20, true).await;
+    let (_, pend) = join_token(store, &net, 20, false).await;
+    let (_, foreign) = join_token(store, &other, 5, true).await;
+    // Enrolled out of id order, two in the same microsecond.
+    let order = [(7u32, 10i64), (3, 11), (9, 11), (1, 12), (5, 13)];
+    for (i, second) in order {
+        store
+            .enroll_node(approve.expose(), new_node(&net, node_id(9, i)), at(second))
+            .await
+            .expect("enroll");
+    }
+    store
+        .enroll_node(pend.expose(), new_node(&net, node_id(9, 100)), at(14))
+        .await
+        .expect("enroll pending");
+    store
+        .enroll_node(foreign.expose(), new_node(&other, node_id(8, 1)), at(14))
+        .await
+        .expect("enroll elsewhere");
+    let list = |page: u32| {
+        let store = store.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut req = PageRequest::first(page);
+            loop {
+                let p = store.list_members(net.id, req).await.expect("members");
+                seen.extend(p.items);
+                match p.next {
+                    Some(c) => req = PageRequest::after(c, page),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+    let all = list(2).await;
+    let ids: Vec<NodeId> = all.iter().map(|m| m.node_id).collect();
+    assert_eq!(
+        ids,
+        [7, 3, 9, 1, 5].map(|i| node_id(9, i)).to_vec(),
+        "enrollment order, ties by node id"
+    );
+    assert_eq!(all[0].keys, keys_of(node_id(9, 7)));
+    assert_eq!(all[0].enrolled_at, at(10));
+    assert_eq!(list(1000).await, all);
+    let stamp = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(stamp.members, 5);
+    assert_eq!(
+        store.membership_stamp(net.id).await.expect("stamp"),
+        stamp,
+        "reading changes nothing"
+    );
+
+    // Approving the pending node adds it at its enrollment place; the
+    // stamp moves.
+    store
+        .approve_node(&node_id(9, 100), at(20))
+        .await
+        .expect("approve");
+    let after_approve = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(after_approve.members, 6);
+    assert_ne!(after_approve, stamp);
+    assert_eq!(
+        list(4).await.last().map(|m| m.node_id),
+        Some(node_id(9, 100))
+    );
+
+    // Revoking removes it; so does the stamp's count, and its time moves.
+    store
+        .revoke_node(&node_id(9, 3), "gone", at(30))
+        .await
+        .expect("revoke");
+    let after_revoke = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(after_revoke.members, 5);
+    assert!(after_revoke.last_change_us > after_approve.last_change_us);
+    assert!(!list(3).await.iter().any(|m| m.node_id == node_id(9, 3)));
+
+    // The other network's members are its own.
+    let theirs = store
+        .list_members(other.id, PageRequest::first(10))
+        .await
+        .expect("members");
+    assert_eq!(theirs.items.len(), 1);
+
+    // Keys are bounded.
+    for keys in [
+        NodeKeys {
+            signing: Vec::new(),
+            kem: vec![1],
+        },
+        NodeKeys {
+            signing: vec![1],
+            kem: vec![0; crate::limits::MAX_NODE_KEY_LEN + 1],
+        },
+    ] {
+        let mut n = new_node(&net, node_id(9, 200));
+        n.keys = keys;
+        let e = store
+            .enroll_node(approve.expose(), n, at(40))
+            .await
+            .expect_err("bad keys");
+        assert!(matches!(e, StoreError::InvalidInput { .. }), "{e}");
+    }
+    let e = store
+        .list_members(
+            net.id,
+            PageRequest::after(Cursor::parse("nonsense").expect("cursor"), 3),
+        )
+        .await
+        .expect_err("bad cursor");
+    assert!(matches!(e, StoreError::InvalidInput { .. }));
 }
 
 /// API tokens: the first admin token is made once; a token authenticates
