@@ -10,6 +10,7 @@
 //! | `svid.pem` | the X.509-SVID, once approved |
 //! | `bundle.pem` | the CA bundle |
 //! | `enrollment.json` | the control plane's URL and the mesh settings |
+//! | `network.json` | the network's members, from [`update_network_file`] |
 //!
 //! which is where `weft agent run` looks for them.
 
@@ -36,6 +37,8 @@ pub const IDENTITY_FILE: &str = "node.key";
 pub const STATE_FILE: &str = "enrollment.json";
 /// Largest state file read.
 const MAX_STATE_FILE: u64 = 64 * 1024;
+/// The network file (the members' keys), as `weft agent run` reads it.
+pub const NETWORK_FILE: &str = "network.json";
 
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -273,7 +276,8 @@ pub fn enroll_request(
     token: &str,
 ) -> Result<EnrollRequest, AgentError> {
     let identity_pk = identity.signing_key().public_key().as_bytes().to_vec();
-    let message = proof::enroll_message(token, &identity_pk, svid_public);
+    let kem_pk = identity.kem_key().encapsulation_key().to_bytes();
+    let message = proof::enroll_message(token, &identity_pk, svid_public, &kem_pk);
     let (signature, svid_sig) = proof::sign(
         identity.signing_key(),
         svid_key,
@@ -285,6 +289,7 @@ pub fn enroll_request(
         token: token.to_owned(),
         identity_public_key: BASE64.encode(&identity_pk),
         svid_public_key: BASE64.encode(svid_public),
+        kem_public_key: BASE64.encode(&kem_pk),
         signature: BASE64.encode(&signature),
         svid_key_signature: BASE64.encode(&svid_sig),
     })
@@ -346,6 +351,23 @@ pub async fn claim(data_dir: &Path) -> Result<AgentState, AgentError> {
         .await?;
     paths.trust()?.accepts_bundle(&answer.ca_bundle_pem)?;
     record(&paths, &state.control_url, &answer, &svid_public)
+}
+
+/// Fetches the network's members over mTLS with the node's SVID and
+/// writes them to `network.json` in the data directory (atomically) when
+/// they differ from what is there; returns whether the file changed.
+pub async fn update_network_file(data_dir: &Path) -> Result<bool, AgentError> {
+    let paths = AgentPaths::new(data_dir);
+    let state = paths.load_state()?;
+    let creds = SvidCredentials::load(&paths.svid_dir()).map_err(local)?;
+    let client = ControlClient::new(&state.control_url, paths.trust()?, Some(creds), None)?;
+    let json = client.fetch_members(&state.settings.network).await?;
+    let path = data_dir.join(NETWORK_FILE);
+    if std::fs::read(&path).is_ok_and(|old| old == json.as_bytes()) {
+        return Ok(false);
+    }
+    write_file_atomic(&path, json.as_bytes(), 0o644, true).map_err(local)?;
+    Ok(true)
 }
 
 /// Renews the SVID over mTLS with the current one (same key).

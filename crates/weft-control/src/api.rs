@@ -140,6 +140,9 @@ pub struct EnrollRequest {
     pub identity_public_key: String,
     /// The SVID key's ML-DSA-65 public key, base64.
     pub svid_public_key: String,
+    /// The node's X-Wing (ML-KEM-768 + X25519) public key, base64: what
+    /// other nodes agree keys with; listed in the network's members.
+    pub kem_public_key: String,
     /// Composite signature of the identity over the enrollment message, base64.
     pub signature: String,
     /// ML-DSA-65 signature of the SVID key over the enrollment message, base64.
@@ -447,4 +450,39 @@ pub struct ApiTokenPage {
     pub items: Vec<ApiTokenView>,
     /// Cursor of the next page, if any.
     pub next: Option<String>,
+}
+
+/// Version of the network file format served at
+/// `GET /v1/networks/{network}/members`.
+pub const NETWORK_FILE_VERSION: u32 = 1;
+
+/// A network's members as the agent's network file (`network.json`, read
+/// by `weft_agent::network::Network::from_json`): the trust domain, the
+/// key that signs revocation lists, and the public keys and tags of every
+/// node approved so far, in order of approval (an append-only roster).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    /// The format version, 1.
+    pub version: u32,
+    /// The network's trust domain.
+    pub trust_domain: String,
+    /// The revocation authority's composite public key, base64.
+    pub authority: String,
+    /// Every node approved so far (revoked ones too: the list only grows),
+    /// in order of approval.
+    pub nodes: Vec<NetworkFileNode>,
+}
+
+/// One member of a network file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFileNode {
+    /// The node identity's composite public key (ML-DSA-65 ‖ Ed25519), base64.
+    pub signing: String,
+    /// The node's X-Wing public key, base64.
+    pub kem: String,
+    /// Its tags (policy `tag:` selectors match them); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }

@@ -154,6 +154,12 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
     ),
     route(
+        "GET",
+        "/v1/networks/{network}/members",
+        Access::AgentOrViewer,
+        None,
+    ),
+    route(
         "POST",
         "/v1/enroll",
         Access::Enrollment,
@@ -373,6 +379,9 @@ pub struct AppState {
     pub heartbeats: crate::telemetry::Batcher,
     /// Signed revocation lists by network, re-signed when the epoch moves.
     pub revocations: Mutex<HashMap<NetworkId, Arc<RevocationListView>>>,
+    /// Rendered network files by network, rendered again when the
+    /// membership stamp moves.
+    pub members: Mutex<HashMap<NetworkId, Arc<crate::handlers::MembersFile>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -443,6 +452,7 @@ pub fn router(state: Shared) -> Router {
             "/v1/networks/{network}/revocations",
             get(handlers::revocations),
         )
+        .route("/v1/networks/{network}/members", get(handlers::members))
         .route("/v1/enroll", post(handlers::enroll))
         .route("/v1/enroll/claim", post(handlers::claim))
         .route("/v1/renew", post(handlers::renew))

@@ -35,6 +35,17 @@ use crate::problem::ProblemBody;
 
 /// Largest response body read.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest network file read (the agent reads up to 256 MiB).
+const MAX_MEMBERS_BYTES: usize = 256 * 1024 * 1024;
+
+/// A network file fetched from the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersFile {
+    /// Its entity tag: send it back to [`ControlClient::poll_members`].
+    pub etag: Option<String>,
+    /// The JSON text, as the agent's `network.json`.
+    pub json: String,
+}
 /// Longest control URL accepted.
 const MAX_URL_LEN: usize = 2048;
 
@@ -386,11 +397,35 @@ impl ControlClient {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, String, Bytes), ClientError> {
+        let (status, headers, bytes) = self
+            .request(method, path_and_query, body, &[], MAX_RESPONSE_BYTES)
+            .await?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Ok((status, content_type, bytes))
+    }
+
+    /// Sends a request with extra headers, reading at most `max_body`
+    /// bytes of the answer; returns the status, headers and body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        extra_headers: &[(header::HeaderName, String)],
+        max_body: usize,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ClientError> {
         let url = format!("{}{path_and_query}", self.base);
         let mut builder = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::ACCEPT, "application/json");
+        for (name, value) in extra_headers {
+            builder = builder.header(name, value);
+        }
         if let Some(t) = &self.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -417,15 +452,10 @@ impl ControlClient {
                 reason: causes(&e),
             })?;
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let headers = response.headers().clone();
         let collected = tokio::time::timeout(
             self.timeout,
-            Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect(),
+            Limited::new(response.into_body(), max_body).collect(),
         )
         .await
         .map_err(|_| timeout(&url))?
@@ -434,7 +464,7 @@ impl ControlClient {
             url: url.clone(),
             reason: format!("the body could not be read: {e}"),
         })?;
-        Ok((status, content_type, collected.to_bytes()))
+        Ok((status, headers, collected.to_bytes()))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -570,6 +600,82 @@ impl ControlClient {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// `GET /v1/networks/{network}/members`: the network file's JSON text
+    /// (what the agent keeps as `network.json`).
+    pub async fn fetch_members(&self, network: &str) -> Result<String, ClientError> {
+        match self.poll_members(network, None).await? {
+            Some(file) => Ok(file.json),
+            None => Err(ClientError::Unexpected {
+                status: 304,
+                url: format!("{}/v1/networks/{network}/members", self.base),
+                reason: "304 Not Modified to a request without If-None-Match".into(),
+            }),
+        }
+    }
+
+    /// `GET /v1/networks/{network}/members` with `If-None-Match: etag`:
+    /// `None` while the file is unchanged (304), else the new file and
+    /// its entity tag.
+    pub async fn poll_members(
+        &self,
+        network: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<MembersFile>, ClientError> {
+        let path = format!("/v1/networks/{}/members", encode_query_value(network));
+        let extra: Vec<(header::HeaderName, String)> = etag
+            .map(|e| (header::IF_NONE_MATCH, e.to_owned()))
+            .into_iter()
+            .collect();
+        let (status, headers, bytes) = self
+            .request(Method::GET, &path, None, &extra, MAX_MEMBERS_BYTES)
+            .await?;
+        if status == StatusCode::NOT_MODIFIED && etag.is_some() {
+            return Ok(None);
+        }
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        self.check_status(status, content_type, &bytes, &path)?;
+        let json = String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Unexpected {
+            status: status.as_u16(),
+            url: format!("{}{path}", self.base),
+            reason: format!("the network file is not UTF-8: {e}"),
+        })?;
+        Ok(Some(MembersFile {
+            etag: headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            json,
+        }))
+    }
+
+    fn check_status(
+        &self,
+        status: StatusCode,
+        content_type: &str,
+        bytes: &[u8],
+        path: &str,
+    ) -> Result<(), ClientError> {
+        if status.is_success() {
+            return Ok(());
+        }
+        match serde_json::from_slice::<ProblemBody>(bytes) {
+            Ok(problem) if content_type.starts_with(crate::problem::PROBLEM_JSON) => {
+                Err(ClientError::Problem {
+                    status: status.as_u16(),
+                    problem,
+                })
+            }
+            _ => Err(ClientError::Unexpected {
+                status: status.as_u16(),
+                url: format!("{}{path}", self.base),
+                reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            }),
+        }
+    }
+
     /// `GET /v1/audit` with filters (`actor`, `action`, `target`,
     /// `result`, `since`, `until`, `limit`, `cursor`).
     pub async fn audit(
@@ -667,22 +773,8 @@ impl ControlClient {
 
     async fn text(&self, path: &str) -> Result<String, ClientError> {
         let (status, content_type, bytes) = self.raw(Method::GET, path, None).await?;
-        if status.is_success() {
-            return Ok(String::from_utf8_lossy(&bytes).into_owned());
-        }
-        match serde_json::from_slice::<ProblemBody>(&bytes) {
-            Ok(problem) if content_type.starts_with(crate::problem::PROBLEM_JSON) => {
-                Err(ClientError::Problem {
-                    status: status.as_u16(),
-                    problem,
-                })
-            }
-            _ => Err(ClientError::Unexpected {
-                status: status.as_u16(),
-                url: format!("{}{path}", self.base),
-                reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-            }),
-        }
+        self.check_status(status, &content_type, &bytes, path)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// `GET /metrics` as text.

@@ -16,15 +16,15 @@ use weft_crypto::NodeId;
 use weft_proto::wire::{MAX_REVOKED, Message};
 use weft_store::{
     ApiTokenId, AuditFilter, AuditResult, Cursor, JoinTokenId, Network, NewApiToken, NewJoinToken,
-    NewNode, Node, NodeFilter, NodeStatus, PageRequest, Role, Store, StoreError, SvidRecord, Tags,
-    limits,
+    NewNode, Node, NodeFilter, NodeKeys, NodeStatus, PageRequest, Role, Store, StoreError,
+    SvidRecord, Tags, limits,
 };
 
 use crate::api::{
     ApiTokenPage, ApiTokenView, AuditPage, AuditView, ClaimRequest, CreateApiToken,
     CreateJoinToken, CreatedApiToken, CreatedJoinToken, EnrollRequest, EnrollResponse, Health,
-    JoinTokenPage, JoinTokenView, MeshSettings, NodePage, NodeView, Ready, RenewResponse,
-    RevocationEntry, RevocationListView, RevokeRequest, RevokeResponse, rfc3339,
+    JoinTokenPage, JoinTokenView, MeshSettings, NetworkFile, NodePage, NodeView, Ready,
+    RenewResponse, RevocationEntry, RevocationListView, RevokeRequest, RevokeResponse, rfc3339,
 };
 use crate::app::{AUDIT_STREAM, AuditNote, ConnInfo, Identity, REVOCATION_EVENT, Shared, respond};
 use crate::extract::{JsonBody, PathParams, QueryParams};
@@ -374,13 +374,15 @@ pub async fn enroll(
     let identity_pk =
         b64("identity_public_key", &req.identity_public_key).map_err(|p| fail(p, &note))?;
     let svid_pk = b64("svid_public_key", &req.svid_public_key).map_err(|p| fail(p, &note))?;
+    let kem_pk = b64("kem_public_key", &req.kem_public_key).map_err(|p| fail(p, &note))?;
     let signature = b64("signature", &req.signature).map_err(|p| fail(p, &note))?;
     let svid_sig =
         b64("svid_key_signature", &req.svid_key_signature).map_err(|p| fail(p, &note))?;
     let key = proof::identity_key(&identity_pk).map_err(|e| fail(proof_problem(e), &note))?;
+    proof::check_kem_key(&kem_pk).map_err(|e| fail(proof_problem(e), &note))?;
     let node_id = NodeId::of(&key);
     note.target = Some(format!("node:{node_id}"));
-    let message = proof::enroll_message(&req.token, &identity_pk, &svid_pk);
+    let message = proof::enroll_message(&req.token, &identity_pk, &svid_pk, &kem_pk);
     proof::verify(
         &key,
         &svid_pk,
@@ -426,6 +428,10 @@ pub async fn enroll(
                     serial: s.serial.clone(),
                     not_after: s.not_after,
                 }),
+                keys: NodeKeys {
+                    signing: identity_pk.clone(),
+                    kem: kem_pk,
+                },
             },
             now(),
         )
@@ -885,6 +891,147 @@ pub async fn revocations(
     let net = state.served_network(&network).await?;
     let list = revocation_list(&state, &net).await?;
     Ok(axum::Json(list.as_ref().clone()))
+}
+
+// ------------------------------------------------------------------ members
+
+/// Most members one network file lists (about 4.3 KB each in JSON).
+pub const MAX_MEMBERS: usize = 20_000;
+
+/// A rendered network file, with what it was rendered from.
+#[derive(Debug)]
+pub struct MembersFile {
+    /// The membership it lists.
+    pub stamp: weft_store::MembershipStamp,
+    /// Its entity tag (quoted), from the SHA-256 of the body.
+    pub etag: String,
+    /// The JSON.
+    pub body: bytes::Bytes,
+}
+
+/// Whether an `If-None-Match` header names `etag` (or is `*`); weak and
+/// strong tags compare alike (RFC 9110 weak comparison).
+fn if_none_match(headers: &axum::http::HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .map(|t| t.strip_prefix("W/").unwrap_or(t))
+        .any(|t| t == "*" || t == etag)
+}
+
+/// The network file of `net` as it is now (rendered again only when its
+/// membership changed since the cached one).
+async fn members_file(state: &Shared, net: &Network) -> Result<Arc<MembersFile>, Problem> {
+    let stamp = state.store.membership_stamp(net.id).await?;
+    if let Some(cached) = state
+        .members
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&net.id)
+        .filter(|f| f.stamp == stamp)
+    {
+        return Ok(cached.clone());
+    }
+    if usize::try_from(stamp.members).unwrap_or(usize::MAX) > MAX_MEMBERS {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "members-too-many",
+            format!(
+                "network {} has {} members, more than the {MAX_MEMBERS} one network file lists; split the mesh into several networks",
+                net.name, stamp.members
+            ),
+        ));
+    }
+    let mut nodes = Vec::new();
+    let mut page = PageRequest::first(limits::MAX_PAGE_SIZE);
+    loop {
+        let got = state.store.list_members(net.id, page).await?;
+        nodes.extend(got.items.into_iter().map(|m| crate::api::NetworkFileNode {
+            signing: BASE64.encode(&m.keys.signing),
+            kem: BASE64.encode(&m.keys.kem),
+            tags: m.tags.iter().map(str::to_owned).collect(),
+        }));
+        if nodes.len() > MAX_MEMBERS {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "members-too-many",
+                format!(
+                    "network {} has more than the {MAX_MEMBERS} members one network file lists; split the mesh into several networks",
+                    net.name
+                ),
+            ));
+        }
+        match got.next {
+            Some(c) => page = PageRequest::after(c, limits::MAX_PAGE_SIZE),
+            None => break,
+        }
+    }
+    let file = crate::api::NetworkFile {
+        version: crate::api::NETWORK_FILE_VERSION,
+        trust_domain: net.trust_domain.to_string(),
+        authority: BASE64.encode(state.pki.authority_public_key()),
+        nodes,
+    };
+    let body = serde_json::to_vec(&file)
+        .map_err(|e| Problem::internal(format!("cannot encode the network file: {e}")))?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+    let etag = format!(
+        "\"m1-{}\"",
+        data_encoding::HEXLOWER.encode(&digest.as_ref()[..16])
+    );
+    let file = Arc::new(MembersFile {
+        stamp,
+        etag,
+        body: bytes::Bytes::from(body),
+    });
+    state
+        .members
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(net.id, file.clone());
+    Ok(file)
+}
+
+/// The network's members as the agent's network file (`network.json`):
+/// every node approved so far (revoked ones too), in order of approval,
+/// with its signing and X-Wing keys and tags, the trust domain and the
+/// revocation authority's key. Carries an `ETag`; send it
+/// back in `If-None-Match` to get 304 while nothing changed.
+#[utoipa::path(get, path = "/v1/networks/{network}/members", tag = "nodes",
+    params(("network" = String, Path, description = "the network's name"),
+        ("If-None-Match" = Option<String>, Header, description = "the ETag of the copy the caller holds")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the network file", body = NetworkFile,
+            headers(("ETag" = String, description = "entity tag of this version of the file"))),
+        (status = 304, description = "unchanged since the ETag sent in If-None-Match"),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn members(
+    State(state): State<Shared>,
+    PathParams(network): PathParams<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    let net = state.served_network(&network).await?;
+    let file = members_file(&state, &net).await?;
+    let etag = HeaderValue::from_str(&file.etag)
+        .map_err(|e| Problem::internal(format!("bad entity tag: {e}")))?;
+    let mut response = if if_none_match(&headers, &file.etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = file.body.clone().into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 // --------------------------------------------------------------- API tokens

@@ -450,6 +450,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         metrics: metrics.clone(),
         config: config.clone(),
         revocations: Mutex::new(HashMap::new()),
+        members: Mutex::new(HashMap::new()),
     });
     let app = app::router(state.clone());
     let publisher_state = state.clone();

@@ -4,8 +4,10 @@
 //! An agent holds two keys: its node identity (composite ML-DSA-65 +
 //! Ed25519, from which its node id comes) and its SVID key (ML-DSA-65, the
 //! key in its X.509-SVID). Enrolling proves possession of both over one
-//! message that names both public keys and a hash of the join token, so a
-//! captured request cannot be replayed with another token or another key.
+//! message that names both public keys, the node's X-Wing key (which other
+//! nodes use to agree keys with it, so the identity vouches for it) and a
+//! hash of the join token, so a captured request cannot be replayed with
+//! another token or another key.
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{ML_DSA_65, ML_DSA_65_SIGNING, PqdsaKeyPair, UnparsedPublicKey};
@@ -15,7 +17,7 @@ use weft_crypto::sign::{
 };
 
 /// Signature context of enrollment requests.
-pub const ENROLL_CONTEXT: &[u8] = b"weft/enroll/v1";
+pub const ENROLL_CONTEXT: &[u8] = b"weft/enroll/v2";
 /// Signature context of SVID claims (a pending node, once approved).
 pub const CLAIM_CONTEXT: &[u8] = b"weft/claim/v1";
 /// How far a claim's time may be from the server's.
@@ -42,14 +44,34 @@ fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// The bytes signed to enroll with `token`.
-pub fn enroll_message(token: &str, identity_public_key: &[u8], svid_public_key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + identity_public_key.len() + svid_public_key.len());
+/// The bytes signed to enroll with `token`: the context, the token's
+/// SHA-256, then the identity key, the SVID key and the X-Wing key, each
+/// length-prefixed.
+pub fn enroll_message(
+    token: &str,
+    identity_public_key: &[u8],
+    svid_public_key: &[u8],
+    kem_public_key: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + identity_public_key.len() + svid_public_key.len() + kem_public_key.len(),
+    );
     out.extend_from_slice(ENROLL_CONTEXT);
     out.extend_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
     push_len_prefixed(&mut out, identity_public_key);
     push_len_prefixed(&mut out, svid_public_key);
+    push_len_prefixed(&mut out, kem_public_key);
     out
+}
+
+/// Checks an X-Wing public key's form.
+pub fn check_kem_key(bytes: &[u8]) -> Result<(), ProofError> {
+    weft_crypto::kem::EncapsulationKey::from_bytes(bytes)
+        .map(|_| ())
+        .map_err(|e| ProofError::Malformed {
+            what: "kem_public_key",
+            reason: e.to_string(),
+        })
 }
 
 /// The bytes signed to claim an SVID at `issued_at` (Unix seconds).
@@ -164,13 +186,18 @@ mod tests {
         let svid = new_svid_key().unwrap();
         let svid_pk = svid.public_key().as_ref().to_vec();
         let idpk = id.public_key().as_bytes().to_vec();
-        let msg = enroll_message("weft_join_x", &idpk, &svid_pk);
+        let kem = [7u8; 1216];
+        let msg = enroll_message("weft_join_x", &idpk, &svid_pk, &kem);
         let (sig, ssig) = sign(&id, &svid, &msg, ENROLL_CONTEXT).unwrap();
         let key = identity_key(&idpk).unwrap();
         verify(&key, &svid_pk, &msg, ENROLL_CONTEXT, &sig, &ssig).unwrap();
         // Another token, another context, a flipped byte: refused.
-        let other = enroll_message("weft_join_y", &idpk, &svid_pk);
+        let other = enroll_message("weft_join_y", &idpk, &svid_pk, &kem);
         assert!(verify(&key, &svid_pk, &other, ENROLL_CONTEXT, &sig, &ssig).is_err());
+        // Another X-Wing key: refused.
+        let other = enroll_message("weft_join_x", &idpk, &svid_pk, &[8u8; 1216]);
+        assert!(verify(&key, &svid_pk, &other, ENROLL_CONTEXT, &sig, &ssig).is_err());
+        assert!(check_kem_key(&kem[1..]).is_err());
         assert!(verify(&key, &svid_pk, &msg, CLAIM_CONTEXT, &sig, &ssig).is_err());
         let mut bad = ssig.clone();
         bad[10] ^= 1;

@@ -25,7 +25,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use data_encoding::BASE64;
-use http::{Method, StatusCode};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use weft_agent::AgentHandle;
@@ -134,6 +133,8 @@ struct Sync {
     revocation_epoch: u64,
     /// The policy version in force (0: none).
     policy_version: u32,
+    /// The entity tag of the network file held.
+    members_etag: Option<String>,
     network: Option<Network>,
     cpu: CpuMeter,
     started: Instant,
@@ -153,6 +154,7 @@ impl Sync {
             heartbeat_seq: 0,
             revocation_epoch: 0,
             policy_version: 0,
+            members_etag: None,
             network: None,
             cpu: CpuMeter::new(),
             started: Instant::now(),
@@ -317,25 +319,27 @@ impl Sync {
         Ok(())
     }
 
-    /// Fetches the network file; writes it to the data directory and
-    /// returns it when it differs from the one held.
+    /// Fetches the network file (a 304 when the ETag still matches);
+    /// writes it to the data directory and returns it when it differs from
+    /// the one held.
     async fn fetch_network(&mut self) -> Result<Option<Network>, ClientError> {
-        let path = format!(
-            "/v1/networks/{}/members",
-            crate::client::encode_query_value(&self.state.settings.network)
-        );
-        let (status, _, body) = self.client.raw(Method::GET, &path, None).await?;
+        let Some(answer) = self
+            .client
+            .poll_members(&self.state.settings.network, self.members_etag.as_deref())
+            .await?
+        else {
+            return Ok(None);
+        };
         let unexpected = |reason: String| ClientError::Unexpected {
-            status: status.as_u16(),
-            url: format!("{}{path}", self.client.base()),
+            status: 200,
+            url: format!(
+                "{}/v1/networks/{}/members",
+                self.client.base(),
+                self.state.settings.network
+            ),
             reason,
         };
-        if status != StatusCode::OK {
-            return Err(unexpected(
-                String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-            ));
-        }
-        let network = Network::from_json(&body)
+        let network = Network::from_json(answer.json.as_bytes())
             .map_err(|e| unexpected(format!("not a network file: {e}")))?;
         if network.trust_domain.as_str() != self.state.settings.trust_domain {
             return Err(unexpected(format!(
@@ -344,12 +348,12 @@ impl Sync {
                 self.state.settings.trust_domain
             )));
         }
+        self.members_etag = answer.etag;
         let file = self.paths.dir.join(NETWORK_FILE);
-        let unchanged = std::fs::read(&file).is_ok_and(|old| old == body.as_ref());
-        if unchanged {
+        if std::fs::read(&file).is_ok_and(|old| old == answer.json.as_bytes()) {
             return Ok(None);
         }
-        write_file_atomic(&file, &body, 0o644, true)
+        write_file_atomic(&file, answer.json.as_bytes(), 0o644, true)
             .map_err(|e| unexpected(format!("cannot write {}: {e}", file.display())))?;
         Ok(Some(network))
     }

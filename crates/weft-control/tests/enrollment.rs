@@ -300,6 +300,172 @@ async fn tokens_refused(h: &Harness) {
     assert!(e.to_string().contains("fingerprint"), "{e}");
 }
 
+/// The network file: every node approved so far, in order of approval,
+/// revoked ones kept (an append-only roster), with the keys they enrolled
+/// with, parsed by the agent's own reader; an ETag
+/// that answers 304 while nothing changed; agents (mTLS) and viewers may
+/// read it, a revoked node may not.
+async fn members(h: &Harness) {
+    use weft_agent::network::Network;
+    let admin = h.admin();
+    let made = admin
+        .create_join_token("default", &token_request(3, true))
+        .await
+        .unwrap();
+    let mut states = Vec::new();
+    for name in ["m0", "m1", "m2"] {
+        states.push(
+            agent::enroll(&h.url(), &made.token, h.trust(), &h.agent_dir(name))
+                .await
+                .unwrap(),
+        );
+    }
+    let pending = admin
+        .create_join_token("default", &token_request(1, false))
+        .await
+        .unwrap();
+    let p = agent::enroll(&h.url(), &pending.token, h.trust(), &h.agent_dir("mp"))
+        .await
+        .unwrap();
+    let identities: Vec<weft_crypto::NodeIdentity> = ["m0", "m1", "m2", "mp"]
+        .iter()
+        .map(|n| {
+            weft_crypto::NodeIdentity::load(&AgentPaths::new(&h.agent_dir(n)).identity()).unwrap()
+        })
+        .collect();
+
+    let first = admin.poll_members("default", None).await.unwrap().unwrap();
+    let etag = first.etag.clone().expect("an ETag");
+    let net = Network::from_json(first.json.as_bytes()).unwrap();
+    assert_eq!(net.trust_domain.as_str(), states[0].settings.trust_domain);
+    assert_eq!(
+        BASE64.encode(net.authority.as_bytes()),
+        states[0].settings.authority_public_key
+    );
+    let listed: Vec<NodeId> = net.nodes.iter().map(|n| n.node_id()).collect();
+    let expected: Vec<NodeId> = identities[..3].iter().map(|i| i.node_id()).collect();
+    assert_eq!(listed, expected, "approved nodes in enrollment order");
+    for (n, id) in net.nodes.iter().zip(&identities) {
+        assert_eq!(n.kem.to_bytes(), id.public().kem.to_bytes());
+    }
+    assert_eq!(net.roster().unwrap().len(), 3);
+
+    // Nothing changed: 304, also for an agent over mTLS.
+    assert_eq!(
+        admin.poll_members("default", Some(&etag)).await.unwrap(),
+        None
+    );
+    let creds = SvidCredentials::load(&AgentPaths::new(&h.agent_dir("m0")).svid_dir()).unwrap();
+    let as_m0 = ControlClient::new(&h.url(), h.bundle_trust(), Some(creds), None).unwrap();
+    assert_eq!(
+        as_m0.poll_members("default", Some(&etag)).await.unwrap(),
+        None
+    );
+    assert_eq!(as_m0.fetch_members("default").await.unwrap(), first.json);
+    let (status, _, _) = as_m0
+        .request(
+            http::Method::GET,
+            "/v1/networks/default/members",
+            None,
+            &[(http::header::IF_NONE_MATCH, format!("\"x\", W/{etag}"))],
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 304, "a list of tags, one weak");
+
+    // Approving the pending node adds it last; revoking m1 keeps it
+    // listed (agents learn it from the revocation list), so no index moves.
+    admin.approve_node(&p.settings.node_id).await.unwrap();
+    let second = admin
+        .poll_members("default", Some(&etag))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.etag.as_deref(), Some(etag.as_str()));
+    let listed: Vec<NodeId> = Network::from_json(second.json.as_bytes())
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.node_id())
+        .collect();
+    let expected: Vec<NodeId> = identities.iter().map(|i| i.node_id()).collect();
+    assert_eq!(listed, expected);
+    admin
+        .revoke_node(&states[1].settings.node_id, "test")
+        .await
+        .unwrap();
+    let third = as_m0.fetch_members("default").await.unwrap();
+    let listed: Vec<NodeId> = Network::from_json(third.as_bytes())
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.node_id())
+        .collect();
+    assert_eq!(listed, expected, "revoked nodes stay listed");
+    // The agent keeps it as network.json, written when it changes.
+    assert!(
+        agent::update_network_file(&h.agent_dir("m0"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !agent::update_network_file(&h.agent_dir("m0"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.agent_dir("m0").join(agent::NETWORK_FILE)).unwrap(),
+        third
+    );
+    // The revoked node may not read it; nor may anyone unauthenticated.
+    let creds = SvidCredentials::load(&AgentPaths::new(&h.agent_dir("m1")).svid_dir()).unwrap();
+    let as_m1 = ControlClient::new(&h.url(), h.bundle_trust(), Some(creds), None).unwrap();
+    assert_eq!(
+        as_m1.fetch_members("default").await.unwrap_err().status(),
+        Some(403)
+    );
+    assert_eq!(
+        h.client(None)
+            .fetch_members("default")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
+    assert_eq!(
+        admin.fetch_members("other").await.unwrap_err().status(),
+        Some(404)
+    );
+}
+
+/// An enrollment whose X-Wing key is not the one signed is refused, and
+/// spends nothing.
+async fn kem_key_is_signed(h: &Harness) {
+    let admin = h.admin();
+    let made = admin
+        .create_join_token("default", &token_request(1, true))
+        .await
+        .unwrap();
+    let id = weft_crypto::NodeIdentity::generate().unwrap();
+    let key = CertKey::generate(SvidAlgorithm::MlDsa65).unwrap();
+    let CertKey::MlDsa65 { pair, public } = key else {
+        panic!("ML-DSA-65 key expected")
+    };
+    let mut request = agent::enroll_request(&id, &pair, &public, &made.token).unwrap();
+    let other = weft_crypto::NodeIdentity::generate().unwrap();
+    request.kem_public_key = BASE64.encode(&other.kem_key().encapsulation_key().to_bytes());
+    let client = h.client(None);
+    let e = client.enroll(&request).await.unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    request.kem_public_key = BASE64.encode(&[1u8; 10]);
+    let e = client.enroll(&request).await.unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    // The token still has its use.
+    let request = agent::enroll_request(&id, &pair, &public, &made.token).unwrap();
+    client.enroll(&request).await.unwrap();
+}
+
 /// An SVID past its end cannot renew, even though the node is approved.
 async fn expired_svid_cannot_renew(h: &Harness) {
     let admin = h.admin();
@@ -356,7 +522,13 @@ macro_rules! on_both {
     };
 }
 
-on_both!(full_enrollment, tokens_refused, expired_svid_cannot_renew);
+on_both!(
+    full_enrollment,
+    tokens_refused,
+    expired_svid_cannot_renew,
+    members,
+    kem_key_is_signed
+);
 
 /// A restart keeps the CA, the network and the admin token, and prints no
 /// new token.

@@ -195,7 +195,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(codes, [401, 401, 429, 429]);
     // Forged join tokens from the same address count against the budget.
     let anon = h.client(None);
-    let body = br#"{"token":"weft_join_x","identity_public_key":"","svid_public_key":"","signature":"","svid_key_signature":""}"#;
+    let body = br#"{"token":"weft_join_x","identity_public_key":"","svid_public_key":"","kem_public_key":"","signature":"","svid_key_signature":""}"#;
     let (status, _, _) = anon
         .raw(Method::POST, "/v1/enroll", Some(body.to_vec()))
         .await
@@ -218,7 +218,7 @@ fn call_for(method: &str, path: &str) -> (String, Option<Vec<u8>>) {
     );
     let body = match path.as_str() {
         "/v1/networks/default/join-tokens" => Some(b"{\"uses\": 1}".to_vec()),
-        "/v1/enroll" => Some(br#"{"token":"x","identity_public_key":"","svid_public_key":"","signature":"","svid_key_signature":""}"#.to_vec()),
+        "/v1/enroll" => Some(br#"{"token":"x","identity_public_key":"","svid_public_key":"","kem_public_key":"","signature":"","svid_key_signature":""}"#.to_vec()),
         "/v1/enroll/claim" => Some(br#"{"identity_public_key":"","svid_public_key":"","issued_at":0,"signature":"","svid_key_signature":""}"#.to_vec()),
         "/v1/api-tokens" => Some(br#"{"name":"made in rbac","role":"viewer"}"#.to_vec()),
         "/v1/heartbeat" => Some(br#"{"seq":1}"#.to_vec()),
@@ -395,7 +395,7 @@ mod in_flight {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap();
-        let body = br#"{"token":"weft_join_x","identity_public_key":"","svid_public_key":"","signature":"","svid_key_signature":""}"#;
+        let body = br#"{"token":"weft_join_x","identity_public_key":"","svid_public_key":"","kem_public_key":"","signature":"","svid_key_signature":""}"#;
         let head = format!(
             "POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()

@@ -20,9 +20,9 @@
 //! it was healed, by what, and whether the loop verified the result by
 //! measuring again.
 //!
-//! The network file (the roster of enrolled nodes' keys) is assembled
-//! here from what enrollment wrote, because the control plane does not
-//! serve it yet; everything else goes through the control plane's API.
+//! Everything goes through the control plane's API, the network file (the
+//! roster of enrolled nodes' keys) included: it is fetched from
+//! `GET /v1/networks/{network}/members` once every agent has enrolled.
 
 #![forbid(unsafe_code)]
 
@@ -32,7 +32,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use data_encoding::BASE64;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use weft_agent::AgentHandle;
@@ -42,8 +41,7 @@ use weft_agent::network::{NETWORK_FILE, Network};
 use weft_control::ControlConfig;
 use weft_control::api::CreateJoinToken;
 use weft_control::client::{ControlClient, Trust};
-use weft_crypto::sign::CompositePublicKey;
-use weft_crypto::{NodeId, NodeIdentity, TrustDomain};
+use weft_crypto::{NodeId, NodeIdentity};
 use weft_heal::{
     ActRequest, ActionKind, ActionResult, Engine, Input, MemoryKnowledge, Metric, Output, Policy,
     Sample, Step, Target,
@@ -217,40 +215,36 @@ pub async fn run(
 
     // Enrollment: each agent makes its identity and gets its SVID.
     let mut dirs = Vec::new();
-    let mut authority = None;
     for i in 0..cfg.nodes {
         let d = dir.path().join(format!("node{i:02}"));
-        let state =
-            weft_control::agent::enroll(&info.url, &token.token, Trust::Bundle(bundle.clone()), &d)
-                .await
-                .map_err(|e| fail(&format!("enrolling node {i}"), e))?;
-        authority.get_or_insert(state.settings.authority_public_key.clone());
+        weft_control::agent::enroll(&info.url, &token.token, Trust::Bundle(bundle.clone()), &d)
+            .await
+            .map_err(|e| fail(&format!("enrolling node {i}"), e))?;
         dirs.push(d);
     }
     progress(&format!(
         "{} agents enrolled with one join token",
         cfg.nodes
     ));
-    let authority = authority.ok_or_else(|| DemoError("no node enrolled".into()))?;
-    let authority = CompositePublicKey::from_bytes(
-        &BASE64
-            .decode(authority.as_bytes())
-            .map_err(|e| fail("authority key", e))?,
-    )
-    .map_err(|e| fail("authority key", e))?;
     let identities: Vec<NodeIdentity> = dirs
         .iter()
         .map(|d| NodeIdentity::load(&d.join("node.key")).map_err(|e| fail("node key", e)))
         .collect::<Result<_, _>>()?;
-    let network = Network {
-        trust_domain: TrustDomain::new(&info.trust_domain).map_err(|e| fail("trust domain", e))?,
-        authority,
-        nodes: identities.iter().map(|i| i.public()).collect(),
-        tags: Default::default(),
-    };
+    let network_json = admin
+        .fetch_members(&info.network)
+        .await
+        .map_err(|e| fail("network file", e))?;
+    let network =
+        Network::from_json(network_json.as_bytes()).map_err(|e| fail("network file", e))?;
+    if network.nodes.len() != identities.len() {
+        return Err(DemoError(format!(
+            "the control plane lists {} members, {} agents enrolled",
+            network.nodes.len(),
+            identities.len()
+        )));
+    }
     for d in &dirs {
-        std::fs::write(d.join(NETWORK_FILE), network.to_json())
-            .map_err(|e| fail("network file", e))?;
+        std::fs::write(d.join(NETWORK_FILE), &network_json).map_err(|e| fail("network file", e))?;
     }
 
     // Agents on loopback: a ring with chords, so every node has four

@@ -15,10 +15,10 @@ use crate::StoreConfig;
 use crate::error::{Result, StoreError};
 use crate::model::{
     ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditRecord, Enrolled, Heartbeat,
-    IncidentFilter, IncidentId, IncidentRecord, IncidentSummary, JoinToken, JoinTokenId, Network,
-    NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode,
-    NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary, Revocation, SecretBytes,
-    SecretToken, SvidRecord, Tags,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentSummary, JoinToken, JoinTokenId, Member,
+    MembershipStamp, Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken,
+    NewNetwork, NewNode, NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary,
+    Revocation, SecretBytes, SecretToken, SvidRecord, Tags,
 };
 use crate::postgres::PgStore;
 use crate::sqlite::{DEFAULT_FILE_NAME, SqliteStore};
@@ -164,6 +164,8 @@ delegate! {
     fn record_svid(&self, node_id: &NodeId, svid: SvidRecord) -> Result<Node>;
     fn revoke_node(&self, node_id: &NodeId, reason: &str, now: OffsetDateTime) -> Result<Revocation>;
     fn list_revocations(&self, network_id: NetworkId, after_epoch: u64, limit: u32) -> Result<Vec<Revocation>>;
+    fn list_members(&self, network_id: NetworkId, page: PageRequest) -> Result<Page<Member>>;
+    fn membership_stamp(&self, network_id: NetworkId) -> Result<MembershipStamp>;
     fn create_api_token(&self, token: NewApiToken, now: OffsetDateTime) -> Result<(ApiToken, SecretToken)>;
     fn bootstrap_admin_token(&self, name: &str, now: OffsetDateTime) -> Result<Option<(ApiToken, SecretToken)>>;
     fn authenticate_api_token(&self, token: &str, now: OffsetDateTime) -> Result<ApiToken>;

@@ -17,9 +17,10 @@ use crate::error::StoreError;
 use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
     ActionOutcome, ActionStats, AuditFilter, AuditResult, Cursor, Heartbeat, IncidentAction,
-    IncidentFilter, IncidentId, IncidentRecord, IncidentStatus, JoinToken, Network, NetworkId,
-    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy,
-    NodeFilter, NodeStatus, PageRequest, Role, SecretBytes, SecretToken, SvidRecord, Tags,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentStatus, JoinToken, MembershipStamp,
+    Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork,
+    NewNode, NewPolicy, NodeFilter, NodeKeys, NodeStatus, PageRequest, Role, SecretBytes,
+    SecretToken, SvidRecord, Tags,
 };
 use crate::store::Store;
 
@@ -36,6 +37,14 @@ fn node_id(network: u8, i: u32) -> NodeId {
     NodeId(id)
 }
 
+/// Stand-in public keys of node `id` (the store keeps them opaque).
+fn keys_of(id: NodeId) -> NodeKeys {
+    NodeKeys {
+        signing: [&b"sign"[..], &id.0].concat(),
+        kem: [&b"kem"[..], &id.0].concat(),
+    }
+}
+
 fn new_node(network: &Network, id: NodeId) -> NewNode {
     let spiffe_id =
         SpiffeId::from_parts(&network.trust_domain, &format!("/node/{id}")).expect("SPIFFE ID");
@@ -46,6 +55,7 @@ fn new_node(network: &Network, id: NodeId) -> NewNode {
             serial: id.0[28..].to_vec(),
             not_after: at(3600),
         }),
+        keys: keys_of(id),
     }
 }
 
@@ -676,6 +686,148 @@ pub async fn node_listing<S: Store>(store: &S) {
         .await
         .expect_err("bad cursor");
     assert!(matches!(bad_cursor, StoreError::InvalidInput { .. }));
+}
+
+/// Members: nodes approved at some time, with their keys, in order of
+/// approval (time, then node id), paged without skips or repeats; pending
+/// nodes are left out and revoked ones kept (the list only grows at its
+/// end); the membership stamp moves with every change of membership and
+/// not otherwise; bad keys are refused at enrollment.
+pub async fn members<S: Store>(store: &S) {
+    let net = network(store, "members").await;
+    let other = network(store, "elsewhere").await;
+    let empty = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(
+        empty,
+        MembershipStamp {
+            members: 0,
+            last_change_us: 0
+        }
+    );
+    let (_, approve) = join_token(store, &net, 20, true).await;
+    let (_, pend) = join_token(store, &net, 20, false).await;
+    let (_, foreign) = join_token(store, &other, 5, true).await;
+    // Enrolled out of id order, two in the same microsecond.
+    let order = [(7u32, 10i64), (3, 11), (9, 11), (1, 12), (5, 13)];
+    for (i, second) in order {
+        store
+            .enroll_node(approve.expose(), new_node(&net, node_id(9, i)), at(second))
+            .await
+            .expect("enroll");
+    }
+    store
+        .enroll_node(pend.expose(), new_node(&net, node_id(9, 100)), at(14))
+        .await
+        .expect("enroll pending");
+    store
+        .enroll_node(foreign.expose(), new_node(&other, node_id(8, 1)), at(14))
+        .await
+        .expect("enroll elsewhere");
+    let list = |page: u32| {
+        let store = store.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut req = PageRequest::first(page);
+            loop {
+                let p = store.list_members(net.id, req).await.expect("members");
+                seen.extend(p.items);
+                match p.next {
+                    Some(c) => req = PageRequest::after(c, page),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+    let all = list(2).await;
+    let ids: Vec<NodeId> = all.iter().map(|m| m.node_id).collect();
+    assert_eq!(
+        ids,
+        [7, 3, 9, 1, 5].map(|i| node_id(9, i)).to_vec(),
+        "enrollment order, ties by node id"
+    );
+    assert_eq!(all[0].keys, keys_of(node_id(9, 7)));
+    assert_eq!(all[0].member_since, at(10));
+    assert_eq!(list(1000).await, all);
+    let stamp = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(stamp.members, 5);
+    assert_eq!(
+        store.membership_stamp(net.id).await.expect("stamp"),
+        stamp,
+        "reading changes nothing"
+    );
+
+    // A node enrolled pending between others and approved later comes
+    // last: no member's place moves. The stamp moves.
+    store
+        .enroll_node(pend.expose(), new_node(&net, node_id(9, 101)), at(11))
+        .await
+        .expect("enroll pending");
+    store
+        .approve_node(&node_id(9, 101), at(19))
+        .await
+        .expect("approve");
+    store
+        .approve_node(&node_id(9, 100), at(20))
+        .await
+        .expect("approve");
+    let after_approve = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(after_approve.members, 7);
+    assert_ne!(after_approve, stamp);
+    let grown: Vec<NodeId> = list(4).await.iter().map(|m| m.node_id).collect();
+    assert_eq!(
+        &grown[..5],
+        &ids[..],
+        "the earlier members keep their places"
+    );
+    assert_eq!(&grown[5..], &[node_id(9, 101), node_id(9, 100)]);
+
+    // Revoking keeps it listed (the revocation list says it is revoked);
+    // the stamp's time moves.
+    store
+        .revoke_node(&node_id(9, 3), "gone", at(30))
+        .await
+        .expect("revoke");
+    let after_revoke = store.membership_stamp(net.id).await.expect("stamp");
+    assert_eq!(after_revoke.members, 7);
+    assert!(after_revoke.last_change_us > after_approve.last_change_us);
+    let listed: Vec<NodeId> = list(3).await.iter().map(|m| m.node_id).collect();
+    assert_eq!(listed, grown);
+
+    // The other network's members are its own.
+    let theirs = store
+        .list_members(other.id, PageRequest::first(10))
+        .await
+        .expect("members");
+    assert_eq!(theirs.items.len(), 1);
+
+    // Keys are bounded.
+    for keys in [
+        NodeKeys {
+            signing: Vec::new(),
+            kem: vec![1],
+        },
+        NodeKeys {
+            signing: vec![1],
+            kem: vec![0; crate::limits::MAX_NODE_KEY_LEN + 1],
+        },
+    ] {
+        let mut n = new_node(&net, node_id(9, 200));
+        n.keys = keys;
+        let e = store
+            .enroll_node(approve.expose(), n, at(40))
+            .await
+            .expect_err("bad keys");
+        assert!(matches!(e, StoreError::InvalidInput { .. }), "{e}");
+    }
+    let e = store
+        .list_members(
+            net.id,
+            PageRequest::after(Cursor::parse("nonsense").expect("cursor"), 3),
+        )
+        .await
+        .expect_err("bad cursor");
+    assert!(matches!(e, StoreError::InvalidInput { .. }));
 }
 
 /// API tokens: the first admin token is made once; a token authenticates

@@ -34,10 +34,10 @@ pub use model::limits;
 pub use model::{
     ActionOutcome, ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord,
     AuditResult, Cursor, Enrolled, Heartbeat, IncidentAction, IncidentFilter, IncidentId,
-    IncidentRecord, IncidentStatus, IncidentSummary, JoinToken, JoinTokenId, Network, NetworkId,
-    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node,
-    NodeFilter, NodeStatus, Page, PageRequest, Policy, PolicySummary, Revocation, Role,
-    SecretBytes, SecretToken, SvidRecord, Tags,
+    IncidentRecord, IncidentStatus, IncidentSummary, JoinToken, JoinTokenId, Member,
+    MembershipStamp, Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken,
+    NewNetwork, NewNode, NewPolicy, Node, NodeFilter, NodeKeys, NodeStatus, Page, PageRequest,
+    Policy, PolicySummary, Revocation, Role, SecretBytes, SecretToken, SvidRecord, Tags,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -45,7 +45,7 @@ pub use store::Store;
 
 /// The schema version this build creates and expects: the newest migration
 /// in `migrations/sqlite` and `migrations/postgres` (kept equal).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Settings shared by both backends.
 #[derive(Clone, Debug)]

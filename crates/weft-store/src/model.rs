@@ -59,6 +59,8 @@ pub mod limits {
     pub const MAX_HEARTBEAT_BATCH: usize = 1000;
     /// Heartbeats kept per node by default.
     pub const DEFAULT_HEARTBEAT_HISTORY: u32 = 120;
+    /// Largest public key of a node (signing or KEM) recorded.
+    pub const MAX_NODE_KEY_LEN: usize = 4096;
     /// Longest incident kind, severity, action name or outcome (a token of
     /// `a-z 0-9 _`).
     pub const MAX_INCIDENT_TOKEN_LEN: usize = 64;
@@ -584,6 +586,64 @@ pub struct NewNode {
     /// approves the node at once; a pending node gets none (the caller
     /// discards it and issues one after approval).
     pub svid: Option<SvidRecord>,
+    /// Its public keys, as it presented them (opaque to the store).
+    pub keys: NodeKeys,
+}
+
+/// A node's public keys: what other nodes need to check its signatures and
+/// to agree keys with it. The store keeps them as opaque bytes (1 to
+/// [`MAX_NODE_KEY_LEN`] each); the control plane checks their form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeKeys {
+    /// The identity's signing key (composite ML-DSA-65 + Ed25519).
+    pub signing: Vec<u8>,
+    /// The X-Wing encapsulation key.
+    pub kem: Vec<u8>,
+}
+
+impl NodeKeys {
+    pub(crate) fn check(&self) -> Result<()> {
+        for (what, key) in [("signing key", &self.signing), ("KEM key", &self.kem)] {
+            if key.is_empty() || key.len() > MAX_NODE_KEY_LEN {
+                return Err(StoreError::invalid(
+                    what,
+                    format!(
+                        "{} bytes; a node's public key is 1 to {MAX_NODE_KEY_LEN} bytes",
+                        key.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An approved node as the network file lists it: its id, when it
+/// enrolled (the order of the list) and its public keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub node_id: NodeId,
+    /// When it became approved: members are listed in this order, and
+    /// revoked ones stay, so the list only ever grows at its end.
+    pub member_since: OffsetDateTime,
+    /// Its tags (from its join token).
+    pub tags: Tags,
+    /// Its public keys.
+    pub keys: NodeKeys,
+}
+
+/// What changes whenever a network's membership does: the number of
+/// members and the latest status change of any of its nodes. Cheap to
+/// read, so callers can tell whether a cached network file is still
+/// current without reading every key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MembershipStamp {
+    /// Approved nodes with keys on record.
+    pub members: u64,
+    /// The latest `status_changed_at` of any node of the network
+    /// (microseconds since the Unix epoch), 0 with no nodes.
+    pub last_change_us: i64,
 }
 
 /// A stored node.

@@ -19,10 +19,11 @@ use crate::limits::*;
 use crate::model::{
     ActionOutcome, ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditId, AuditRecord,
     AuditResult, Cursor, Enrolled, Heartbeat, IncidentAction, IncidentFilter, IncidentId,
-    IncidentRecord, IncidentStatus, IncidentSummary, JoinToken, JoinTokenId, Network, NetworkId,
-    NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode, NewPolicy, Node,
-    NodeFilter, NodeStatus, Page, PageRequest, Policy, PolicySummary, Revocation, Role,
-    SecretBytes, SecretToken, SvidRecord, Tags, check_nonempty, check_text, from_micros, to_micros,
+    IncidentRecord, IncidentStatus, IncidentSummary, JoinToken, JoinTokenId, Member,
+    MembershipStamp, Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken,
+    NewNetwork, NewNode, NewPolicy, Node, NodeFilter, NodeKeys, NodeStatus, Page, PageRequest,
+    Policy, PolicySummary, Revocation, Role, SecretBytes, SecretToken, SvidRecord, Tags,
+    check_nonempty, check_text, from_micros, to_micros,
 };
 use crate::secret::{self, TokenKind};
 use crate::store::Store;
@@ -190,6 +191,27 @@ fn node_from_row(row: &DbRow) -> Result<Node> {
         join_token_id: col::<Option<Uuid>>(row, "join_token_id", W, &id)?.map(JoinTokenId),
         svid,
         last_seen: opt_time_col(row, "last_seen", W, &id)?,
+    })
+}
+
+fn member_from_row(row: &DbRow) -> Result<Member> {
+    const W: &str = "node";
+    let node_id: String = col(row, "node_id", W, "?")?;
+    let id = node_id.chars().take(64).collect::<String>();
+    let keys = NodeKeys {
+        signing: col(row, "signing_key", W, &id)?,
+        kem: col(row, "kem_key", W, &id)?,
+    };
+    keys.check()
+        .map_err(|e| StoreError::corrupt(W, &id, e.to_string()))?;
+    let tags: String = col(row, "tags", W, &id)?;
+    Ok(Member {
+        node_id: node_id
+            .parse()
+            .map_err(|e| StoreError::corrupt(W, &id, e))?,
+        member_since: time_col(row, "approved_at", W, &id)?,
+        tags: Tags::from_json(&tags, W, &id)?,
+        keys,
     })
 }
 
@@ -755,6 +777,7 @@ impl Store for Backend {
         if let Some(svid) = &n.svid {
             svid.check()?;
         }
+        n.keys.check()?;
         let invalid = || StoreError::TokenInvalid {
             kind: TokenKind::Join.label(),
         };
@@ -846,8 +869,9 @@ impl Store for Backend {
         };
         let sql = format!(
             "INSERT INTO nodes (node_id, network_id, spiffe_id, status, tags, enrolled_at, \
-             status_changed_at, join_token_id, svid_serial, svid_not_after, last_seen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, NULL) RETURNING {NODE_COLS}"
+             status_changed_at, join_token_id, svid_serial, svid_not_after, last_seen, \
+             signing_key, kem_key, approved_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, NULL, $10, $11, $12) RETURNING {NODE_COLS}"
         );
         let row = sqlx::query(&sql)
             .bind(n.node_id.to_string())
@@ -859,6 +883,9 @@ impl Store for Backend {
             .bind(token_id)
             .bind(svid.as_ref().map(|s| s.serial.clone()))
             .bind(svid.as_ref().map(|s| to_micros(s.not_after)))
+            .bind(n.keys.signing.clone())
+            .bind(n.keys.kem.clone())
+            .bind((status == NodeStatus::Approved).then(|| to_micros(now)))
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::db("record an enrolled node"))
@@ -945,7 +972,7 @@ impl Store for Backend {
             NodeStatus::Pending => {}
         }
         let sql = format!(
-            "UPDATE nodes SET status = 'approved', status_changed_at = $2 \
+            "UPDATE nodes SET status = 'approved', status_changed_at = $2, approved_at = $2 \
              WHERE node_id = $1 AND status = 'pending' RETURNING {NODE_COLS}"
         );
         let row = sqlx::query(&sql)
@@ -1084,6 +1111,57 @@ impl Store for Backend {
             self.get_network(network_id).await?;
         }
         all(&rows, revocation_from_row)
+    }
+
+    async fn list_members(&self, network_id: NetworkId, page: PageRequest) -> Result<Page<Member>> {
+        let limit = page.checked_limit()?;
+        // The cursor is `<approved_at µs>.<node id>` of the last member seen.
+        let (after_us, after_id) = match &page.after {
+            Some(c) => {
+                let (us, id) = c.as_str().split_once('.').ok_or_else(bad_cursor)?;
+                let us: i64 = us.parse().map_err(|_| bad_cursor())?;
+                let id: NodeId = id.parse().map_err(|_| bad_cursor())?;
+                (us, id.to_string())
+            }
+            None => (i64::MIN, String::new()),
+        };
+        // Revoked nodes stay: the roster only grows (see schema 3).
+        let rows = sqlx::query(
+            "SELECT node_id, approved_at, tags, signing_key, kem_key FROM nodes \
+             WHERE network_id = $1 AND approved_at IS NOT NULL \
+             AND signing_key IS NOT NULL AND kem_key IS NOT NULL \
+             AND (approved_at, node_id) > ($2, $3) \
+             ORDER BY approved_at, node_id LIMIT $4",
+        )
+        .bind(network_id.0)
+        .bind(after_us)
+        .bind(after_id)
+        .bind(limit + 1)
+        .fetch_all(self.reader())
+        .await
+        .map_err(StoreError::db("list members"))?;
+        Ok(Page::from_rows(all(&rows, member_from_row)?, limit, |m| {
+            format!("{}.{}", to_micros(m.member_since), m.node_id)
+        }))
+    }
+
+    async fn membership_stamp(&self, network_id: NetworkId) -> Result<MembershipStamp> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN approved_at IS NOT NULL AND signing_key IS NOT NULL \
+             AND kem_key IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS members, \
+             CAST(COALESCE(MAX(status_changed_at), 0) AS BIGINT) AS last_change \
+             FROM nodes WHERE network_id = $1",
+        )
+        .bind(network_id.0)
+        .fetch_one(self.reader())
+        .await
+        .map_err(StoreError::db("read the membership stamp"))?;
+        let ids = network_id.to_string();
+        let members: i64 = col(&row, "members", "network", &ids)?;
+        Ok(MembershipStamp {
+            members: count(members, "members", "network", &ids)?,
+            last_change_us: col(&row, "last_change", "network", &ids)?,
+        })
     }
 
     // ---------------------------------------------------------- API tokens

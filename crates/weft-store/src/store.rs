@@ -17,10 +17,10 @@ use weft_crypto::NodeId;
 use crate::error::Result;
 use crate::model::{
     ActionStats, ApiToken, ApiTokenId, AuditFilter, AuditRecord, Enrolled, Heartbeat,
-    IncidentFilter, IncidentId, IncidentRecord, IncidentSummary, JoinToken, JoinTokenId, Network,
-    NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken, NewNetwork, NewNode,
-    NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary, Revocation, SecretBytes,
-    SecretToken, SvidRecord, Tags,
+    IncidentFilter, IncidentId, IncidentRecord, IncidentSummary, JoinToken, JoinTokenId, Member,
+    MembershipStamp, Network, NetworkId, NetworkName, NewApiToken, NewAuditRecord, NewJoinToken,
+    NewNetwork, NewNode, NewPolicy, Node, NodeFilter, Page, PageRequest, Policy, PolicySummary,
+    Revocation, SecretBytes, SecretToken, SvidRecord, Tags,
 };
 
 /// The control plane's persistence.
@@ -162,6 +162,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         after_epoch: u64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Revocation>>> + Send;
+
+    /// A network's members (approved nodes with their public keys on
+    /// record) in enrollment order (`enrolled_at`, then node id): the
+    /// nodes of its network file.
+    fn list_members(
+        &self,
+        network_id: NetworkId,
+        page: PageRequest,
+    ) -> impl Future<Output = Result<Page<Member>>> + Send;
+
+    /// The network's [`MembershipStamp`]: one aggregate query that
+    /// changes whenever [`Store::list_members`] would answer differently.
+    fn membership_stamp(
+        &self,
+        network_id: NetworkId,
+    ) -> impl Future<Output = Result<MembershipStamp>> + Send;
 
     // --------------------------------------------------------- API tokens
 

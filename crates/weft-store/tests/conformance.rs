@@ -193,6 +193,7 @@ suite! {
     concurrent_redemption, 5, 24;
     revocation_epochs;
     node_listing;
+    members;
     api_tokens;
     audit_pagination;
     heartbeat_history, HISTORY;
