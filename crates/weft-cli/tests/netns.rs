@@ -18,8 +18,9 @@
 //! pings bounded, detection and reroute seen in /metrics); an agent with
 //! an SVID from another trust domain refused; the killed relay restarted
 //! from its data directory and linked again; garbage and repeated UDP payloads at an agent's port causing
-//! no crash and no accepted link; a node revoked at the control plane cut
-//! off by its neighbours; the control plane stopped, the mesh still
+//! no crash and no accepted link; a network policy denying n0 -> n3 put
+//! in force by the agents (pings dropped and counted) and lifted again; a
+//! node revoked at the control plane cut off by its neighbours; the control plane stopped, the mesh still
 //! carrying traffic and `weft status` saying so. Needs root (namespaces, TUN) and `ip`
 //! and `ping`; skips with a message otherwise. Namespaces are deleted
 //! even when the test fails.
@@ -78,7 +79,9 @@ fn sh(args: &[&str]) {
 struct Lab {
     prefix: String,
     dir: tempfile::TempDir,
+    /// Agents, in the order started (index = what `start` returned).
     children: Vec<Option<Child>>,
+    control: Option<Child>,
 }
 
 impl Lab {
@@ -106,6 +109,7 @@ impl Lab {
             prefix: format!("weftt{tag}"),
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
+            control: None,
         };
         for i in 0..NODES {
             sh(&["ip", "netns", "add", &lab.ns(i)]);
@@ -161,9 +165,9 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `weft control up` in the control namespace; returns the
-    /// child's index once its admin token and CA bundle exist.
-    fn start_control(&mut self) -> usize {
+    /// Starts `weft control up` in the control namespace and waits until
+    /// it answers.
+    fn start_control(&mut self) {
         let dir = self.node_dir("control");
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("control.log")).unwrap();
@@ -177,12 +181,18 @@ impl Lab {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.children.push(Some(child));
+        self.control = Some(child);
         let token = dir.join("admin.token");
         wait_for(Duration::from_secs(30), "the control plane starts", || {
             token.exists() && Lab::control_ok(&self.ctl(), &dir)
         });
-        self.children.len() - 1
+    }
+
+    fn kill_control(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Whether the control plane answers an authenticated request.
@@ -262,6 +272,7 @@ impl Drop for Lab {
         for i in 0..self.children.len() {
             self.kill(i);
         }
+        self.kill_control();
         for ns in (0..NODES).map(|i| self.ns(i)).chain([self.ctl()]) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
@@ -367,7 +378,21 @@ fn ping(ns: &str, dst: &str, count: u32, interval: &str) -> (u32, u32) {
     let line = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {text:?}"));
+        .unwrap_or_else(|| {
+            let show = |what: &str| {
+                let o = Command::new("ip")
+                    .args(["-n", ns, "-6", what, "show"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            panic!(
+                "no ping summary in {text:?} (stderr {:?}); addresses in {ns}:\n{}\nroutes:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                show("addr"),
+                show("route")
+            )
+        });
     let nums: Vec<u32> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
@@ -384,7 +409,7 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
         return;
     }
     let mut lab = Lab::new();
-    let control = lab.start_control();
+    lab.start_control();
     let token = lab.operate(&[
         "join-token",
         "create",
@@ -460,10 +485,15 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
     lab.kill(relay_index);
     let (sent, got) = ping(&lab.ns(0), &far_addr, 40, "0.1");
     let lost = sent - got;
-    assert!(
-        lost <= 20,
-        "{lost} of {sent} pings lost after killing the relay (bound 20, i.e. 2 s)"
-    );
+    if lost > 20 {
+        panic!(
+            "{lost} of {sent} pings lost after killing the relay (bound 20, i.e. 2 s)\nn0 routes: {:?}\nn0 peers: {:?}\nn0 log:\n{}\nn3 log:\n{}",
+            admin(&d0, "routes"),
+            admin(&d0, "peers"),
+            lab.log("n0"),
+            lab.log("n3")
+        );
+    }
     let other = next_hop(&d0, &far).unwrap();
     assert_ne!(other, relay, "still routed through the killed relay");
     eprintln!("relay killed: {lost}/{sent} pings lost");
@@ -478,7 +508,13 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
     };
     assert!(value("weft_agent_neighbours_dead_total") >= 1.0);
     assert!(value("weft_agent_detection_seconds_count") >= 1.0);
-    assert!(value("weft_agent_reroute_seconds_count") >= 1.0);
+    // The two paths cost about the same and the choice follows measured
+    // RTT, so the route may have left the relay just before it died; then
+    // no ping is lost and there was nothing to reroute.
+    assert!(
+        value("weft_agent_reroute_seconds_count") >= 1.0 || lost == 0,
+        "pings were lost, yet no reroute after the death was measured"
+    );
     eprintln!(
         "n0: detection {:.0} ms, reroute {:.1} ms after it (means)",
         1000.0 * value("weft_agent_detection_seconds_sum")
@@ -577,7 +613,66 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
     );
     let nodes: serde_json::Value =
         serde_json::from_str(&lab.operate(&["node", "list", "--json"])).unwrap();
-    assert_eq!(nodes.as_array().map(Vec::len), Some(NODES), "{nodes}");
+    assert_eq!(
+        nodes["items"].as_array().map(Vec::len),
+        Some(NODES),
+        "{nodes}"
+    );
+
+    // A network policy that denies n0 -> n3 (any protocol) is put in force
+    // by the agents at their next sync; n3's own check drops what n0
+    // sends. A later version that allows everything lets pings through.
+    let policy_dir = lab.node_dir("control");
+    let deny = policy_dir.join("deny.json");
+    std::fs::write(
+        &deny,
+        format!(
+            r#"{{"default": "allow", "rules": [{{"from": ["node:{}"], "to": ["node:{}"], "ports": ["*"], "protocol": "any", "action": "deny"}}]}}"#,
+            ids[0].node_id(),
+            far
+        ),
+    )
+    .unwrap();
+    lab.operate(&["policy", "set", deny.to_str().unwrap()]);
+    wait_for(
+        Duration::from_secs(30),
+        "n0 and n3 enforce policy 1",
+        || {
+            [&d0, &d3]
+                .iter()
+                .all(|d| admin(d, "status").is_some_and(|s| s["policy_version"] == 1))
+        },
+    );
+    let (sent, got) = ping(&lab.ns(0), &far_addr, 3, "0.2");
+    assert_eq!(
+        got, 0,
+        "policy 1 denies n0 -> n3, yet {got}/{sent} answered"
+    );
+    let dropped = admin(&d0, "status").unwrap()["tun"]["dropped_policy"].clone();
+    assert!(
+        dropped.as_u64() >= Some(3),
+        "n0 dropped {dropped} by policy"
+    );
+    let allow = policy_dir.join("allow.json");
+    std::fs::write(&allow, r#"{"default": "allow", "rules": []}"#).unwrap();
+    lab.operate(&[
+        "policy",
+        "set",
+        allow.to_str().unwrap(),
+        "--base-version",
+        "1",
+    ]);
+    wait_for(
+        Duration::from_secs(30),
+        "n0 and n3 enforce policy 2",
+        || {
+            [&d0, &d3]
+                .iter()
+                .all(|d| admin(d, "status").is_some_and(|s| s["policy_version"] == 2))
+        },
+    );
+    let (sent, got) = ping(&lab.ns(0), &far_addr, 5, "0.2");
+    assert!(got >= 4, "policy 2 allows: {got}/{sent} answered");
 
     // Revoke n5 at the control plane: its neighbours (n4, n3) close their
     // links to it and nobody keeps a route to it.
@@ -607,7 +702,7 @@ fn agents_in_six_namespaces_route_reroute_and_refuse() {
 
     // The control plane goes away: the mesh keeps carrying traffic on
     // cached state, and `weft status` says so.
-    lab.kill(control);
+    lab.kill_control();
     wait_for(
         Duration::from_secs(40),
         "n0's status says the control plane is unreachable",
