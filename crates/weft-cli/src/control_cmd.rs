@@ -23,28 +23,40 @@ pub enum ControlCommand {
     Up(UpArgs),
 }
 
-/// Arguments of `weft control up`.
+/// Arguments of `weft control up`. Each flag (or its `WEFT_*` variable)
+/// overrides the same key of the `--config` file, which overrides the
+/// defaults.
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// A TOML configuration file (keys as in docs/control.md; unknown keys
+    /// are refused).
+    #[arg(long, value_name = "FILE", env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
     /// Directory of the CA, the SQLite database, the embedded bus and the
-    /// admin token file (created 0700 if missing).
-    #[arg(long, default_value = "weft-data", env = "WEFT_DATA_DIR")]
-    data_dir: PathBuf,
+    /// admin token file (created 0700 if missing). Default: weft-data.
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// The store: sqlite://PATH (relative to --data-dir) or
     /// postgres://USER@HOST/DATABASE. Default: sqlite://weft.db.
     #[arg(long, env = "WEFT_DB")]
     db: Option<String>,
-    /// Address to listen on.
-    #[arg(long, default_value = weft_control::config::DEFAULT_LISTEN, env = "WEFT_LISTEN")]
-    listen: std::net::SocketAddr,
+    /// Address to listen on. Default: 127.0.0.1:8443.
+    #[arg(long, env = "WEFT_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
     /// Also offer classical key exchange (X25519, P-256, P-384) to clients
     /// that offer no post-quantum hybrid; every such handshake is logged
     /// and counted (weft_control_classical_kex_handshakes_total).
     #[arg(long, env = "WEFT_ALLOW_CLASSICAL_KEX")]
     allow_classical_kex: bool,
-    /// Trust domain of the default network (used on first start only).
-    #[arg(long, default_value = weft_control::config::DEFAULT_TRUST_DOMAIN, env = "WEFT_TRUST_DOMAIN")]
-    trust_domain: String,
+    /// Trust domain of the network (used when it is created). Default:
+    /// weft.internal.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// The network to serve (made on first start if missing; a network
+    /// made with `weft network create` is restored from the database).
+    /// Default: default.
+    #[arg(long, env = "WEFT_NETWORK")]
+    network: Option<String>,
     /// Host names and addresses in the server's certificates (repeat;
     /// default localhost, 127.0.0.1, ::1 and the listening address).
     #[arg(long = "server-name", value_name = "NAME")]
@@ -52,9 +64,52 @@ pub struct UpArgs {
     /// NATS URL of the bus (default: the embedded bus in DATA_DIR/bus).
     #[arg(long, env = "WEFT_NATS")]
     nats: Option<String>,
-    /// Lifetime of node SVIDs (nodes renew at half).
-    #[arg(long, default_value = "1h", value_parser = super::parse_duration)]
-    svid_ttl: Duration,
+    /// Lifetime of node SVIDs (nodes renew at half). Default: 1h.
+    #[arg(long, value_parser = super::parse_duration, env = "WEFT_SVID_TTL")]
+    svid_ttl: Option<Duration>,
+}
+
+impl UpArgs {
+    /// The settings: defaults, then the file, then flags and variables.
+    fn config(self) -> Result<ControlConfig> {
+        let file = match &self.config {
+            Some(path) => weft_control::config::ConfigFile::load(path)?,
+            None => weft_control::config::ConfigFile::default(),
+        };
+        let mut config = file.to_config()?;
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(db) = self.db {
+            config.db = Some(db);
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if self.allow_classical_kex {
+            config.allow_classical_kex = true;
+        }
+        if let Some(td) = self.trust_domain {
+            config.trust_domain = td
+                .parse()
+                .with_context(|| format!("--trust-domain {td:?}"))?;
+        }
+        if let Some(name) = self.network {
+            config.network = weft_store::NetworkName::new(&name)
+                .with_context(|| format!("--network {name:?}"))?;
+        }
+        if !self.server_names.is_empty() {
+            config.server_names = self.server_names;
+        }
+        if let Some(nats) = self.nats {
+            config.nats = Some(nats);
+        }
+        if let Some(ttl) = self.svid_ttl {
+            config.svid_ttl = ttl;
+        }
+        config.check()?;
+        Ok(config)
+    }
 }
 
 /// How operator commands reach the control plane.
@@ -302,6 +357,33 @@ pub enum ApiTokenCommand {
     },
 }
 
+/// `weft network ...`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Make a network (a trust domain) with its own CA; serve it with
+    /// `weft control up --network NAME` and a copy of master.key.
+    Create {
+        /// Its name (1 to 63 of a-z 0-9 -).
+        name: String,
+        /// Its SPIFFE trust domain, e.g. lab.example.net.
+        #[arg(long)]
+        trust_domain: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List networks.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 /// Arguments of `weft agent enroll`.
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
@@ -363,19 +445,7 @@ async fn shutdown_signal() {
 /// Runs `weft control ...`.
 pub fn control(command: ControlCommand) -> Result<()> {
     let ControlCommand::Up(args) = command;
-    let mut config = ControlConfig::new(&args.data_dir)?;
-    config.db = args.db;
-    config.listen = args.listen;
-    config.allow_classical_kex = args.allow_classical_kex;
-    config.trust_domain = args
-        .trust_domain
-        .parse()
-        .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
-    if !args.server_names.is_empty() {
-        config.server_names = args.server_names;
-    }
-    config.nats = args.nats;
-    config.svid_ttl = args.svid_ttl;
+    let config = args.config()?;
     runtime()?.block_on(async {
         let running = weft_control::start(config)
             .await
@@ -625,6 +695,69 @@ pub fn join_token(command: JoinTokenCommand) -> Result<()> {
                         t.expires_at,
                         t.auto_approve,
                         t.tags.join(",")
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `weft network ...`.
+pub fn network(command: NetworkCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        match command {
+            NetworkCommand::Create {
+                name,
+                trust_domain,
+                json,
+                client,
+            } => {
+                let made = client
+                    .client()?
+                    .create_network(&weft_control::api::CreateNetwork { name, trust_domain })
+                    .await?;
+                if json {
+                    return print_json(&made);
+                }
+                println!(
+                    "network {} (trust domain {}), CA fingerprint {}",
+                    made.name,
+                    made.trust_domain,
+                    made.ca_fingerprint.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "serve it with: weft control up --network {} --data-dir DIR (DIR holding a copy of this control plane's master.key)",
+                    made.name
+                );
+            }
+            NetworkCommand::List { json, client } => {
+                let client = client.client()?;
+                let mut items = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = client.list_networks(Some(1000), cursor).await?;
+                    items.extend(page.items);
+                    match page.next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                if json {
+                    return print_json(&items);
+                }
+                println!(
+                    "{:<24}  {:<32}  {:<6}  {:<7}  CREATED",
+                    "NAME", "TRUST DOMAIN", "SERVED", "EPOCH"
+                );
+                for n in &items {
+                    println!(
+                        "{:<24}  {:<32}  {:<6}  {:<7}  {}",
+                        n.name,
+                        n.trust_domain,
+                        if n.served { "yes" } else { "no" },
+                        n.revocation_epoch,
+                        n.created_at
                     );
                 }
             }
@@ -995,6 +1128,10 @@ pub fn bench_control(args: ControlBenchArgs) -> Result<()> {
                 println!("    first error: {e}");
             }
         }
+        println!(
+            "  written to the store {:.0}/s; refused (queue full) {}",
+            b.written_per_sec, b.refused_queue_full
+        );
         println!(
             "  heartbeats_per_sec {:.0}, heartbeat_p99_ms {:.2} at {}/s, ratio_vs_baseline {:.3}",
             b.heartbeats_per_sec, b.heartbeat_p99_ms, b.target_rate, b.ratio_vs_baseline

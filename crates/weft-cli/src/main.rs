@@ -77,6 +77,9 @@ enum Command {
     /// Make, list and revoke operators' API tokens.
     #[command(subcommand)]
     ApiToken(control_cmd::ApiTokenCommand),
+    /// Make and list networks (trust domains).
+    #[command(subcommand)]
+    Network(control_cmd::NetworkCommand),
     /// Show the mesh's nodes and links with their health (table, JSON or GraphViz).
     Topology(control_cmd::TopologyArgs),
     /// Set, show and list the network's versioned ACL policy.
@@ -503,6 +506,7 @@ fn run(command: Command) -> Result<()> {
         Command::Audit(cmd) => control_cmd::audit(cmd),
         Command::JoinToken(cmd) => control_cmd::join_token(cmd),
         Command::ApiToken(cmd) => control_cmd::api_token(cmd),
+        Command::Network(cmd) => control_cmd::network(cmd),
         Command::Topology(args) => control_cmd::topology(args),
         Command::Policy(cmd) => control_cmd::policy(cmd),
         Command::Status(args) => agent_cmd::admin_command("status", &args),

@@ -486,3 +486,39 @@ pub struct NetworkFileNode {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }
+
+/// A network (trust domain) to create.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    /// Its name: 1 to 63 of `a-z 0-9 -`.
+    pub name: String,
+    /// Its SPIFFE trust domain (`mesh.example.net`), unique.
+    pub trust_domain: String,
+}
+
+/// A network.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkView {
+    /// Its name.
+    pub name: String,
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// Its revocation epoch.
+    pub revocation_epoch: u64,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// SHA-256 of its ML-DSA-65 CA root, `sha256:<hex>`.
+    pub ca_fingerprint: Option<String>,
+    /// Whether this control plane serves it (enrolls its nodes).
+    pub served: bool,
+}
+
+/// A page of networks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkPage {
+    /// The networks, in name order.
+    pub items: Vec<NetworkView>,
+    /// Cursor of the next page, if any.
+    pub next: Option<String>,
+}

@@ -135,6 +135,13 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/openapi.json", Access::Public, None),
     route("GET", "/metrics", Access::Role(Role::Viewer), None),
     route("GET", "/v1/audit", Access::Role(Role::Viewer), None),
+    route("GET", "/v1/networks", Access::Role(Role::Viewer), None),
+    route(
+        "POST",
+        "/v1/networks",
+        Access::Role(Role::Admin),
+        Some("network.create"),
+    ),
     route(
         "GET",
         "/v1/networks/{network}/join-tokens",
@@ -252,9 +259,71 @@ pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
     /// The client's certificate (its SVID), verified at the handshake.
-    pub client_cert: Option<CertificateDer<'static>>,
+    pub client_cert: Option<Arc<CertificateDer<'static>>>,
+    /// What the client certificate says, read once per connection.
+    pub client_svid: Option<Arc<PeerSvid>>,
     /// The key exchange group negotiated.
     pub kx_group: String,
+}
+
+/// The parts of a client's SVID the guard checks on every request, read
+/// once when the connection is made.
+#[derive(Debug, Clone)]
+pub struct PeerSvid {
+    /// Its end of validity (Unix seconds), or why it cannot be read.
+    pub not_after: Result<i64, String>,
+    /// Its SPIFFE ID, or why it is refused.
+    pub spiffe_id: Result<weft_crypto::SpiffeId, String>,
+}
+
+impl PeerSvid {
+    /// Reads a certificate verified at the handshake.
+    pub fn of(cert: &CertificateDer<'_>) -> Self {
+        let not_after = x509_parser::parse_x509_certificate(cert)
+            .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+            .map_err(|e| format!("the client certificate does not parse: {e}"));
+        let spiffe_id = weft_crypto::svid::spiffe_id_from_der(cert)
+            .map_err(|e| format!("the client certificate is refused: {e}"));
+        Self {
+            not_after,
+            spiffe_id,
+        }
+    }
+}
+
+/// Nodes as the guard last read them, for at most [`NODE_CACHE_TTL`]:
+/// an agent sending many requests costs one store read a second, not one
+/// per request. This process forgets a node when it approves or revokes
+/// it; another process sharing the database sees the change within the
+/// TTL.
+#[derive(Debug, Default)]
+pub struct NodeCache(Mutex<HashMap<NodeId, (Node, Instant)>>);
+
+/// How long the guard trusts a node read from the store.
+pub const NODE_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most nodes cached (then the cache starts over).
+const NODE_CACHE_MAX: usize = 100_000;
+
+impl NodeCache {
+    fn get(&self, id: &NodeId) -> Option<Node> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id)
+            .filter(|(_, at)| at.elapsed() < NODE_CACHE_TTL)
+            .map(|(n, _)| n.clone())
+    }
+
+    fn put(&self, node: Node) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= NODE_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(node.node_id, (node, Instant::now()));
+    }
+
+    /// Forgets a node (its status changed).
+    pub fn forget(&self, id: &NodeId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
 }
 
 /// Who is calling.
@@ -379,6 +448,8 @@ pub struct AppState {
     pub heartbeats: crate::telemetry::Batcher,
     /// Signed revocation lists by network, re-signed when the epoch moves.
     pub revocations: Mutex<HashMap<NetworkId, Arc<RevocationListView>>>,
+    /// Nodes as the guard last read them.
+    pub nodes: NodeCache,
     /// Rendered network files by network, rendered again when the
     /// membership stamp moves.
     pub members: Mutex<HashMap<NetworkId, Arc<crate::handlers::MembersFile>>>,
@@ -444,6 +515,10 @@ pub fn router(state: Shared) -> Router {
         .route("/openapi.json", get(handlers::openapi))
         .route("/metrics", get(handlers::metrics))
         .route("/v1/audit", get(handlers::list_audit))
+        .route(
+            "/v1/networks",
+            get(handlers::list_networks).post(handlers::create_network),
+        )
         .route(
             "/v1/networks/{network}/join-tokens",
             get(handlers::list_join_tokens).post(handlers::create_join_token),
@@ -648,8 +723,8 @@ async fn guard(
                 // The certificate was verified at the handshake: name it.
                 let actor = conn
                     .as_ref()
-                    .and_then(|c| c.client_cert.as_ref())
-                    .and_then(|c| weft_crypto::svid::spiffe_id_from_der(c).ok())
+                    .and_then(|c| c.client_svid.as_ref())
+                    .and_then(|c| c.spiffe_id.clone().ok())
                     .map_or_else(|| Identity::Anonymous { addr }.actor(), |id| id.to_string());
                 audit(&state, actor, action, &path, &response).await;
             }
@@ -744,7 +819,7 @@ async fn authenticate(
         Access::AgentOrViewer => {
             if headers.contains_key(header::AUTHORIZATION) {
                 operator(state, headers, Role::Viewer).await
-            } else if conn.is_some_and(|c| c.client_cert.is_some()) {
+            } else if conn.is_some_and(|c| c.client_svid.is_some()) {
                 agent(state, conn).await
             } else {
                 Err(Problem::unauthorized(
@@ -787,7 +862,7 @@ async fn operator(
 }
 
 async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Problem> {
-    let Some(cert) = conn.and_then(|c| c.client_cert.as_ref()) else {
+    let Some(svid) = conn.and_then(|c| c.client_svid.as_ref()) else {
         return Err(Problem::unauthorized(
             "this route is for enrolled nodes: present the node's X.509-SVID as TLS client certificate (mTLS)",
         ));
@@ -795,18 +870,14 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
     // rustls verified the chain against the CA bundle at the handshake;
     // a connection can outlive the certificate, so its end is checked on
     // every request.
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| {
-        Problem::unauthorized(format!("the client certificate does not parse: {e}"))
-    })?;
-    let not_after = parsed.validity().not_after.timestamp();
+    let not_after = svid.not_after.clone().map_err(Problem::unauthorized)?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     if now > not_after {
         return Err(Problem::unauthorized(format!(
             "the client certificate expired at Unix time {not_after}; enroll again or renew before expiry"
         )));
     }
-    let spiffe_id = weft_crypto::svid::spiffe_id_from_der(cert)
-        .map_err(|e| Problem::unauthorized(format!("the client certificate is refused: {e}")))?;
+    let spiffe_id = svid.spiffe_id.clone().map_err(Problem::unauthorized)?;
     let verified = VerifiedPeer { spiffe_id };
     let node_id = NodeId::from_spiffe_id(&verified.spiffe_id).ok_or_else(|| {
         Problem::forbidden(format!(
@@ -815,7 +886,14 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
             state.pki.trust_domain()
         ))
     })?;
-    let node = match state.store.get_node(&node_id).await {
+    let cached = state.nodes.get(&node_id);
+    let node = match cached {
+        Some(node) => Ok(node),
+        None => state.store.get_node(&node_id).await.inspect(|node| {
+            state.nodes.put(node.clone());
+        }),
+    };
+    let node = match node {
         Ok(node) => node,
         Err(StoreError::NotFound { .. }) => {
             return Err(Problem::forbidden(format!(

@@ -600,6 +600,27 @@ impl ControlClient {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// `POST /v1/networks`.
+    pub async fn create_network(
+        &self,
+        request: &crate::api::CreateNetwork,
+    ) -> Result<crate::api::NetworkView, ClientError> {
+        self.call(Method::POST, "/v1/networks", Some(request)).await
+    }
+
+    /// `GET /v1/networks`.
+    pub async fn list_networks(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<crate::api::NetworkPage, ClientError> {
+        let path = format!(
+            "/v1/networks{}",
+            query(&[("limit", limit.map(|l| l.to_string())), ("cursor", cursor)])
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
     /// `GET /v1/networks/{network}/members`: the network file's JSON text
     /// (what the agent keeps as `network.json`).
     pub async fn fetch_members(&self, network: &str) -> Result<String, ClientError> {

@@ -1,8 +1,10 @@
 //! The control plane's settings and their limits.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use weft_crypto::TrustDomain;
 use weft_store::NetworkName;
@@ -198,5 +200,269 @@ impl ControlConfig {
             ips.push(self.listen.ip());
         }
         Ok((dns, ips))
+    }
+}
+
+/// Largest configuration file read.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// The control plane's configuration file (`weft control up --config
+/// control.toml`): every key optional, unknown keys refused. Durations
+/// are text with a unit (`90s`, `30m`, `1h`, `30d`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The data directory.
+    pub data_dir: Option<PathBuf>,
+    /// The store: `sqlite://PATH` or `postgres://…`.
+    pub db: Option<String>,
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Also offer classical key exchange to clients without the hybrid.
+    pub allow_classical_kex: Option<bool>,
+    /// Trust domain of the network, used when it is created.
+    pub trust_domain: Option<String>,
+    /// The network this control plane serves.
+    pub network: Option<String>,
+    /// Host names and addresses in the server's certificates.
+    pub server_names: Option<Vec<String>>,
+    /// NATS URL of the bus.
+    pub nats: Option<String>,
+    /// Lifetime of node SVIDs.
+    pub svid_ttl: Option<String>,
+    /// Lifetime of the server's certificates.
+    pub server_cert_ttl: Option<String>,
+    /// Longest lifetime of a join token.
+    pub max_join_token_ttl: Option<String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// The `[limits]` table of the configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request body, bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Longest time a request may take.
+    pub request_timeout: Option<String>,
+    /// Longest TLS handshake, and wait for request headers.
+    pub handshake_timeout: Option<String>,
+    /// Most connections at once.
+    pub max_connections: Option<usize>,
+    /// Requests per second per identity.
+    pub rate_per_second: Option<u32>,
+    /// Burst per identity.
+    pub rate_burst: Option<u32>,
+    /// Failed authentications per minute per client address.
+    pub auth_failures_per_minute: Option<u32>,
+    /// Longest wait for in-flight requests at shutdown.
+    pub shutdown_grace: Option<String>,
+}
+
+/// Parses a duration with a unit (`90s`, `30m`, `1h`, `30d`), naming the key.
+pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ControlError> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        ControlError::config(
+            key,
+            format!(
+                "{:?} is not a duration: {e}; use a number with a unit, e.g. 90s, 30m, 1h, 30d",
+                text.chars().take(64).collect::<String>()
+            ),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(ControlError::config(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+impl ConfigFile {
+    /// Parses a configuration file's text; unknown keys and values of the
+    /// wrong type are refused with the key and its line.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ControlError> {
+        toml::from_str(text).map_err(|e| {
+            ControlError::config(
+                "configuration file",
+                format!(
+                    "{origin}: {}",
+                    e.to_string().trim_end().replace('\n', "\n  ")
+                ),
+            )
+        })
+    }
+
+    /// Reads and parses a configuration file (at most 1 MiB).
+    pub fn load(path: &Path) -> Result<Self, ControlError> {
+        let origin = path.display().to_string();
+        let len = std::fs::metadata(path)
+            .map_err(ControlError::io(
+                "cannot read the configuration file",
+                &origin,
+            ))?
+            .len();
+        if len > MAX_CONFIG_FILE {
+            return Err(ControlError::config(
+                "configuration file",
+                format!("{origin} is {len} bytes; at most {MAX_CONFIG_FILE} are read"),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(ControlError::io(
+            "cannot read the configuration file",
+            &origin,
+        ))?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Settings from this file over the defaults (the data directory is
+    /// the file's, or `weft-data`).
+    pub fn to_config(&self) -> Result<ControlConfig, ControlError> {
+        let mut c = ControlConfig::new(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("weft-data")),
+        )?;
+        if let Some(db) = &self.db {
+            c.db = Some(db.clone());
+        }
+        if let Some(listen) = self.listen {
+            c.listen = listen;
+        }
+        if let Some(allow) = self.allow_classical_kex {
+            c.allow_classical_kex = allow;
+        }
+        if let Some(td) = &self.trust_domain {
+            c.trust_domain = TrustDomain::new(td)
+                .map_err(|e| ControlError::config("trust_domain", e.to_string()))?;
+        }
+        if let Some(name) = &self.network {
+            c.network = NetworkName::new(name)
+                .map_err(|e| ControlError::config("network", e.to_string()))?;
+        }
+        if let Some(names) = &self.server_names {
+            c.server_names = names.clone();
+        }
+        if let Some(nats) = &self.nats {
+            c.nats = Some(nats.clone());
+        }
+        if let Some(t) = &self.svid_ttl {
+            c.svid_ttl = parse_duration("svid_ttl", t)?;
+        }
+        if let Some(t) = &self.server_cert_ttl {
+            c.server_cert_ttl = parse_duration("server_cert_ttl", t)?;
+        }
+        if let Some(t) = &self.max_join_token_ttl {
+            c.max_join_token_ttl = parse_duration("max_join_token_ttl", t)?;
+        }
+        let l = &self.limits;
+        let m = &mut c.limits;
+        if let Some(v) = l.max_body_bytes {
+            m.max_body_bytes = v;
+        }
+        if let Some(t) = &l.request_timeout {
+            m.request_timeout = parse_duration("limits.request_timeout", t)?;
+        }
+        if let Some(t) = &l.handshake_timeout {
+            m.handshake_timeout = parse_duration("limits.handshake_timeout", t)?;
+        }
+        if let Some(v) = l.max_connections {
+            m.max_connections = v;
+        }
+        if let Some(v) = l.rate_per_second {
+            m.rate_per_second = v;
+        }
+        if let Some(v) = l.rate_burst {
+            m.rate_burst = v;
+        }
+        if let Some(v) = l.auth_failures_per_minute {
+            m.auth_failures_per_minute = v;
+        }
+        if let Some(t) = &l.shutdown_grace {
+            m.shutdown_grace = parse_duration("limits.shutdown_grace", t)?;
+        }
+        c.check()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_file_sets_everything() {
+        let text = r#"
+            data_dir = "/var/lib/weft-control"
+            db = "postgres://weft@db/weft"
+            listen = "0.0.0.0:9443"
+            allow_classical_kex = true
+            trust_domain = "mesh.example"
+            network = "lab"
+            server_names = ["control.example"]
+            nats = "nats://127.0.0.1:4222"
+            svid_ttl = "2h"
+            server_cert_ttl = "12h"
+            max_join_token_ttl = "7d"
+            [limits]
+            max_body_bytes = 131072
+            request_timeout = "10s"
+            handshake_timeout = "5s"
+            max_connections = 100
+            rate_per_second = 50
+            rate_burst = 60
+            auth_failures_per_minute = 5
+            shutdown_grace = "3s"
+        "#;
+        let c = ConfigFile::parse(text, "test")
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/weft-control"));
+        assert_eq!(c.db.as_deref(), Some("postgres://weft@db/weft"));
+        assert_eq!(c.listen, "0.0.0.0:9443".parse().unwrap());
+        assert!(c.allow_classical_kex);
+        assert_eq!(c.trust_domain.as_str(), "mesh.example");
+        assert_eq!(c.network.as_str(), "lab");
+        assert_eq!(c.server_names, ["control.example"]);
+        assert_eq!(c.svid_ttl, Duration::from_secs(7200));
+        assert_eq!(c.max_join_token_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(c.limits.max_body_bytes, 131_072);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections, 100);
+        assert_eq!(c.limits.rate_burst, 60);
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let c = ConfigFile::parse("", "test").unwrap().to_config().unwrap();
+        let d = ControlConfig::new("weft-data").unwrap();
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.svid_ttl, d.svid_ttl);
+        assert_eq!(c.limits.rate_per_second, d.limits.rate_per_second);
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        for (text, needle) in [
+            ("listn = \"x\"", "listn"),
+            ("[limits]\nmax_conections = 3", "max_conections"),
+            ("[limit]\nrate_burst = 3", "limit"),
+            ("svid_ttl = 5", "svid_ttl"),
+            ("listen = \"not an address\"", "listen"),
+            ("svid_ttl = \"soon\"", "svid_ttl"),
+            ("svid_ttl = \"1s\"", "SVID lifetime"),
+            ("[limits]\nmax_body_bytes = 1", "max body size"),
+            ("trust_domain = \"Not Valid\"", "trust_domain"),
+            ("network = \"UPPER\"", "network"),
+            ("= broken", "configuration file"),
+        ] {
+            let e = ConfigFile::parse(text, "control.toml").and_then(|f| f.to_config());
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The route handlers. Each is described for the OpenAPI document with
 //! `utoipa::path`; who may call it is in [`crate::app::ROUTES`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +23,10 @@ use weft_store::{
 
 use crate::api::{
     ApiTokenPage, ApiTokenView, AuditPage, AuditView, ClaimRequest, CreateApiToken,
-    CreateJoinToken, CreatedApiToken, CreatedJoinToken, EnrollRequest, EnrollResponse, Health,
-    JoinTokenPage, JoinTokenView, MeshSettings, NetworkFile, NodePage, NodeView, Ready,
-    RenewResponse, RevocationEntry, RevocationListView, RevokeRequest, RevokeResponse, rfc3339,
+    CreateJoinToken, CreateNetwork, CreatedApiToken, CreatedJoinToken, EnrollRequest,
+    EnrollResponse, Health, JoinTokenPage, JoinTokenView, MeshSettings, NetworkFile, NetworkPage,
+    NetworkView, NodePage, NodeView, Ready, RenewResponse, RevocationEntry, RevocationListView,
+    RevokeRequest, RevokeResponse, rfc3339,
 };
 use crate::app::{AUDIT_STREAM, AuditNote, ConnInfo, Identity, REVOCATION_EVENT, Shared, respond};
 use crate::extract::{JsonBody, PathParams, QueryParams};
@@ -595,7 +597,7 @@ pub async fn renew(
         Problem::unauthorized("renewal needs the node's SVID as TLS client certificate")
             .with_note(&note)
     })?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
         Problem::bad_request(format!("the client certificate does not parse: {e}")).with_note(&note)
     })?;
     let spki = parsed.public_key();
@@ -741,6 +743,7 @@ pub async fn approve_node(
         .approve_node(&node.node_id, now())
         .await
         .map_err(|e| Problem::from(e).with_note(&note))?;
+    state.nodes.forget(&node.node_id);
     let note = AuditNote {
         detail: format!("{before} -> {}", node.status),
         ..note
@@ -776,6 +779,8 @@ pub async fn revoke_node(
         .revoke_node(&node.node_id, &req.reason, now())
         .await
         .map_err(|e| Problem::from(e).with_note(&note))?;
+    state.nodes.forget(&node.node_id);
+    state.heartbeats.forget(&node.node_id);
     let net = state.store.get_network(state.network.id).await?;
     let list = revocation_list(&state, &net)
         .await
@@ -891,6 +896,97 @@ pub async fn revocations(
     let net = state.served_network(&network).await?;
     let list = revocation_list(&state, &net).await?;
     Ok(axum::Json(list.as_ref().clone()))
+}
+
+// ----------------------------------------------------------------- networks
+
+fn network_view(state: &Shared, n: &Network) -> NetworkView {
+    let served = n.id == state.network.id;
+    let ca_fingerprint = weft_crypto::svid::certs_from_pem(n.ca_bundle_pem.as_bytes())
+        .ok()
+        .and_then(|certs| certs.first().map(|c| crate::pki::fingerprint(c)));
+    NetworkView {
+        name: n.name.as_str().to_owned(),
+        trust_domain: n.trust_domain.to_string(),
+        revocation_epoch: n.revocation_epoch,
+        created_at: rfc3339(n.created_at),
+        ca_fingerprint,
+        served,
+    }
+}
+
+/// Makes a network (a trust domain) with its own CA and revocation
+/// authority, whose keys are stored encrypted with the master key. This
+/// control plane keeps serving its own network; one started with
+/// `--network NAME` and a copy of `master.key` serves the new one.
+#[utoipa::path(post, path = "/v1/networks", tag = "networks", request_body = CreateNetwork, security(("bearer" = [])),
+    responses((status = 201, description = "made", body = NetworkView),
+        (status = 409, description = "the name or trust domain is taken", body = ProblemBody, content_type = "application/problem+json"),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn create_network(
+    State(state): State<Shared>,
+    JsonBody(req): JsonBody<CreateNetwork>,
+) -> Result<Response, Problem> {
+    let note = AuditNote {
+        target: Some(format!(
+            "network:{}",
+            req.name.chars().take(64).collect::<String>()
+        )),
+        ..AuditNote::default()
+    };
+    let name =
+        weft_store::NetworkName::new(&req.name).map_err(|e| Problem::from(e).with_note(&note))?;
+    let trust_domain = weft_crypto::TrustDomain::new(&req.trust_domain).map_err(|e| {
+        Problem::bad_request(format!(
+            "trust_domain {:?} is not a SPIFFE trust domain: {e}",
+            req.trust_domain.chars().take(64).collect::<String>()
+        ))
+        .with_note(&note)
+    })?;
+    let net = crate::pki::Pki::make_network(
+        &state.config.data_dir,
+        &state.store,
+        &name,
+        &trust_domain,
+        now(),
+    )
+    .await
+    .map_err(|e| {
+        match e {
+            crate::ControlError::Store(e) => Problem::from(e),
+            other => Problem::internal(format!("cannot make network {name}: {other}")),
+        }
+        .with_note(&note)
+    })?;
+    let view = network_view(&state, &net);
+    let note = AuditNote {
+        network_id: Some(net.id),
+        detail: format!(
+            "trust domain {}, CA {}",
+            view.trust_domain,
+            view.ca_fingerprint.as_deref().unwrap_or("?")
+        ),
+        ..note
+    };
+    Ok(respond(StatusCode::CREATED, &view, note))
+}
+
+/// Networks, in name order.
+#[utoipa::path(get, path = "/v1/networks", tag = "networks", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of networks", body = NetworkPage),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn list_networks(
+    State(state): State<Shared>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<axum::Json<NetworkPage>, Problem> {
+    let page = state
+        .store
+        .list_networks(page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
+    Ok(axum::Json(NetworkPage {
+        items: page.items.iter().map(|n| network_view(&state, n)).collect(),
+        next: page.next.map(|c| c.as_str().to_owned()),
+    }))
 }
 
 // ------------------------------------------------------------------ members
@@ -1130,18 +1226,19 @@ pub async fn revoke_api_token(
 /// What a heartbeat answer says.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatAck {
-    /// Stored.
+    /// Accepted: applied to the latest state and queued for the store.
     pub accepted: bool,
     /// Send the next one after this many seconds.
     pub interval_seconds: u64,
 }
 
-/// Records the calling node's heartbeat (batched with others into one
-/// store transaction; answered once it is written).
+/// Records the calling node's heartbeat: applied to the latest state the
+/// topology shows and answered at once; written behind, batched with
+/// others into one store transaction.
 #[utoipa::path(post, path = "/v1/heartbeat", tag = "telemetry", request_body = HeartbeatRequest,
     responses((status = 200, description = "stored", body = HeartbeatAck),
         (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "the store is behind; retry", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 503, description = "too many heartbeats wait for the store; retry after Retry-After", body = ProblemBody, content_type = "application/problem+json")))]
 pub async fn heartbeat(
     State(state): State<Shared>,
     Extension(identity): Extension<Identity>,
@@ -1155,14 +1252,11 @@ pub async fn heartbeat(
     req.check()?;
     let payload = serde_json::to_string(&req)
         .map_err(|e| Problem::internal(format!("cannot encode the heartbeat: {e}")))?;
-    state
-        .heartbeats
-        .record(weft_store::Heartbeat {
-            node_id: node.node_id,
-            at: now(),
-            payload,
-        })
-        .await?;
+    state.heartbeats.record(weft_store::Heartbeat {
+        node_id: node.node_id,
+        at: now(),
+        payload,
+    })?;
     Ok(axum::Json(HeartbeatAck {
         accepted: true,
         interval_seconds: crate::telemetry::HEARTBEAT_INTERVAL.as_secs(),
@@ -1239,6 +1333,22 @@ pub async fn topology(
             }
             _ => break,
         }
+    }
+    // Heartbeats this process took but has not written yet are fresher.
+    let fresh = state.heartbeats.fresh(nodes.iter().map(|n| &n.node_id));
+    if !fresh.is_empty() {
+        let mut by_node: HashMap<NodeId, weft_store::Heartbeat> =
+            latest.into_iter().map(|h| (h.node_id, h)).collect();
+        for hb in fresh {
+            match by_node.get(&hb.node_id) {
+                Some(stored) if stored.at >= hb.at => {}
+                _ => {
+                    by_node.insert(hb.node_id, hb);
+                }
+            }
+        }
+        latest = by_node.into_values().collect();
+        latest.sort_by_key(|h| h.node_id);
     }
     let t = crate::telemetry::topology(net.name.as_str(), &nodes, &latest, now());
     if dot {

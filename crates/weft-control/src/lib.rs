@@ -126,6 +126,12 @@ impl Running {
         &self.info
     }
 
+    /// Waits until every heartbeat answered so far is written to the
+    /// store (heartbeats are written behind their answers).
+    pub async fn flush_heartbeats(&self) {
+        self.state.heartbeats.flush().await;
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.state.metrics
@@ -437,6 +443,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
     let (heartbeats, batcher) = telemetry::Batcher::start(
         store.clone(),
         Duration::from_millis(2),
+        metrics.clone(),
         written_tx,
         stop.subscribe(),
     );
@@ -451,6 +458,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         config: config.clone(),
         revocations: Mutex::new(HashMap::new()),
         members: Mutex::new(HashMap::new()),
+        nodes: app::NodeCache::default(),
     });
     let app = app::router(state.clone());
     let publisher_state = state.clone();

@@ -86,6 +86,10 @@ struct Inner {
     rate_limited: Family<KindLabel, Counter>,
     audit_failures: Family<SinkLabel, Counter>,
     open_connections: Gauge,
+    heartbeats_refused: Family<KindLabel, Counter>,
+    heartbeats_dropped: Family<KindLabel, Counter>,
+    heartbeats_written: Counter,
+    heartbeat_queue: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,8 +159,36 @@ impl Metrics {
             "TLS connections open now",
             open_connections.clone(),
         );
+        let heartbeats_refused = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "weft_control_heartbeats_refused",
+            "Heartbeats refused with 503 before they were queued, by reason (queue_full, stopping)",
+            heartbeats_refused.clone(),
+        );
+        let heartbeats_dropped = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "weft_control_heartbeats_dropped",
+            "Heartbeats accepted but not written, by reason (refused by the store, store_error after retries)",
+            heartbeats_dropped.clone(),
+        );
+        let heartbeats_written = Counter::default();
+        registry.register(
+            "weft_control_heartbeats_written",
+            "Heartbeats written to the store",
+            heartbeats_written.clone(),
+        );
+        let heartbeat_queue = Gauge::default();
+        registry.register(
+            "weft_control_heartbeat_queue",
+            "Heartbeats waiting for the store when the last batch was taken",
+            heartbeat_queue.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
+            heartbeats_refused,
+            heartbeats_dropped,
+            heartbeats_written,
+            heartbeat_queue,
             requests,
             latency,
             handshakes,
@@ -244,6 +276,53 @@ impl Metrics {
                 sink: sink.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a heartbeat refused before it was queued.
+    pub fn heartbeat_refused(&self, reason: &str) {
+        self.0
+            .heartbeats_refused
+            .get_or_create(&KindLabel {
+                kind: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Heartbeats refused so far for `reason`.
+    pub fn heartbeats_refused(&self, reason: &str) -> u64 {
+        self.0
+            .heartbeats_refused
+            .get_or_create(&KindLabel {
+                kind: reason.to_owned(),
+            })
+            .get()
+    }
+
+    /// Counts `n` accepted heartbeats that were not written.
+    pub fn heartbeats_dropped(&self, reason: &str, n: u64) {
+        self.0
+            .heartbeats_dropped
+            .get_or_create(&KindLabel {
+                kind: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts `n` heartbeats written.
+    pub fn heartbeats_written(&self, n: u64) {
+        self.0.heartbeats_written.inc_by(n);
+    }
+
+    /// Heartbeats written so far.
+    pub fn heartbeats_written_total(&self) -> u64 {
+        self.0.heartbeats_written.get()
+    }
+
+    /// Sets the queue length seen by the writer.
+    pub fn heartbeat_queue_len(&self, n: usize) {
+        self.0
+            .heartbeat_queue
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// One more open connection.

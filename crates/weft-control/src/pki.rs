@@ -168,6 +168,59 @@ impl Pki {
         }
     }
 
+    /// Makes a new network: a CA for `trust_domain` and a revocation
+    /// authority key, sealed with this data directory's master key, and
+    /// records it. The keys exist only in the database (encrypted); a
+    /// control plane started with `--network NAME`, this `master.key` and
+    /// an empty data directory restores them and serves the network.
+    pub async fn make_network<S: Store>(
+        data_dir: &Path,
+        store: &S,
+        name: &NetworkName,
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+    ) -> Result<Network, ControlError> {
+        let master = MasterKey::load_or_create(&data_dir.join(MASTER_KEY_FILE))?;
+        // The CA writes its keys as files; they go to a private temporary
+        // directory, are sealed, and are deleted with it.
+        let scratch = tempfile::Builder::new()
+            .prefix(".new-network-")
+            .tempdir_in(data_dir)
+            .map_err(ControlError::io(
+                "cannot make a temporary directory in",
+                data_dir.display(),
+            ))?;
+        let ca_dir = scratch.path().join(CA_DIR);
+        let ca = CertificateAuthority::init(trust_domain, CA_TTL)?;
+        ca.save(&ca_dir)?;
+        let authority = CompositeSigningKey::generate().map_err(|e| {
+            ControlError::Inconsistent(format!("cannot make the authority key: {e}"))
+        })?;
+        let pem_text = pem::encode(&pem::Pem::new(
+            AUTHORITY_LABEL,
+            authority.to_bytes().to_vec(),
+        ));
+        write_secret_file(&ca_dir.join(AUTHORITY_KEY_FILE), pem_text.as_bytes(), false)?;
+        let contents = BlobContents {
+            ca_key: read_text_secret(&ca_dir.join(layout::CA_KEY))?,
+            compat_key: read_text_secret(&ca_dir.join(layout::COMPAT_KEY))?,
+            authority_key: read_text_secret(&ca_dir.join(AUTHORITY_KEY_FILE))?,
+        };
+        let blob = master.seal(&contents, name)?;
+        drop(scratch);
+        Ok(store
+            .create_network(
+                NewNetwork {
+                    name: name.clone(),
+                    trust_domain: trust_domain.clone(),
+                    ca_bundle_pem: ca.bundle_pem(),
+                    ca_key: SecretBytes::new(blob),
+                },
+                now,
+            )
+            .await?)
+    }
+
     /// Loads the CA directory and the authority key.
     pub fn load(ca_dir: &Path) -> Result<Self, ControlError> {
         let ca = CertificateAuthority::load(ca_dir)?;

@@ -142,12 +142,16 @@ async fn serve_connection(
         );
     }
     metrics.handshake(&group_label, choice.label(), classical);
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Arc::new(c.clone().into_owned()));
     let info = ConnInfo {
         peer,
-        client_cert: session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.clone().into_owned()),
+        client_svid: client_cert
+            .as_deref()
+            .map(|c| Arc::new(crate::app::PeerSvid::of(c))),
+        client_cert,
         kx_group: group_label,
     };
     let service = app.map_request(move |mut req: Request<Incoming>| {

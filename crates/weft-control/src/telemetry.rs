@@ -1,14 +1,15 @@
 //! Heartbeats and the topology they describe.
 //!
 //! An approved node sends a heartbeat over mTLS: its load, versions and
-//! the links it sees (RTT, loss, cost). Heartbeats are checked, collected
-//! for a few milliseconds into batches of up to 1000, written to the store
-//! in one transaction per batch (latest state plus bounded history), and
-//! published per batch on the bus's telemetry stream. The topology view
+//! the links it sees (RTT, loss, cost). Heartbeats are checked, applied
+//! to an in-memory latest state, answered, and written behind in batches
+//! of up to 1000, one transaction per batch (latest state plus bounded
+//! history), then published per batch on the bus's telemetry stream. The topology view
 //! joins every node with its latest heartbeat's links.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use utoipa::ToSchema;
 use weft_crypto::NodeId;
 use weft_store::{AnyStore, Heartbeat, Store, StoreError, limits};
 
+use crate::metrics::Metrics;
 use crate::problem::Problem;
 
 /// Most links in one heartbeat.
@@ -29,6 +31,8 @@ pub const MAX_VERSIONS: usize = 16;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Most heartbeats waiting for the store before new ones are refused.
 const QUEUE: usize = 20_000;
+/// Tries at writing one batch before it is dropped.
+const STORE_ATTEMPTS: u32 = 3;
 
 /// A link as a node sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -132,27 +136,69 @@ impl HeartbeatRequest {
     }
 }
 
-type Job = (Heartbeat, oneshot::Sender<Result<(), StoreError>>);
-
-/// Collects heartbeats into batches for the store.
+/// Collects heartbeats into batches for the store, write-behind: a
+/// heartbeat is applied to the in-memory latest state and queued, and the
+/// agent is answered at once; a task writes what is queued in batches of
+/// up to [`limits::MAX_HEARTBEAT_BATCH`], one transaction each. The queue
+/// is bounded: when it is full new heartbeats are refused (503 with
+/// `Retry-After`); at shutdown the task writes everything queued before
+/// it ends.
 #[derive(Debug, Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
+    fresh: Arc<Mutex<HashMap<NodeId, Heartbeat>>>,
+    metrics: Metrics,
+}
+
+/// What the writing task takes from its queue.
+#[derive(Debug)]
+enum Job {
+    /// A heartbeat to write.
+    Beat(Heartbeat),
+    /// Answer once everything queued before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Tries to write one batch, retrying a failing store a few times.
+async fn write_batch(
+    store: &AnyStore,
+    batch: &[Heartbeat],
+    metrics: &Metrics,
+) -> Option<Vec<Result<(), StoreError>>> {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=STORE_ATTEMPTS {
+        match store.record_heartbeats(batch.to_vec()).await {
+            Ok(outcomes) => return Some(outcomes),
+            Err(error) if attempt < STORE_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "cannot record heartbeats; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(error) => {
+                tracing::error!(%error, heartbeats = batch.len(), "cannot record heartbeats; dropping the batch");
+                metrics.heartbeats_dropped("store_error", batch.len() as u64);
+            }
+        }
+    }
+    None
 }
 
 impl Batcher {
-    /// Starts the batching task: it waits for a heartbeat, collects more
-    /// for up to `linger` (at most [`limits::MAX_HEARTBEAT_BATCH`]),
-    /// writes them in one transaction and answers each. `published` gets
+    /// Starts the writing task: it waits for a heartbeat, takes what else
+    /// is queued, collects more for up to `linger` while the batch is not
+    /// full, and writes the batch in one transaction. `published` gets
     /// each written batch (for the bus).
     pub fn start(
         store: AnyStore,
         linger: Duration,
+        metrics: Metrics,
         published: mpsc::Sender<Vec<Heartbeat>>,
         mut stop: watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let task_metrics = metrics.clone();
         let task = tokio::spawn(async move {
+            let metrics = task_metrics;
             let mut stopping = false;
             loop {
                 let first = tokio::select! {
@@ -169,74 +215,140 @@ impl Batcher {
                         continue;
                     }
                 };
-                let mut jobs = vec![first];
-                let deadline = tokio::time::Instant::now() + linger;
-                while jobs.len() < limits::MAX_HEARTBEAT_BATCH {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(job)) => jobs.push(job),
-                        Ok(None) | Err(_) => break,
+                let mut batch = Vec::new();
+                let mut flushes = Vec::new();
+                fn take(
+                    job: Job,
+                    batch: &mut Vec<Heartbeat>,
+                    flushes: &mut Vec<oneshot::Sender<()>>,
+                ) {
+                    match job {
+                        Job::Beat(hb) => batch.push(hb),
+                        Job::Flush(done) => flushes.push(done),
                     }
                 }
-                let batch: Vec<Heartbeat> = jobs.iter().map(|(h, _)| h.clone()).collect();
-                match store.record_heartbeats(batch).await {
-                    Ok(outcomes) => {
-                        let mut written = Vec::with_capacity(jobs.len());
-                        for ((hb, reply), outcome) in jobs.into_iter().zip(outcomes) {
-                            if outcome.is_ok() {
-                                written.push(hb);
-                            }
-                            let _ = reply.send(outcome);
-                        }
-                        if !written.is_empty() {
-                            let _ = published.try_send(written);
+                take(first, &mut batch, &mut flushes);
+                // A flush ends the batch: it is answered once it is written.
+                while batch.len() < limits::MAX_HEARTBEAT_BATCH && flushes.is_empty() {
+                    match rx.try_recv() {
+                        Ok(job) => take(job, &mut batch, &mut flushes),
+                        Err(_) => break,
+                    }
+                }
+                if !stopping && !linger.is_zero() && flushes.is_empty() {
+                    let deadline = tokio::time::Instant::now() + linger;
+                    while batch.len() < limits::MAX_HEARTBEAT_BATCH && flushes.is_empty() {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(job)) => take(job, &mut batch, &mut flushes),
+                            Ok(None) | Err(_) => break,
                         }
                     }
-                    Err(e) => {
-                        let text = e.to_string();
-                        tracing::error!(error = %text, "cannot record heartbeats");
-                        for (_, reply) in jobs {
-                            let _ = reply.send(Err(StoreError::Conflict {
-                                what: "heartbeat batch",
-                                id: String::new(),
-                                reason: text.clone(),
-                            }));
+                }
+                if batch.is_empty() {
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                    continue;
+                }
+                metrics.heartbeat_queue_len(rx.len());
+                let Some(outcomes) = write_batch(&store, &batch, &metrics).await else {
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                    continue;
+                };
+                let mut written = Vec::with_capacity(batch.len());
+                for (hb, outcome) in batch.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(()) => written.push(hb),
+                        Err(error) => {
+                            // Checked and authenticated before it was queued:
+                            // the node was revoked meanwhile, or the store
+                            // refused the payload.
+                            tracing::debug!(node = %hb.node_id, %error, "heartbeat refused by the store");
+                            metrics.heartbeats_dropped("refused", 1);
                         }
                     }
+                }
+                metrics.heartbeats_written(written.len() as u64);
+                if !written.is_empty() {
+                    let _ = published.try_send(written);
+                }
+                for done in flushes {
+                    let _ = done.send(());
                 }
             }
         });
-        (Self { tx }, task)
+        (
+            Self {
+                tx,
+                fresh: Arc::new(Mutex::new(HashMap::new())),
+                metrics,
+            },
+            task,
+        )
     }
 
-    /// Queues a heartbeat and waits until its batch is written.
-    pub async fn record(&self, heartbeat: Heartbeat) -> Result<(), Problem> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.try_send((heartbeat, reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Problem::unavailable(format!(
-                "{QUEUE} heartbeats are waiting for the store; retry in a second"
-            ))
-            .with_header(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            ),
-            mpsc::error::TrySendError::Closed(_) => {
-                Problem::unavailable("the control plane is shutting down; retry elsewhere")
+    /// Applies a heartbeat to the latest state and queues it for the
+    /// store; refused (503) when the queue is full or the control plane
+    /// is stopping.
+    pub fn record(&self, heartbeat: Heartbeat) -> Result<(), Problem> {
+        let node_id = heartbeat.node_id;
+        let latest = heartbeat.clone();
+        self.tx
+            .try_send(Job::Beat(heartbeat))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.metrics.heartbeat_refused("queue_full");
+                    Problem::unavailable(format!(
+                        "{QUEUE} heartbeats are waiting for the store; retry in a second"
+                    ))
+                    .with_header(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from_static("1"),
+                    )
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    self.metrics.heartbeat_refused("stopping");
+                    Problem::unavailable("the control plane is shutting down; retry elsewhere")
+                }
+            })?;
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        match fresh.get(&node_id) {
+            Some(old) if old.at > latest.at => {}
+            _ => {
+                fresh.insert(node_id, latest);
             }
-        })?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(StoreError::Conflict {
-                what: "heartbeat batch",
-                reason,
-                ..
-            })) => Err(Problem::unavailable(format!(
-                "the heartbeat could not be stored: {reason}"
-            ))),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Problem::unavailable(
-                "the control plane stopped before the heartbeat was stored",
-            )),
         }
+        Ok(())
+    }
+
+    /// Waits until every heartbeat queued before the call is written (or
+    /// dropped after the store failed); returns at once if the writer has
+    /// stopped.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The latest heartbeat this process received from each of `nodes`
+    /// (possibly not yet in the store).
+    pub fn fresh<'a>(&self, nodes: impl IntoIterator<Item = &'a NodeId>) -> Vec<Heartbeat> {
+        let fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .into_iter()
+            .filter_map(|id| fresh.get(id).cloned())
+            .collect()
+    }
+
+    /// Forgets a node's latest state (it was revoked).
+    pub fn forget(&self, node_id: &NodeId) {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node_id);
     }
 }
 

@@ -599,3 +599,103 @@ async fn a_second_control_plane_restores_the_ca_from_postgres() {
     second.shutdown().await;
     h.stop().await;
 }
+
+/// `POST /v1/networks` makes a network with its own CA, sealed in the
+/// database; a second control plane started with `network` set to it and
+/// a copy of `master.key` serves it, and nodes enroll into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_network_is_served_by_a_second_control_plane() {
+    use weft_control::api::CreateNetwork;
+    let h = Harness::start(Db::Postgres).await;
+    let admin = h.admin();
+    let made = admin
+        .create_network(&CreateNetwork {
+            name: "lab".into(),
+            trust_domain: "lab.weft.test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (made.name.as_str(), made.trust_domain.as_str(), made.served),
+        ("lab", "lab.weft.test", false)
+    );
+    let fingerprint = made.ca_fingerprint.clone().unwrap();
+    assert_ne!(fingerprint, h.running().info().ca_fingerprint);
+    // Taken names and trust domains, bad names: refused.
+    for (name, td, status) in [
+        ("lab", "other.weft.test", 409),
+        ("lab2", "lab.weft.test", 409),
+        ("Not A Name", "x.weft.test", 400),
+        ("ok", "not a domain!", 400),
+    ] {
+        let e = admin
+            .create_network(&CreateNetwork {
+                name: name.into(),
+                trust_domain: td.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(status), "{name} {td}: {e}");
+    }
+    let listed = admin.list_networks(None, None).await.unwrap();
+    let names: Vec<(&str, bool)> = listed
+        .items
+        .iter()
+        .map(|n| (n.name.as_str(), n.served))
+        .collect();
+    assert_eq!(names, [("default", true), ("lab", false)]);
+    let creates = admin
+        .audit(&[("action", Some("network.create".into()))])
+        .await
+        .unwrap();
+    assert_eq!(creates.items.len(), 5);
+    assert_eq!(creates.items.last().unwrap().result, "success");
+
+    // A second control plane serves it.
+    let other = tempfile::tempdir().unwrap();
+    let mut config = common::config(other.path());
+    config.db = Some(format!(
+        "postgres://postgres@127.0.0.1:5432/{}",
+        h.pg_db.clone().unwrap()
+    ));
+    config.network = weft_store::NetworkName::new("lab").unwrap();
+    config.trust_domain = weft_crypto::TrustDomain::new("lab.weft.test").unwrap();
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    std::fs::copy(
+        h.data_dir().join("master.key"),
+        config.data_dir.join("master.key"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        config.data_dir.join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let lab = weft_control::start(config).await.unwrap();
+    assert_eq!(lab.info().ca_fingerprint, fingerprint);
+    assert_eq!(lab.info().network, "lab");
+    let lab_admin = ControlClient::new(
+        &lab.info().url,
+        weft_control::client::Trust::fingerprint(&fingerprint).unwrap(),
+        None,
+        Some(h.admin.clone()),
+    )
+    .unwrap();
+    let token = lab_admin
+        .create_join_token("lab", &token_request(1, true))
+        .await
+        .unwrap();
+    let trust = weft_control::client::Trust::fingerprint(&fingerprint).unwrap();
+    let state = agent::enroll(&lab.info().url, &token.token, trust, &h.agent_dir("lab0"))
+        .await
+        .unwrap();
+    assert!(
+        state
+            .settings
+            .spiffe_id
+            .starts_with("spiffe://lab.weft.test/node/")
+    );
+    lab.shutdown().await;
+    h.stop().await;
+}

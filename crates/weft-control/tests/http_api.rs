@@ -221,6 +221,9 @@ fn call_for(method: &str, path: &str) -> (String, Option<Vec<u8>>) {
         "/v1/enroll" => Some(br#"{"token":"x","identity_public_key":"","svid_public_key":"","kem_public_key":"","signature":"","svid_key_signature":""}"#.to_vec()),
         "/v1/enroll/claim" => Some(br#"{"identity_public_key":"","svid_public_key":"","issued_at":0,"signature":"","svid_key_signature":""}"#.to_vec()),
         "/v1/api-tokens" => Some(br#"{"name":"made in rbac","role":"viewer"}"#.to_vec()),
+        "/v1/networks" if method == "POST" => {
+            Some(br#"{"name":"rbac","trust_domain":"rbac.weft.test"}"#.to_vec())
+        }
         "/v1/heartbeat" => Some(br#"{"seq":1}"#.to_vec()),
         "/v1/networks/default/policy" if method == "PUT" => {
             Some(br#"{"document":{"default":"deny","rules":[]}}"#.to_vec())

@@ -135,7 +135,8 @@ async fn heartbeats_and_topology(h: &Harness) {
         "{dot}"
     );
 
-    // History and the bus.
+    // History and the bus, once the heartbeats are written behind.
+    h.running().flush_heartbeats().await;
     let id = a.settings.node_id.parse().unwrap();
     assert_eq!(h.store().heartbeat_history(&id, 10).await.unwrap().len(), 2);
     let shown = admin.get_node(&a.settings.node_id).await.unwrap();

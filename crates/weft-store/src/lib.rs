@@ -47,6 +47,39 @@ pub use store::Store;
 /// in `migrations/sqlite` and `migrations/postgres` (kept equal).
 pub const SCHEMA_VERSION: i64 = 3;
 
+/// Heartbeat history rows written per node since its history was last
+/// pruned, in this process: history is pruned in bulk, a node at a time
+/// once it has a quarter of its bound (at least one row) in excess.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Unpruned(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<weft_crypto::NodeId, u32>>>,
+);
+
+impl Unpruned {
+    /// Counts `added` new rows for each node; returns the nodes now due
+    /// for pruning (their counts reset), given the bound `keep`.
+    pub(crate) fn add(
+        &self,
+        added: impl IntoIterator<Item = weft_crypto::NodeId>,
+        keep: u32,
+    ) -> Vec<weft_crypto::NodeId> {
+        let slack = (keep / 4).max(1);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        for id in added {
+            let n = map.entry(id).or_insert(0);
+            *n += 1;
+            if *n == slack {
+                due.push(id);
+            }
+        }
+        for id in &due {
+            map.remove(id);
+        }
+        due
+    }
+}
+
 /// Settings shared by both backends.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {

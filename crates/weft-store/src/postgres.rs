@@ -29,6 +29,7 @@ mod shared;
 pub struct PgStore {
     pool: PgPool,
     config: StoreConfig,
+    unpruned: crate::Unpruned,
 }
 
 impl PgStore {
@@ -55,7 +56,11 @@ impl PgStore {
             .map_err(StoreError::db("connect to PostgreSQL"))?;
         MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         tracing::debug!("opened the PostgreSQL store");
-        Ok(Self { pool, config })
+        Ok(Self {
+            pool,
+            config,
+            unpruned: crate::Unpruned::default(),
+        })
     }
 
     /// The settings it was opened with.
@@ -65,6 +70,10 @@ impl PgStore {
 
     fn reader(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn unpruned(&self) -> &crate::Unpruned {
+        &self.unpruned
     }
 
     fn writer(&self) -> &PgPool {

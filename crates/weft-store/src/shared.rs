@@ -1405,13 +1405,10 @@ impl Store for Backend {
     // ----------------------------------------------------------- telemetry
 
     async fn record_heartbeat(&self, hb: Heartbeat) -> Result<()> {
-        check_heartbeat(&hb)?;
-        let keep = i64::from(self.config().heartbeat_history);
-        let mut tx = self.begin().await?;
-        heartbeat_in_tx(&mut tx, &hb, keep).await??;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("record a heartbeat"))
+        self.record_heartbeats(vec![hb])
+            .await?
+            .pop()
+            .unwrap_or(Ok(()))
     }
 
     async fn record_heartbeats(&self, batch: Vec<Heartbeat>) -> Result<Vec<Result<()>>> {
@@ -1424,18 +1421,141 @@ impl Store for Backend {
                 ),
             ));
         }
-        let keep = i64::from(self.config().heartbeat_history);
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut tx = self.begin().await?;
-        for hb in &batch {
-            outcomes.push(match check_heartbeat(hb) {
-                Ok(()) => heartbeat_in_tx(&mut tx, hb, keep).await?,
-                Err(e) => Err(e),
-            });
+        const DO: &str = "record heartbeats";
+        let keep = self.config().heartbeat_history;
+        let mut outcomes: Vec<Result<()>> = batch.iter().map(check_heartbeat).collect();
+        let ids: Vec<String> = batch.iter().map(|hb| hb.node_id.to_string()).collect();
+        let mut distinct: Vec<&str> = ids
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_ok())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.is_empty() {
+            return Ok(outcomes);
         }
-        tx.commit()
+        let mut tx = self.begin().await?;
+        // One statement per step for the whole batch: the nodes' status,
+        // the latest states, the history rows, `last_seen`, and pruning
+        // of the nodes whose history is due.
+        let mut q = QueryBuilder::<Db>::new("SELECT node_id, status FROM nodes WHERE node_id IN (");
+        let mut list = q.separated(", ");
+        for id in &distinct {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let rows = q
+            .build()
+            .fetch_all(&mut *tx)
             .await
-            .map_err(StoreError::db("record heartbeats"))?;
+            .map_err(StoreError::db(DO))?;
+        let mut status = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = col(row, "node_id", "node", "?")?;
+            let st: String = col(row, "status", "node", &id)?;
+            status.insert(id, st);
+        }
+        let mut accepted = Vec::with_capacity(batch.len());
+        for (i, id) in ids.iter().enumerate() {
+            if outcomes[i].is_err() {
+                continue;
+            }
+            outcomes[i] = match status.get(id).map(|s| s.parse::<NodeStatus>()) {
+                None => Err(StoreError::not_found("node", id)),
+                Some(Err(e)) => Err(StoreError::corrupt("node", id, e)),
+                Some(Ok(NodeStatus::Approved)) => {
+                    accepted.push(i);
+                    Ok(())
+                }
+                Some(Ok(other)) => Err(StoreError::NodeState {
+                    node_id: id.clone(),
+                    status: other,
+                    action: "send heartbeats",
+                }),
+            };
+        }
+        if accepted.is_empty() {
+            tx.commit().await.map_err(StoreError::db(DO))?;
+            return Ok(outcomes);
+        }
+        // The newest heartbeat of each node (the later one on a tie): one
+        // row per node, as an upsert may touch a row once.
+        let mut newest: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for &i in &accepted {
+            let slot = newest.entry(ids[i].as_str()).or_insert(i);
+            if batch[i].at >= batch[*slot].at {
+                *slot = i;
+            }
+        }
+        let mut q =
+            QueryBuilder::<Db>::new("INSERT INTO heartbeats_latest (node_id, at, payload) ");
+        q.push_values(newest.values(), |mut row, &i| {
+            row.push_bind(ids[i].as_str())
+                .push_bind(to_micros(batch[i].at))
+                .push_bind(batch[i].payload.as_str());
+        });
+        q.push(
+            " ON CONFLICT (node_id) DO UPDATE SET at = excluded.at, payload = excluded.payload \
+             WHERE heartbeats_latest.at <= excluded.at",
+        );
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(DO))?;
+        let mut q =
+            QueryBuilder::<Db>::new("INSERT INTO heartbeat_history (node_id, at, payload) ");
+        q.push_values(&accepted, |mut row, &i| {
+            row.push_bind(ids[i].as_str())
+                .push_bind(to_micros(batch[i].at))
+                .push_bind(batch[i].payload.as_str());
+        });
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(DO))?;
+        // The latest state holds each node's newest time: last_seen
+        // follows it, never back.
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE nodes SET last_seen = \
+             (SELECT h.at FROM heartbeats_latest h WHERE h.node_id = nodes.node_id) \
+             WHERE node_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in newest.keys() {
+            list.push_bind(*id);
+        }
+        q.push(
+            ") AND (last_seen IS NULL OR last_seen < \
+             (SELECT h.at FROM heartbeats_latest h WHERE h.node_id = nodes.node_id))",
+        );
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(DO))?;
+        let due = self
+            .unpruned()
+            .add(accepted.iter().map(|&i| batch[i].node_id), keep);
+        if !due.is_empty() {
+            let mut q = QueryBuilder::<Db>::new(
+                "DELETE FROM heartbeat_history WHERE seq IN (SELECT seq FROM \
+                 (SELECT seq, ROW_NUMBER() OVER (PARTITION BY node_id ORDER BY seq DESC) AS rn \
+                 FROM heartbeat_history WHERE node_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in &due {
+                list.push_bind(id.to_string());
+            }
+            q.push(")) ranked WHERE rn > ")
+                .push_bind(i64::from(keep))
+                .push(")");
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("prune heartbeat history"))?;
+        }
+        tx.commit().await.map_err(StoreError::db(DO))?;
         Ok(outcomes)
     }
 
@@ -1488,7 +1608,9 @@ impl Store for Backend {
     }
 
     async fn heartbeat_history(&self, node_id: &NodeId, limit: u32) -> Result<Vec<Heartbeat>> {
-        let limit = check_limit(limit)?;
+        // Pruning runs in bulk, so up to a quarter more rows than the
+        // bound may be stored for a while; the newest `keep` are the history.
+        let limit = check_limit(limit)?.min(i64::from(self.config().heartbeat_history));
         let rows = sqlx::query(
             "SELECT node_id, at, payload FROM heartbeat_history WHERE node_id = $1 \
              ORDER BY seq DESC LIMIT $2",
@@ -1873,73 +1995,6 @@ impl Store for Backend {
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
-}
-
-/// Records one checked heartbeat in `tx`. The outer error is a database
-/// failure (the transaction is lost); the inner one refuses this heartbeat
-/// only (unknown or unapproved node) and changes nothing.
-async fn heartbeat_in_tx(
-    tx: &mut sqlx::Transaction<'static, Db>,
-    hb: &Heartbeat,
-    keep: i64,
-) -> Result<Result<()>> {
-    let node_id = hb.node_id.to_string();
-    let at = to_micros(hb.at);
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM nodes WHERE node_id = $1")
-        .bind(&node_id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(StoreError::db("record a heartbeat"))?;
-    let Some(status) = status else {
-        return Ok(Err(StoreError::not_found("node", &node_id)));
-    };
-    let status: NodeStatus = match status.parse() {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(StoreError::corrupt("node", &node_id, e))),
-    };
-    if status != NodeStatus::Approved {
-        return Ok(Err(StoreError::NodeState {
-            node_id,
-            status,
-            action: "send heartbeats",
-        }));
-    }
-    sqlx::query(
-        "INSERT INTO heartbeats_latest (node_id, at, payload) VALUES ($1, $2, $3) \
-         ON CONFLICT (node_id) DO UPDATE SET at = excluded.at, payload = excluded.payload \
-         WHERE heartbeats_latest.at <= excluded.at",
-    )
-    .bind(&node_id)
-    .bind(at)
-    .bind(&hb.payload)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::db("record a heartbeat"))?;
-    sqlx::query("INSERT INTO heartbeat_history (node_id, at, payload) VALUES ($1, $2, $3)")
-        .bind(&node_id)
-        .bind(at)
-        .bind(&hb.payload)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::db("record a heartbeat"))?;
-    sqlx::query(
-        "DELETE FROM heartbeat_history WHERE node_id = $1 AND seq <= \
-         (SELECT seq FROM heartbeat_history WHERE node_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
-    )
-    .bind(&node_id)
-    .bind(keep)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::db("prune heartbeat history"))?;
-    sqlx::query(
-        "UPDATE nodes SET last_seen = $2 WHERE node_id = $1 AND (last_seen IS NULL OR last_seen < $2)",
-    )
-    .bind(&node_id)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::db("record a heartbeat"))?;
-    Ok(Ok(()))
 }
 
 async fn network_exists(tx: &mut sqlx::Transaction<'static, Db>, id: NetworkId) -> Result<()> {

@@ -38,6 +38,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
     config: StoreConfig,
+    unpruned: crate::Unpruned,
 }
 
 impl SqliteStore {
@@ -88,6 +89,7 @@ impl SqliteStore {
             reader,
             writer,
             config,
+            unpruned: crate::Unpruned::default(),
         })
     }
 
@@ -98,6 +100,10 @@ impl SqliteStore {
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    fn unpruned(&self) -> &crate::Unpruned {
+        &self.unpruned
     }
 
     fn writer(&self) -> &SqlitePool {
