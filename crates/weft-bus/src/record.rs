@@ -173,7 +173,30 @@ pub enum RecordError {
 
 /// Appends the encoding of `record` to `out`.
 pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let total = record.encoded_len();
+    match record {
+        Record::Message(m) => encode_message(m, out),
+        Record::Delete { seq, time_ns } => encode(KIND_DELETE, *seq, *time_ns, None, out),
+        Record::Floor { seq, time_ns } => encode(KIND_FLOOR, *seq, *time_ns, None, out),
+    }
+}
+
+/// Appends the encoding of a message record to `out` (the same bytes as
+/// [`encode_record`] of `Record::Message`).
+pub fn encode_message(m: &MessageRecord, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    encode(KIND_MESSAGE, m.seq, m.time_ns, Some(m), out)
+}
+
+fn encode(
+    kind: u8,
+    seq: u64,
+    time_ns: u64,
+    message: Option<&MessageRecord>,
+    out: &mut Vec<u8>,
+) -> Result<(), RecordError> {
+    let total = message.map_or(
+        RECORD_PREFIX_LEN + BODY_FIXED_LEN,
+        MessageRecord::encoded_len,
+    );
     let body_len = total - RECORD_PREFIX_LEN;
     if body_len > MAX_BODY_LEN {
         return Err(RecordError::TooLarge { size: body_len });
@@ -182,15 +205,10 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), RecordErr
     out.reserve(total);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    let (kind, seq, time_ns) = match record {
-        Record::Message(m) => (KIND_MESSAGE, m.seq, m.time_ns),
-        Record::Delete { seq, time_ns } => (KIND_DELETE, *seq, *time_ns),
-        Record::Floor { seq, time_ns } => (KIND_FLOOR, *seq, *time_ns),
-    };
     out.push(kind);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&time_ns.to_le_bytes());
-    if let Record::Message(m) = record {
+    if let Some(m) = message {
         let field = |field: &'static str, reason: String| RecordError::Field { field, reason };
         let subject = m.subject.as_str().as_bytes();
         out.extend_from_slice(&(subject.len() as u16).to_le_bytes());

@@ -382,3 +382,55 @@ async fn retention_floor_survives_reopen() {
     assert_eq!((info.state.messages, info.state.first_seq), (2, 4));
     bus.close().await;
 }
+
+#[tokio::test]
+async fn an_extended_segment_is_closed_early_for_a_zero_filled_one() {
+    // 256 KiB segments: the filling of the next one starts once the first
+    // (extended) segment holds half of that, and the first batch after it
+    // finished moves to it, long before the first segment is full.
+    let cfg = EmbeddedConfig {
+        segment_bytes: 256 << 10,
+        ..EmbeddedConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let body = "p".repeat(1000);
+    let mut published = 0u64;
+    {
+        let bus = EmbeddedBus::open(dir.path(), cfg).unwrap();
+        bus.create_stream(StreamConfig::new(
+            "e",
+            vec![SubjectFilter::new("e").unwrap()],
+        ))
+        .await
+        .unwrap();
+        // Each publish waits for its fsync, so the filling (256 KiB, one
+        // fsync, on its own thread) finishes long before the ~120
+        // publishes after it started are done; 240 records are 254 KiB,
+        // so a second segment before them all means an early close.
+        while published < 240 && segments(dir.path(), "e").len() < 2 {
+            bus.publish(msg("e", &body)).await.unwrap();
+            published += 1;
+        }
+        assert_eq!(segments(dir.path(), "e").len(), 2, "no early move");
+        for _ in 0..5 {
+            bus.publish(msg("e", &body)).await.unwrap();
+            published += 1;
+        }
+        bus.close().await;
+    }
+    let segs = segments(dir.path(), "e");
+    let first = std::fs::metadata(&segs[0]).unwrap().len();
+    let second = std::fs::metadata(&segs[1]).unwrap().len();
+    assert!(
+        first < 256 << 10,
+        "first segment {first} bytes, closed early"
+    );
+    assert_eq!(second, 256 << 10, "the second was zero-filled ahead of use");
+    let bus = EmbeddedBus::open(dir.path(), cfg).unwrap();
+    let info = bus.stream_info("e").await.unwrap();
+    assert_eq!(info.state.messages, published);
+    assert_eq!(info.state.last_seq, published);
+    let last = bus.get_message("e", published).await.unwrap();
+    assert_eq!(last.payload.len(), 1000);
+    bus.close().await;
+}

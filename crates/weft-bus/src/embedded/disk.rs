@@ -18,6 +18,11 @@
 //! records per `write` + `fdatasync` ran about twice as fast over a
 //! zero-filled file as appending). A segment's records end at the first
 //! length field that is zero with only zero bytes after it.
+//!
+//! A segment that is extended instead (the first of a stream, or one
+//! started before the filling was done) is closed early, once the
+//! zero-filled one is ready; the filling of that one starts when the
+//! extended segment holds [`EARLY_PREALLOC_AFTER`] bytes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -25,8 +30,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-
-use tokio::sync::{Notify, watch};
 
 use super::Now;
 use super::queue::{Batch, Completion, Queue, QueueTx};
@@ -46,6 +49,18 @@ const MAX_PREALLOCATED_SEGMENT: u64 = 256 << 20;
 
 /// The next segment while it is being zero-filled.
 const PREALLOC_FILE: &str = "prealloc.tmp";
+
+/// A segment that is being extended (not zero-filled ahead: the first one
+/// of a stream, or one started while the filling was not done) is closed
+/// early, in favour of a zero-filled one, once it holds this much: a
+/// stream that carries real traffic soon writes in place, one that holds a
+/// handful of messages (most dead-letter streams) never fills a segment.
+const EARLY_PREALLOC_AFTER: u64 = 1 << 20;
+
+/// The zero-filling syncs every this many bytes, so that it never has a
+/// large amount of dirty data for one flush (which would stall the
+/// commit batches' `fdatasync`s queued behind it on the device).
+const ZERO_FILL_SYNC_EVERY: u64 = 4 << 20;
 
 /// Sizes the disk backend works with.
 #[derive(Debug, Clone, Copy)]
@@ -97,15 +112,22 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, BusError> {
     Ok(out)
 }
 
-/// Writes a file of `len` zero bytes and syncs it, data and size.
+/// Writes a file of `len` zero bytes and syncs it, data and size (in
+/// steps of [`ZERO_FILL_SYNC_EVERY`]).
 fn zero_fill(path: &Path, len: u64) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = len;
+    let mut unsynced = 0;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
         f.write_all(&zeros[..n])?;
         left -= n as u64;
+        unsynced += n as u64;
+        if unsynced >= ZERO_FILL_SYNC_EVERY {
+            f.sync_data()?;
+            unsynced = 0;
+        }
     }
     f.sync_all()
 }
@@ -168,6 +190,9 @@ struct Writer {
     /// Where the records of the active segment end (its file may be
     /// longer: zeros written ahead).
     active_len: u64,
+    /// The active segment was zero-filled ahead of use (written in place)
+    /// rather than extended by each batch.
+    active_filled: bool,
     segs: Vec<SegMeta>,
     limits: DiskLimits,
     /// The zero-filling of the next segment, once started.
@@ -216,10 +241,13 @@ pub(crate) fn open_stream(
     let mut last_msg = 0u64;
     let count = bases.len();
     let mut active_len = 0;
+    let mut active_filled = false;
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base);
         let bytes = fs::read(&path).map_err(io("read", &path))?;
         let scan = scan_segment(&bytes, last_msg);
+        // Zeros after the records: the segment was filled ahead of use.
+        active_filled = bytes.len() > scan.valid_len;
         // Where the bytes that are not zero end.
         let data_end = match &scan.tail {
             Tail::Clean => bytes.len(),
@@ -404,12 +432,9 @@ pub(crate) fn open_stream(
         config,
         dlq,
         dir: Some(dir.to_owned()),
-        shared: Arc::new(Shared {
-            state: Mutex::new(st),
-            notify: Notify::new(),
-            durable: watch::Sender::new(durable),
-        }),
+        shared: Arc::new(Shared::new(st, durable)),
         writer: Mutex::new(None),
+        counters: std::sync::OnceLock::new(),
     });
     {
         // Persist limits that recovery applied (e.g. max age passed while down).
@@ -423,6 +448,7 @@ pub(crate) fn open_stream(
         queue,
         active,
         active_len,
+        active_filled,
         segs,
         limits,
         prealloc: None,
@@ -466,12 +492,18 @@ impl Writer {
         }
     }
 
-    /// Starts zero-filling the next segment once the active one is half
-    /// full (on a thread of its own, off the commit path).
+    /// Starts zero-filling the next segment (on a thread of its own, off
+    /// the commit path) once the active one is half full, or, when the
+    /// active one is being extended, once it holds
+    /// [`EARLY_PREALLOC_AFTER`] bytes.
     fn prepare_next_segment(&mut self) {
         let size = self.limits.segment_bytes;
-        if self.prealloc.is_some() || size > MAX_PREALLOCATED_SEGMENT || self.active_len < size / 2
-        {
+        let due = if self.active_filled {
+            self.active_len >= size / 2
+        } else {
+            self.active_len >= EARLY_PREALLOC_AFTER.min(size / 2)
+        };
+        if self.prealloc.is_some() || size > MAX_PREALLOCATED_SEGMENT || !due {
             return;
         }
         let path = self.dir.join(PREALLOC_FILE);
@@ -495,7 +527,12 @@ impl Writer {
                 reason: lock(&shared.state).poisoned.clone().unwrap_or_default(),
             });
         }
-        if self.active_len >= self.limits.segment_bytes
+        // A full segment is closed; one being extended is closed early
+        // as soon as a zero-filled one is ready to take its place.
+        let full = self.active_len >= self.limits.segment_bytes;
+        let filled_ready =
+            !self.active_filled && self.prealloc.as_ref().is_some_and(|h| h.is_finished());
+        if (full || filled_ready)
             && let Some(first) = batch.entries.first()
         {
             self.rotate(shared, first.seq)?;
@@ -541,7 +578,7 @@ impl Writer {
             }
             (st.take_dirty_consumers(), st.min_live())
         };
-        shared.notify.notify_waiters();
+        shared.wake_fetchers();
         let cdir = self.dir.join("consumers");
         for (name, bytes) in snapshots {
             write_atomic(&cdir.join(format!("{name}.json")), &bytes)?;
@@ -604,6 +641,7 @@ impl Writer {
             .insert(base, (Arc::new(reader), path.clone()));
         self.active = file;
         self.active_len = 0;
+        self.active_filled = prepared;
         self.segs.push(SegMeta {
             base,
             last_msg: None,

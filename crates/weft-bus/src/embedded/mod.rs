@@ -15,6 +15,7 @@ mod stream;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -116,21 +117,61 @@ impl Clock {
     }
 }
 
+/// A stream's counters, updated without a lock (a publish adds to one
+/// of them).
 #[derive(Default)]
-struct Counters(Mutex<BusCounters>);
+pub(crate) struct AtomicCounters {
+    published: AtomicU64,
+    duplicates: AtomicU64,
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
+    acked: AtomicU64,
+    naked: AtomicU64,
+    terminated: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl AtomicCounters {
+    fn snapshot(&self) -> StreamCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StreamCounters {
+            published: get(&self.published),
+            duplicates: get(&self.duplicates),
+            delivered: get(&self.delivered),
+            redelivered: get(&self.redelivered),
+            acked: get(&self.acked),
+            naked: get(&self.naked),
+            terminated: get(&self.terminated),
+            dead_lettered: get(&self.dead_lettered),
+        }
+    }
+}
+
+/// The bus's counters: per stream name (kept when a stream is deleted, and
+/// continued when one of the same name is created again) and refusals.
+#[derive(Default)]
+struct Counters {
+    streams: Mutex<BTreeMap<String, Arc<AtomicCounters>>>,
+    refusals: Mutex<BTreeMap<String, u64>>,
+}
 
 impl Counters {
-    fn stream(&self, name: &str, f: impl FnOnce(&mut StreamCounters)) {
-        let mut c = lock(&self.0);
-        // Called on every publish: allocate the name only the first time.
-        match c.streams.get_mut(name) {
-            Some(s) => f(s),
-            None => f(c.streams.entry(name.to_owned()).or_default()),
-        }
+    /// The counters of stream `s`, looked up by name once per stream.
+    fn of<'a>(&self, s: &'a Stream) -> &'a AtomicCounters {
+        s.counters.get_or_init(|| {
+            lock(&self.streams)
+                .entry(s.name.clone())
+                .or_default()
+                .clone()
+        })
     }
 
     fn refuse(&self, reason: &str) {
-        *lock(&self.0).refusals.entry(reason.to_owned()).or_default() += 1;
+        *lock(&self.refusals).entry(reason.to_owned()).or_default() += 1;
     }
 
     /// Counts an error if it is a refusal of the caller's input.
@@ -141,6 +182,16 @@ impl Counters {
             self.refuse(reason);
         }
         r
+    }
+
+    fn snapshot(&self) -> BusCounters {
+        BusCounters {
+            streams: lock(&self.streams)
+                .iter()
+                .map(|(n, c)| (n.clone(), c.snapshot()))
+                .collect(),
+            refusals: lock(&self.refusals).clone(),
+        }
     }
 }
 
@@ -326,13 +377,15 @@ impl EmbeddedBus {
     async fn publish_internal(&self, msg: OutgoingMessage) -> Result<PublishAck, BusError> {
         let stream = self.stream_for(&msg.subject)?;
         let (sequence, duplicate) = stream.publish(msg, self.now()).await?;
-        self.inner.counters.stream(&stream.name, |c| {
+        let c = self.inner.counters.of(&stream);
+        add(
             if duplicate {
-                c.duplicates += 1;
+                &c.duplicates
             } else {
-                c.published += 1;
-            }
-        });
+                &c.published
+            },
+            1,
+        );
         Ok(PublishAck {
             stream: stream.name.clone(),
             sequence,
@@ -421,10 +474,8 @@ impl EmbeddedBus {
             };
             let dstream = self.stream(dlq)?;
             dstream.publish(out, self.now()).await?;
-            self.inner.counters.stream(dlq, |c| c.published += 1);
-            self.inner
-                .counters
-                .stream(&s.name, |c| c.dead_lettered += 1);
+            add(&self.inner.counters.of(&dstream).published, 1);
+            add(&self.inner.counters.of(s).dead_lettered, 1);
         } else if s.dlq.is_none() {
             tracing::warn!(stream = %s.name, consumer, seq = cand.seq, reason = %cand.reason,
                 "message of a dead-letter stream given up by its consumer; it stays in the stream");
@@ -575,6 +626,8 @@ impl Backend for EmbeddedBus {
         }
         let s = self.stream(stream)?;
         let deadline = Instant::now() + request.expires.min(Duration::from_secs(3600));
+        // Counted before the first look at the stream (see `wake_fetchers`).
+        let _fetching = stream::FetchGuard::new(&s.shared);
         loop {
             let notified = s.shared.notify.notified();
             tokio::pin!(notified);
@@ -604,10 +657,12 @@ impl Backend for EmbeddedBus {
                         )),
                     });
                 }
-                self.inner.counters.stream(&s.name, |c| {
-                    c.delivered += out.len() as u64;
-                    c.redelivered += out.iter().filter(|d| d.delivered > 1).count() as u64;
-                });
+                let c = self.inner.counters.of(&s);
+                add(&c.delivered, out.len() as u64);
+                add(
+                    &c.redelivered,
+                    out.iter().filter(|d| d.delivered > 1).count() as u64,
+                );
                 if !out.is_empty() {
                     return Ok(out);
                 }
@@ -636,7 +691,7 @@ impl Backend for EmbeddedBus {
                 let (was, rx) = s.ack(consumer, seq, now)?;
                 s.await_done(rx).await?;
                 if was {
-                    self.inner.counters.stream(&s.name, |c| c.acked += 1);
+                    add(&self.inner.counters.of(&s).acked, 1);
                 }
                 Ok(())
             }
@@ -645,7 +700,7 @@ impl Backend for EmbeddedBus {
                     .unwrap_or(Duration::ZERO)
                     .min(Duration::from_secs(24 * 3600));
                 if s.reschedule(consumer, seq, now.instant + delay, "nak")? {
-                    self.inner.counters.stream(&s.name, |c| c.naked += 1);
+                    add(&self.inner.counters.of(&s).naked, 1);
                 }
                 Ok(())
             }
@@ -657,7 +712,7 @@ impl Backend for EmbeddedBus {
             AckKind::Term(reason) => {
                 let reason = crate::backend::term_reason(reason.as_deref());
                 if let Some(cand) = s.begin_term(consumer, seq, reason)? {
-                    self.inner.counters.stream(&s.name, |c| c.terminated += 1);
+                    add(&self.inner.counters.of(&s).terminated, 1);
                     self.dead_letter(&s, consumer, cand).await?;
                 }
                 Ok(())
@@ -717,6 +772,6 @@ impl Backend for EmbeddedBus {
     }
 
     fn counters(&self) -> BusCounters {
-        lock(&self.inner.counters.0).clone()
+        self.inner.counters.snapshot()
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -19,7 +20,7 @@ use crate::backend::{
     BusError, ConsumerConfig, ConsumerInfo, DeliverPolicy, OutgoingMessage, Retention,
     StoredMessage, StreamConfig, StreamInfo, StreamState,
 };
-use crate::record::{Decoded, MessageRecord, Record, decode_record, encode_record};
+use crate::record::{Decoded, MessageRecord, Record, decode_record, encode_message, encode_record};
 use crate::subject::{Subject, SubjectFilter};
 
 /// Locks a mutex, recovering the data if a holder panicked (the state is
@@ -316,6 +317,50 @@ pub(crate) struct Shared {
     /// Woken on new messages and on naks.
     pub notify: Notify,
     pub durable: watch::Sender<Durable>,
+    /// Fetches between registering for `notify` and returning (see
+    /// [`Shared::wake_fetchers`]).
+    pub fetchers: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(state: State, durable: Durable) -> Self {
+        Self {
+            state: Mutex::new(state),
+            notify: Notify::new(),
+            durable: watch::Sender::new(durable),
+            fetchers: AtomicUsize::new(0),
+        }
+    }
+
+    /// Wakes the fetches waiting for new messages, if there are any: call
+    /// after the messages were made visible and the state's lock released.
+    ///
+    /// A fetch counts itself in `fetchers` before it looks at the state
+    /// (under the lock). If this reads no fetcher, a fetch that counts
+    /// itself afterwards takes the lock after the messages were inserted,
+    /// so it sees them without a wake-up. This spares a publish in memory
+    /// mode the `Notify`'s lock when nobody is fetching.
+    pub fn wake_fetchers(&self) {
+        if self.fetchers.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A fetch counted in [`Shared::fetchers`] while it lives.
+pub(crate) struct FetchGuard<'a>(&'a Shared);
+
+impl<'a> FetchGuard<'a> {
+    pub fn new(shared: &'a Shared) -> Self {
+        shared.fetchers.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetchers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One stream.
@@ -327,6 +372,8 @@ pub(crate) struct Stream {
     pub dir: Option<PathBuf>,
     pub shared: Arc<Shared>,
     pub writer: Mutex<Option<JoinHandle<()>>>,
+    /// Its counters, shared with the bus's table by name (set on first use).
+    pub counters: std::sync::OnceLock<Arc<super::AtomicCounters>>,
 }
 
 fn subject_matches(filter: Option<&SubjectFilter>, subject: &Subject) -> bool {
@@ -340,12 +387,9 @@ impl Stream {
             config,
             dlq,
             dir: None,
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::new(Storage::Memory)),
-                notify: Notify::new(),
-                durable: watch::Sender::new(Durable::default()),
-            }),
+            shared: Arc::new(Shared::new(State::new(Storage::Memory), Durable::default())),
             writer: Mutex::new(None),
+            counters: std::sync::OnceLock::new(),
         })
     }
 
@@ -427,8 +471,10 @@ impl Stream {
                         };
                         st.insert(seq, entry);
                         st.apply_limits(&self.config, now.wall_ns);
-                        self.shared.durable.send_modify(|d| d.seq = seq);
-                        self.shared.notify.notify_waiters();
+                        // Visible now: nothing waits on `durable` in memory
+                        // mode (see `wait_durable`).
+                        drop(st);
+                        self.shared.wake_fetchers();
                         Step::Done(seq)
                     }
                     Storage::Closed => {
@@ -437,16 +483,15 @@ impl Stream {
                         });
                     }
                     Storage::Disk(_) => {
-                        let subject = record.subject.clone();
                         let id = record.msg_id.clone();
-                        // Encoded straight into the writer's open batch.
+                        // Encoded straight into the writer's open batch; the
+                        // subject moves on to the index entry.
                         let fill = |b: &mut Batch| {
                             let offset = b.bytes.len();
-                            encode_record(&Record::Message(record), &mut b.bytes)
-                                .map_err(encode_error)?;
+                            encode_message(&record, &mut b.bytes).map_err(encode_error)?;
                             b.entries.push(BatchEntry {
                                 seq,
-                                subject,
+                                subject: record.subject,
                                 time_ns: now.wall_ns,
                                 offset,
                                 len: (b.bytes.len() - offset) as u32,
@@ -486,6 +531,10 @@ impl Stream {
     }
 
     async fn wait_durable(&self, seq: u64) -> Result<(), BusError> {
+        if matches!(self.state().storage, Storage::Memory) {
+            // A message is visible as soon as it is stored.
+            return Ok(());
+        }
         let mut rx = self.shared.durable.subscribe();
         let d = *rx
             .wait_for(|d| d.seq >= seq || d.poisoned)
