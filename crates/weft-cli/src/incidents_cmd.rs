@@ -1,5 +1,5 @@
-//! `weft incidents list|show`: the healing loop's incidents as stored by
-//! a control plane or a demo run (weft-heal's `query`), as a table or JSON.
+//! `weft incidents list|show`: the healing loop's incidents as stored in
+//! a control plane's store (weft-heal's `query`), as a table or JSON.
 
 use std::path::PathBuf;
 
@@ -10,8 +10,7 @@ use weft_heal::query;
 /// Where the incidents are stored.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// Data directory of a control plane or a `weft demo --data-dir` run
-    /// (its `weft.db` is read).
+    /// Data directory of a control plane (its `weft.db` is read).
     #[arg(long, default_value = "weft-data", env = "WEFT_DATA_DIR")]
     data_dir: PathBuf,
     /// The store instead: sqlite://PATH (relative to --data-dir) or

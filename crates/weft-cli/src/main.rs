@@ -64,7 +64,7 @@ enum Command {
     /// reconvergence, loops, reachability and traffic.
     Sim(SimArgs),
     /// List and show the self-healing loop's incidents with their timelines
-    /// (from a control plane's or a demo run's store).
+    /// (from a control plane's store).
     #[command(subcommand)]
     Incidents(incidents_cmd::IncidentsCommand),
     /// Run the control plane: `weft control up`.

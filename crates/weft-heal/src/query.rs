@@ -226,8 +226,7 @@ pub fn render_show(i: &Incident) -> String {
     s
 }
 
-/// Opens the store that `weft control up` (or `weft demo --data-dir`)
-/// uses: `db` (`sqlite://PATH`, relative to `data_dir`, or
+/// Opens the store that `weft control up` uses: `db` (`sqlite://PATH`, relative to `data_dir`, or
 /// `postgres://…`) or `weft.db` in `data_dir`. A SQLite file that does
 /// not exist is an error, not a new empty store.
 pub async fn open_store(
@@ -242,7 +241,7 @@ pub async fn open_store(
         && !path.exists()
     {
         return Err(QueryError::Invalid(format!(
-            "no store at {}: pass the --data-dir of a control plane (or a demo run) or --db sqlite://PATH|postgres://…",
+            "no store at {}: pass the --data-dir of a control plane or --db sqlite://PATH|postgres://…",
             path.display()
         )));
     }
