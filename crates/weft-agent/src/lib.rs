@@ -205,6 +205,7 @@ enum Command {
     Revoke(RevocationList, oneshot::Sender<bool>),
     SetNetwork(network::Network, oneshot::Sender<Result<(), AgentError>>),
     Drain(NodeId, bool, oneshot::Sender<bool>),
+    Reroute(oneshot::Sender<usize>),
     InjectLoss(NodeId, f64),
     Telemetry(oneshot::Sender<Telemetry>),
     Hang,
@@ -321,6 +322,16 @@ impl AgentHandle {
     /// measured) or puts it back; false if there is no such link.
     pub async fn drain(&self, peer: NodeId, drained: bool) -> Result<bool, AgentError> {
         self.ask(|tx| Command::Drain(peer, drained, tx)).await
+    }
+
+    /// Forces route re-selection now: every link's currently measured cost
+    /// goes to the route table at once (routine updates wait until a cost
+    /// moves by more than the hysteresis, 25 %), drained links staying
+    /// drained, and the changed routes are sent to the neighbours. Returns
+    /// the links re-evaluated.
+    pub async fn reroute(&self) -> Result<usize, AgentError> {
+        tracing::info!(node = %self.id(), "forced route re-selection");
+        self.ask(Command::Reroute).await
     }
 
     /// Fault injection for tests and the demo: drops this fraction of the
@@ -957,6 +968,17 @@ impl Driver {
                     self.drained.insert(peer);
                 } else if done {
                     self.drained.remove(&peer);
+                }
+                let _ = tx.send(done);
+            }
+            Command::Reroute(tx) => {
+                let mut links: Vec<(NodeId, LinkId)> =
+                    self.by_peer.iter().map(|(p, l)| (*p, *l)).collect();
+                links.sort();
+                let mut done = 0;
+                for (peer, link) in links {
+                    let drained = self.drained.contains(&peer);
+                    done += usize::from(self.node.set_drained(now, link, drained));
                 }
                 let _ = tx.send(done);
             }

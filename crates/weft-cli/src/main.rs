@@ -5,6 +5,7 @@ mod agent_cmd;
 mod control_cmd;
 mod demo_cmd;
 mod heal_cmd;
+mod incidents_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +63,10 @@ enum Command {
     /// kill a fraction of the nodes at half time, and measure detection,
     /// reconvergence, loops, reachability and traffic.
     Sim(SimArgs),
+    /// List and show the self-healing loop's incidents with their timelines
+    /// (from a control plane's store).
+    #[command(subcommand)]
+    Incidents(incidents_cmd::IncidentsCommand),
     /// Run the control plane: `weft control up`.
     #[command(subcommand)]
     Control(control_cmd::ControlCommand),
@@ -126,6 +131,18 @@ struct SimArgs {
     /// Timer profile: weft's defaults, or RFC 8966's (hello 4 s) as the baseline.
     #[arg(long, value_enum, default_value_t = SimProfile::Default)]
     profile: SimProfile,
+    /// Run the self-healing loop against the simulated mesh instead of the
+    /// kill: waves of overloaded nodes, lossy links, crashed nodes and
+    /// byzantine nodes, healed by simulator actuators; reports MTTD and
+    /// MTTR (--kill, --byzantine and --duration are not used).
+    #[arg(long)]
+    heal: bool,
+    /// With --heal: waves of faults.
+    #[arg(long, default_value_t = 3)]
+    waves: usize,
+    /// With --heal: faults of each kind per wave (0: one per 250 nodes).
+    #[arg(long, default_value_t = 0)]
+    per_kind: usize,
     /// Print one JSON object instead of a progress line and a table.
     #[arg(long)]
     json: bool,
@@ -499,6 +516,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(BenchCommand::Heal(args)) => heal_cmd::bench_heal(&args),
         Command::Bus(args) => bus(args),
         Command::Sim(args) => sim(&args),
+        Command::Incidents(cmd) => incidents_cmd::incidents(cmd),
         Command::Demo(args) => demo_cmd::demo(&args),
         Command::Agent(cmd) => agent_cmd::agent(cmd),
         Command::Control(cmd) => control_cmd::control(cmd),
@@ -751,6 +769,9 @@ fn sim(args: &SimArgs) -> Result<()> {
     };
     let show_progress = !args.json;
     let mut last = -1i64;
+    if args.heal {
+        return heal_cmd::sim_heal(sc, args.waves, args.per_kind, args.json);
+    }
     let r = scenario::run(&sc, &mut |f| {
         let pct = (f * 100.0) as i64;
         if show_progress && pct != last {

@@ -123,6 +123,10 @@ pub struct Demo {
     /// The CA bundle file to trust it with.
     pub bundle_path: PathBuf,
     control: weft_control::Running,
+    admin: ControlClient,
+    network: String,
+    /// Where restarted agents' events go while the loop runs.
+    events: Option<mpsc::UnboundedSender<Observed>>,
     nodes: Vec<NodeSlot>,
     _dir: tempfile::TempDir,
 }
@@ -166,6 +170,24 @@ pub async fn run(
     cfg: &DemoConfig,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(DemoReport, Demo), DemoError> {
+    let started = Instant::now();
+    let mut demo = start(cfg, progress).await?;
+    let faults = run_faults(&mut demo, cfg, progress).await?;
+    let all_healed = faults.iter().all(|f| f.healed_ms.is_some() && f.verified);
+    let report = DemoReport {
+        faults,
+        all_healed,
+        nodes: demo.nodes.len(),
+        links: demo.nodes.iter().map(|n| n.neighbours.len()).sum::<usize>() / 2,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((report, demo))
+}
+
+/// Starts the system without injecting faults: the control plane, `cfg.nodes`
+/// enrolled agents linked on loopback, converged (every node routes to
+/// every other).
+pub async fn start(cfg: &DemoConfig, progress: &(dyn Fn(&str) + Sync)) -> Result<Demo, DemoError> {
     let started = Instant::now();
     if !(4..=64).contains(&cfg.nodes) {
         return Err(DemoError(format!(
@@ -295,11 +317,14 @@ pub async fn run(
             d.agent.add_peer(addr);
         }
     }
-    let mut demo = Demo {
+    let demo = Demo {
         control_url: info.url.clone(),
         admin_token,
         bundle_path: info.bundle_path.clone(),
         control,
+        admin,
+        network: info.network.clone(),
+        events: None,
         nodes,
         _dir: dir,
     };
@@ -311,16 +336,7 @@ pub async fn run(
         started.elapsed().as_secs_f64()
     ));
 
-    let faults = run_faults(&mut demo, &admin, &info.network, cfg, progress).await?;
-    let all_healed = faults.iter().all(|f| f.healed_ms.is_some() && f.verified);
-    let report = DemoReport {
-        faults,
-        all_healed,
-        nodes: n,
-        links: edges.len(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((report, demo))
+    Ok(demo)
 }
 
 async fn wait_converged(demo: &Demo, within: Duration) -> Result<(), DemoError> {
@@ -362,11 +378,12 @@ struct Pending {
 /// Drives the healing loop while the faults are injected one by one.
 async fn run_faults(
     demo: &mut Demo,
-    admin: &ControlClient,
-    network: &str,
     cfg: &DemoConfig,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<FaultRow>, DemoError> {
+    let admin = demo.admin.clone();
+    let network = demo.network.clone();
+    let (admin, network) = (&admin, network.as_str());
     let policy = Policy::parse(DEMO_POLICY).map_err(|e| fail("demo policy", e))?;
     let heal_cfg = weft_heal::Config {
         cycle_interval: Duration::from_millis(100),
@@ -377,6 +394,7 @@ async fn run_faults(
     let mut engine = Engine::new(heal_cfg, policy, MemoryKnowledge::default(), clock())
         .map_err(|e| fail("healing loop", e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    demo.events = Some(tx.clone());
     for (i, slot) in demo.nodes.iter().enumerate() {
         if let Some(d) = &slot.daemon {
             forward_events(i, d.agent.events(), tx.clone());
@@ -464,7 +482,7 @@ async fn run_faults(
                     Output::Act(req) => {
                         let desc = format!("{} on {}", req.action, name_target(demo, &req.target));
                         progress(&format!("  act: {desc}"));
-                        let result = act(demo, admin, network, &req, &tx).await;
+                        let result = act(demo, &req).await;
                         if let Err(e) = &result {
                             progress(&format!("  action failed: {e}"));
                         }
@@ -664,13 +682,10 @@ fn name_target(demo: &Demo, t: &Target) -> String {
 }
 
 /// The actuators: each changes the running system for real.
-async fn act(
-    demo: &mut Demo,
-    admin: &ControlClient,
-    network: &str,
-    req: &ActRequest,
-    tx: &mpsc::UnboundedSender<Observed>,
-) -> Result<(), String> {
+async fn act(demo: &mut Demo, req: &ActRequest) -> Result<(), String> {
+    let admin = demo.admin.clone();
+    let network = demo.network.clone();
+    let (admin, network) = (&admin, network.as_str());
     let node = |id: &NodeId| index_of(demo, id).ok_or_else(|| format!("unknown node {id}"));
     match (req.action, &req.target) {
         (ActionKind::DrainLink | ActionKind::UndrainLink, Target::Link(a, b)) => {
@@ -685,18 +700,41 @@ async fn act(
         }
         (ActionKind::RestartProcess, Target::Node(id) | Target::Component(id, _)) => {
             let i = node(id)?;
-            if let Some(d) = demo.nodes[i].daemon.take() {
-                d.stop().await;
+            restart_agent(demo, i).await
+        }
+        (ActionKind::RotateCredentials, Target::Node(id)) => {
+            // The control plane issues a new SVID over mTLS with the current
+            // one; the agent is restarted on it, so its links present it.
+            let i = node(id)?;
+            if demo.nodes[i].quarantined {
+                return Err(format!("node {i} is revoked"));
             }
-            let daemon = Daemon::start(&demo.nodes[i].settings)
+            let dir = demo.nodes[i].settings.data_dir.clone();
+            weft_control::agent::renew(&dir)
                 .await
-                .map_err(|e| format!("restart: {e}"))?;
-            forward_events(i, daemon.agent.events(), tx.clone());
-            let mut daemon = daemon;
-            for &nb in &demo.nodes[i].neighbours.clone() {
-                daemon.agent.add_peer(demo.nodes[nb].settings.listen);
+                .map_err(|e| format!("SVID renewal at the control plane: {e}"))?;
+            restart_agent(demo, i).await
+        }
+        (ActionKind::ForceReroute, target) => {
+            let nodes: Vec<usize> = match target {
+                Target::Network => (0..demo.nodes.len()).collect(),
+                t => t.nodes().iter().map(&node).collect::<Result<_, _>>()?,
+            };
+            let mut links = 0;
+            for i in nodes {
+                if demo.nodes[i].quarantined {
+                    continue;
+                }
+                if let Some(h) = demo.nodes[i].handle() {
+                    links += h.reroute().await.map_err(|e| format!("reroute: {e}"))?;
+                }
             }
-            demo.nodes[i].daemon = Some(daemon);
+            if links == 0 {
+                return Err(format!(
+                    "no live link to re-evaluate on {}",
+                    name_target(demo, target)
+                ));
+            }
             Ok(())
         }
         (ActionKind::ShedLoad, Target::Node(id)) => {
@@ -730,6 +768,58 @@ async fn act(
             "{action} on {} is not available in the demo",
             name_target(demo, target)
         )),
+    }
+}
+
+/// Stops agent `i` if it runs and starts it again from its data directory
+/// (identity, SVID, network file), redialling its neighbours.
+async fn restart_agent(demo: &mut Demo, i: usize) -> Result<(), String> {
+    if let Some(d) = demo.nodes[i].daemon.take() {
+        d.stop().await;
+    }
+    let mut daemon = Daemon::start(&demo.nodes[i].settings)
+        .await
+        .map_err(|e| format!("restart: {e}"))?;
+    if let Some(tx) = &demo.events {
+        forward_events(i, daemon.agent.events(), tx.clone());
+    }
+    for &nb in &demo.nodes[i].neighbours.clone() {
+        daemon.agent.add_peer(demo.nodes[nb].settings.listen);
+    }
+    demo.nodes[i].daemon = Some(daemon);
+    Ok(())
+}
+
+impl Demo {
+    /// Carries out one of the loop's actions on this system, through the
+    /// same actuators the demo's loop uses: `Ok` once the change is made.
+    pub async fn act(&mut self, req: &ActRequest) -> Result<(), String> {
+        act(self, req).await
+    }
+
+    /// Agent `i`'s id.
+    pub fn node_id(&self, i: usize) -> Option<NodeId> {
+        self.nodes.get(i).map(|n| n.id)
+    }
+
+    /// A handle on agent `i`, while it runs.
+    pub fn agent(&self, i: usize) -> Option<AgentHandle> {
+        self.nodes.get(i).and_then(NodeSlot::handle)
+    }
+
+    /// Agent `i`'s data directory (identity, SVID, bundle, network file).
+    pub fn data_dir(&self, i: usize) -> Option<&Path> {
+        self.nodes.get(i).map(|n| n.settings.data_dir.as_path())
+    }
+
+    /// A client of the control plane with the admin token.
+    pub fn admin(&self) -> &ControlClient {
+        &self.admin
+    }
+
+    /// Waits until every running, unrevoked agent routes to every other.
+    pub async fn wait_converged(&self, within: Duration) -> Result<(), DemoError> {
+        wait_converged(self, within).await
     }
 }
 

@@ -15,7 +15,8 @@
 //!   help; every step is an [`Output::Audit`] event.
 //! - **Knowledge** ([`knowledge`]): incidents with full timelines and the
 //!   outcome of every action, in memory or in `weft-store`.
-//! - [`metrics`]: Prometheus metrics; [`bench`]: `weft bench heal`.
+//! - [`metrics`]: Prometheus metrics; [`bench`]: `weft bench heal`;
+//!   [`sim`]: the loop driven by the simulator (`weft sim --heal`).
 //!
 //! The [`Engine`] is driven by `(now, input) -> outputs + next deadline`
 //! ([`Engine::step`], or [`Engine::handle_input`] / [`Engine::handle_timeout`]
@@ -37,6 +38,8 @@ pub mod model;
 pub mod monitor;
 mod plan;
 pub mod policy;
+pub mod query;
+pub mod sim;
 pub mod time;
 
 pub use actuator::{Actuator, ActuatorError, answer};

@@ -6,6 +6,7 @@
 //! deterministic, so one [`MemoCheck`] is shared by every node: its cost
 //! grows with the number of distinct signatures rather than with N².
 
+pub mod hooks;
 pub mod scenario;
 pub mod topology;
 
