@@ -704,7 +704,8 @@ async fn act(demo: &mut Demo, req: &ActRequest) -> Result<(), String> {
         }
         (ActionKind::RotateCredentials, Target::Node(id)) => {
             // The control plane issues a new SVID over mTLS with the current
-            // one; the agent is restarted on it, so its links present it.
+            // one; the running agent presents it on every link made from
+            // now on (links up keep their authenticated sessions).
             let i = node(id)?;
             if demo.nodes[i].quarantined {
                 return Err(format!("node {i} is revoked"));
@@ -713,7 +714,14 @@ async fn act(demo: &mut Demo, req: &ActRequest) -> Result<(), String> {
             weft_control::agent::renew(&dir)
                 .await
                 .map_err(|e| format!("SVID renewal at the control plane: {e}"))?;
-            restart_agent(demo, i).await
+            let creds = weft_crypto::tls::SvidCredentials::load(&dir)
+                .map_err(|e| format!("the renewed SVID in {}: {e}", dir.display()))?;
+            let handle = demo.nodes[i]
+                .handle()
+                .ok_or_else(|| format!("node {i} is not running"))?;
+            handle
+                .set_credentials(&creds)
+                .map_err(|e| format!("the agent refused the renewed SVID: {e}"))
         }
         (ActionKind::ForceReroute, target) => {
             let nodes: Vec<usize> = match target {
