@@ -656,6 +656,7 @@ impl Sim {
                         continue;
                     }
                     let l = LinkId(link as u64);
+                    let len = bytes.len();
                     self.input(to, |node| {
                         if reliable {
                             node.handle(
@@ -675,6 +676,21 @@ impl Sim {
                             )
                         }
                     });
+                    if reliable {
+                        // Delivered: the bytes leave the sender's send
+                        // window (a stream's flow-control credit).
+                        let ends = self.links[link].ends;
+                        let from = if ends[0] == to { ends[1] } else { ends[0] };
+                        self.input(from, |node| {
+                            node.handle(
+                                at,
+                                Input::Drained {
+                                    link: l,
+                                    bytes: len,
+                                },
+                            )
+                        });
+                    }
                 }
             }
         }

@@ -62,6 +62,11 @@ pub struct Scenario {
     pub profile: Profile,
     /// Link properties.
     pub link: LinkSpec,
+    /// Heard routes each node keeps per destination
+    /// ([`NodeConfig::routes_kept`]).
+    pub routes_kept: usize,
+    /// Send window per link ([`NodeConfig::send_window`]).
+    pub send_window: usize,
 }
 
 impl Default for Scenario {
@@ -76,6 +81,8 @@ impl Default for Scenario {
             duration: Duration::from_secs(60),
             profile: Profile::Default,
             link: LinkSpec::default(),
+            routes_kept: weft_proto::route::DEFAULT_ROUTES_KEPT,
+            send_window: NodeConfig::default().send_window,
         }
     }
 }
@@ -194,6 +201,8 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
     let cfg = NodeConfig {
         liveness,
         unix_ms_at_zero: 1_800_000_000_000,
+        routes_kept: sc.routes_kept,
+        send_window: sc.send_window,
         ..NodeConfig::default()
     };
     let mut sim = Sim::new(n, sc.seed, cfg)?;
