@@ -72,7 +72,9 @@ pub struct NodeConfig {
     /// feasible ones, then the best unfeasible ones); offers beyond are
     /// dropped and asked for again with a route request if the kept ones
     /// all fail. Bounds route state at about 14 + 6 × this many bytes per
-    /// destination whatever the node's degree. Default 4.
+    /// destination whatever the node's degree. Default 6: in the 1000-node
+    /// chaos run (degree 8, 30 % killed) 4 kept put reconvergence p99 at
+    /// 1.41 s, 5 at 850 ms, 6 at 710 ms, 8 at 640 ms.
     pub routes_kept: usize,
     /// Most bytes of this node's reliable stream in flight per link: sent
     /// to the driver and not yet reported drained with
@@ -371,8 +373,9 @@ const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
 ///
 /// Per-destination state lives in arrays indexed by the destination's
 /// [`NodeIndex`] in the roster (see [`crate::roster`]), links in a small
-/// array indexed by [`LinkSlot`]: a node of a 10 000-node mesh keeps
-/// about 60 bytes per destination.
+/// array indexed by [`LinkSlot`]: with the default
+/// [`NodeConfig::routes_kept`] a node keeps 63 bytes per destination
+/// whatever its degree (630 KB in a 10 000-node mesh).
 pub struct Node {
     id: NodeId,
     me: NodeIndex,

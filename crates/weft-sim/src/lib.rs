@@ -260,6 +260,9 @@ pub struct Sim {
     index: rustc_hash::FxHashMap<NodeId, usize>,
     loops: u64,
     events: u64,
+    /// Bytes of frames scheduled for delivery and not delivered yet.
+    in_flight: u64,
+    peak_in_flight: u64,
 }
 
 /// Most nodes in one simulation (node indices are stored as `u16`).
@@ -351,6 +354,8 @@ impl Sim {
             index,
             loops: 0,
             events: 0,
+            in_flight: 0,
+            peak_in_flight: 0,
         })
     }
 
@@ -578,6 +583,12 @@ impl Sim {
         false
     }
 
+    /// Most bytes of frames on the simulated links at once so far (sent
+    /// and not yet delivered or dropped).
+    pub fn peak_in_flight_bytes(&self) -> u64 {
+        self.peak_in_flight
+    }
+
     /// Events taken off the queue so far.
     pub fn events_processed(&self) -> u64 {
         self.events
@@ -652,6 +663,7 @@ impl Sim {
                     bytes,
                     reliable,
                 } => {
+                    self.in_flight = self.in_flight.saturating_sub(bytes.len() as u64);
                     if !self.nodes[to].alive || !self.links[link].up {
                         continue;
                     }
@@ -810,6 +822,8 @@ impl Sim {
                 at = at + spec.jitter.mul_f64(self.rng.random::<f64>());
             }
         }
+        self.in_flight += bytes.len() as u64;
+        self.peak_in_flight = self.peak_in_flight.max(self.in_flight);
         self.schedule(
             at,
             Action::Deliver {

@@ -159,6 +159,9 @@ pub struct Report {
     pub churn_bytes_per_node: f64,
     /// Peak resident set size of the process.
     pub peak_rss_bytes: u64,
+    /// Most bytes of frames on the simulated links at once (sent, not yet
+    /// delivered): the bootstrap's traffic in flight.
+    pub peak_in_flight_bytes: u64,
     /// Real signature verifications (the shared memo's misses).
     pub signature_verifications: u64,
     /// SHA-256 over the event trace.
@@ -471,6 +474,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
         control_bytes_per_node_per_sec: steady_rate / n as f64,
         churn_bytes_per_node: churn_bytes / live as f64,
         peak_rss_bytes: peak_rss(),
+        peak_in_flight_bytes: sim.peak_in_flight_bytes(),
         signature_verifications: sim.verifications(),
         trace_hash: sim.trace_hash(),
         messages,
