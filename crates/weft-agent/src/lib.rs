@@ -196,6 +196,12 @@ enum Command {
     LinkClosed {
         link: LinkId,
     },
+    /// Bytes of a link's stream quinn accepted (its send buffer is bounded
+    /// by the stream's flow control): they leave the node's send window.
+    Drained {
+        link: LinkId,
+        bytes: usize,
+    },
     Send {
         dst: NodeId,
         payload: Vec<u8>,
@@ -937,6 +943,9 @@ impl Driver {
                 }
             }
             Command::LinkClosed { link } => self.drop_link(link, now),
+            Command::Drained { link, bytes } => {
+                self.node.handle(now, Input::Drained { link, bytes });
+            }
             Command::Send { dst, payload } => {
                 if let Err(e) = self.e2e.seal(now, dst, payload) {
                     tracing::debug!(%dst, error = %e, "datagram not sealed");
@@ -1052,7 +1061,7 @@ impl Driver {
         self.next_link += 1;
         let (writer, queue) = mpsc::channel(LINK_QUEUE);
         let tasks = [
-            tokio::spawn(write_loop(send, queue)),
+            tokio::spawn(write_loop(link, send, queue, self.commands.clone())),
             tokio::spawn(read_loop(link, conn.clone(), recv, self.commands.clone())),
         ];
         self.links.insert(
@@ -1305,9 +1314,24 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
+/// Writes the node's stream bytes in order, telling the driver as quinn
+/// accepts them, so that the node's send window reopens only as fast as the
+/// stream drains.
+async fn write_loop(
+    link: LinkId,
+    mut send: quinn::SendStream,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    commands: mpsc::UnboundedSender<Command>,
+) {
     while let Some(bytes) = queue.recv().await {
         if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+        let drained = Command::Drained {
+            link,
+            bytes: bytes.len(),
+        };
+        if commands.send(drained).is_err() {
             return;
         }
     }

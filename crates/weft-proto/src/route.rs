@@ -2,20 +2,25 @@
 //! feasibility condition (RFC 8966 §2.4, §3.5), which keeps the forwarding
 //! graph loop-free at every instant, not only after convergence.
 //!
-//! The table keeps every route heard from every neighbour, so when the
-//! selected next hop dies another *feasible* route is selected at once
-//! (fast reroute), before any new announcement arrives.
+//! The table keeps a bounded number of routes heard per destination
+//! (default [`DEFAULT_ROUTES_KEPT`]): the selected one, the best other
+//! feasible ones and then the best unfeasible ones. When the selected next
+//! hop dies another kept *feasible* route is selected at once (fast
+//! reroute), before any new announcement arrives. When an offer is dropped
+//! for lack of room the destination is marked, and if it later loses every
+//! kept route the node asks its neighbours for their routes again (a route
+//! request, RFC 8966 §3.8.1.1; see [`RouteTable::take_route_request`]).
 //!
 //! A heard route is usable only once the origin's announcement for its
 //! seqno is verified (see [`RouteTable::set_verified`]); until then it is
 //! kept but ignored, so an update never waits in a queue of its own.
 //!
 //! Layout: destinations are [`NodeIndex`]es from the roster and links are
-//! small [`LinkSlot`]s, so the table is a few flat arrays: per destination
-//! 16 bytes of state, plus 4 bytes per (destination, link slot) for what
-//! each neighbour advertised, stored destination-major so that choosing a
-//! route reads one cache line. A mesh of 10 000 nodes thus needs well under
-//! a megabyte per node of route state.
+//! small [`LinkSlot`]s, so the table is two flat arrays: per destination
+//! 14 bytes of state plus 6 bytes per kept heard route (link slot, seqno,
+//! metric), stored destination-major so that choosing a route reads one
+//! cache line. With 6 routes kept that is 50 bytes per destination however
+//! many links the node has: 500 KB per node in a mesh of 10 000 nodes.
 //!
 //! This module is pure data: no time, no I/O. The node feeds it updates
 //! and link changes and reads back what changed.
@@ -94,18 +99,22 @@ pub enum Change {
     Lost(NodeIndex),
 }
 
-/// What a neighbour advertised: `(seqno, metric)`, packed.
+/// Routes kept per destination unless configured otherwise.
+pub const DEFAULT_ROUTES_KEPT: usize = 6;
+
+/// What one neighbour advertised for one destination, packed.
+/// `via == NONE`: an empty place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Heard {
+    via: u16,
     seqno: Seqno,
     metric: Metric,
 }
 
-/// The slot value of a neighbour that never advertised the destination.
-/// (A retraction of seqno 0xffff reads the same: the only loss is the
-/// knowledge of which seqno that neighbour holds.)
-const NOT_HEARD: Heard = Heard {
-    seqno: Seqno(u16::MAX),
+/// An empty place in a destination's row.
+const EMPTY_HEARD: Heard = Heard {
+    via: NONE,
+    seqno: Seqno(0),
     metric: Metric::INFINITY,
 };
 
@@ -113,8 +122,11 @@ const NONE: u16 = u16::MAX;
 const VERIFIED: u8 = 1;
 /// Listed in `candidates` (may be starving).
 const CANDIDATE: u8 = 2;
+/// A neighbour's offer was dropped for lack of room since the last route
+/// request: the kept routes may not be all there is.
+const OVERFLOWED: u8 = 4;
 
-/// Per-destination state, packed into 16 bytes (an `Option` per field
+/// Per-destination state, packed into 14 bytes (an `Option` per field
 /// would double it). `sel_via == NONE`: no route selected;
 /// `fd_metric == INFINITY`: no feasibility distance (a distance is never
 /// infinite).
@@ -182,9 +194,10 @@ impl Dest {
 pub struct RouteTable {
     me: NodeIndex,
     dests: Vec<Dest>,
-    /// What each neighbour advertised: `heard[d * stride + slot]`.
+    /// Routes heard, `kept` places per destination:
+    /// `heard[d * kept .. (d + 1) * kept]`, in no particular order.
     heard: Vec<Heard>,
-    stride: usize,
+    kept: usize,
     /// Cost per link slot; `u16::MAX` for an unknown or infinite cost, or
     /// a slot without a link.
     costs: Vec<u16>,
@@ -195,24 +208,36 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// An empty table for node `me`.
+    /// An empty table for node `me`, keeping [`DEFAULT_ROUTES_KEPT`]
+    /// routes per destination.
     pub fn new(me: NodeIndex) -> Self {
-        Self {
-            me,
-            dests: Vec::new(),
-            heard: Vec::new(),
-            stride: 0,
-            costs: Vec::new(),
-            candidates: Vec::new(),
-        }
+        Self::with_routes_kept(me, 0, DEFAULT_ROUTES_KEPT)
     }
 
     /// An empty table for node `me`, sized for `n` destinations (the
     /// roster's size) so that it never grows by doubling.
     pub fn with_destinations(me: NodeIndex, n: usize) -> Self {
-        let mut t = Self::new(me);
+        Self::with_routes_kept(me, n, DEFAULT_ROUTES_KEPT)
+    }
+
+    /// An empty table for node `me`, sized for `n` destinations, keeping
+    /// at most `kept` heard routes per destination (at least 1).
+    pub fn with_routes_kept(me: NodeIndex, n: usize, kept: usize) -> Self {
+        let mut t = Self {
+            me,
+            dests: Vec::new(),
+            heard: Vec::new(),
+            kept: kept.clamp(1, 64),
+            costs: Vec::new(),
+            candidates: Vec::new(),
+        };
         t.reserve_destinations(n);
         t
+    }
+
+    /// Heard routes kept per destination.
+    pub fn routes_kept(&self) -> usize {
+        self.kept
     }
 
     /// Sizes the table for `n` destinations exactly (a grown roster).
@@ -220,8 +245,8 @@ impl RouteTable {
         if n > self.dests.len() {
             self.dests.reserve_exact(n - self.dests.len());
             self.dests.resize(n, EMPTY);
-            self.heard.reserve_exact(n * self.stride - self.heard.len());
-            self.heard.resize(n * self.stride, NOT_HEARD);
+            self.heard.reserve_exact(n * self.kept - self.heard.len());
+            self.heard.resize(n * self.kept, EMPTY_HEARD);
         }
     }
 
@@ -231,31 +256,31 @@ impl RouteTable {
         }
     }
 
-    /// Widens the per-destination rows to hold `slot` (rare: only when a
-    /// node has more links at once than ever before).
     fn ensure_slot(&mut self, slot: LinkSlot) {
         if slot.get() >= self.costs.len() {
             self.costs.resize(slot.get() + 1, u16::MAX);
         }
-        if slot.get() < self.stride {
-            return;
-        }
-        let stride = slot.get() + 1;
-        let mut heard = vec![NOT_HEARD; self.dests.len() * stride];
-        if self.stride > 0 {
-            for (new, old) in heard
-                .chunks_exact_mut(stride)
-                .zip(self.heard.chunks_exact(self.stride))
-            {
-                new[..self.stride].copy_from_slice(old);
-            }
-        }
-        self.heard = heard;
-        self.stride = stride;
     }
 
     fn row(&self, d: usize) -> &[Heard] {
-        &self.heard[d * self.stride..(d + 1) * self.stride]
+        &self.heard[d * self.kept..(d + 1) * self.kept]
+    }
+
+    fn cost(&self, slot: u16) -> u16 {
+        self.costs
+            .get(usize::from(slot))
+            .copied()
+            .unwrap_or(u16::MAX)
+    }
+
+    /// Destinations with a finite route heard over `slot`.
+    fn routed_over(&self, slot: u16) -> Vec<usize> {
+        self.heard
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.via == slot && !h.metric.is_infinite())
+            .map(|(i, _)| i / self.kept)
+            .collect()
     }
 
     /// Sets the cost of a link (infinite removes it from selection).
@@ -266,11 +291,7 @@ impl RouteTable {
             return Vec::new();
         }
         self.costs[link.get()] = cost;
-        let (stride, s) = (self.stride, link.get());
-        let affected: Vec<usize> = (0..self.dests.len())
-            .filter(|&d| !self.heard[d * stride + s].metric.is_infinite())
-            .collect();
-        affected
+        self.routed_over(link.0)
             .into_iter()
             .filter_map(|d| self.reselect(NodeIndex(d as u32)))
             .collect()
@@ -279,19 +300,17 @@ impl RouteTable {
     /// Forgets a link and every route through it; selection falls over to
     /// the best remaining feasible route at once. The slot may be reused.
     pub fn remove_link(&mut self, link: LinkSlot) -> Vec<Change> {
-        if link.get() >= self.stride {
+        if link.get() >= self.costs.len() {
             return Vec::new();
         }
         self.costs[link.get()] = u16::MAX;
-        let (stride, s) = (self.stride, link.get());
         let mut affected = Vec::new();
-        for d in 0..self.dests.len() {
-            let h = &mut self.heard[d * stride + s];
-            if *h != NOT_HEARD {
+        for (i, h) in self.heard.iter_mut().enumerate() {
+            if h.via == link.0 {
                 if !h.metric.is_infinite() {
-                    affected.push(d);
+                    affected.push(i / self.kept);
                 }
-                *h = NOT_HEARD;
+                *h = EMPTY_HEARD;
             }
         }
         affected
@@ -300,7 +319,29 @@ impl RouteTable {
             .collect()
     }
 
+    /// How a heard route ranks for keeping (lower is better): finite
+    /// feasible routes first, then finite unfeasible ones, each by metric
+    /// through the link (unknown costs last), then retractions.
+    fn keep_rank(&self, fd: Option<FeasibilityDistance>, h: &Heard) -> (u8, u32) {
+        if h.metric.is_infinite() {
+            return (2, 0);
+        }
+        let class = u8::from(!is_feasible(fd, h.seqno, h.metric));
+        let cost = self.cost(h.via);
+        let through = if cost == u16::MAX {
+            u32::from(h.metric.0) + 0x1_0000
+        } else {
+            u32::from(h.metric.0) + u32::from(cost)
+        };
+        (class, through)
+    }
+
     /// Records an update from a neighbour. Returns the change in selection, if any.
+    ///
+    /// When the destination's row is full, the worst kept route other
+    /// than the selected one makes room, unless the new one ranks worse
+    /// still; either way an offer is dropped and the destination is
+    /// marked for a route request should it lose its route.
     pub fn on_update(
         &mut self,
         via: LinkSlot,
@@ -313,8 +354,66 @@ impl RouteTable {
         }
         self.ensure_slot(via);
         self.ensure_dest(origin);
-        self.heard[origin.get() * self.stride + via.get()] = Heard { seqno, metric };
+        let d = origin.get();
+        let new = Heard {
+            via: via.0,
+            seqno,
+            metric,
+        };
+        let base = d * self.kept;
+        let row = self.row(d);
+        let place = match row.iter().position(|h| h.via == via.0) {
+            Some(i) => Some(i),
+            None => match row.iter().position(|h| h.via == NONE) {
+                Some(i) => Some(i),
+                // A retraction from a neighbour whose offer is not kept
+                // changes nothing.
+                None if metric.is_infinite() => None,
+                None => {
+                    let dest = self.dests[d];
+                    let fd = dest.fd();
+                    let worst = row
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| h.via != dest.sel_via)
+                        .max_by_key(|(i, h)| (self.keep_rank(fd, h), *i))
+                        .map(|(i, h)| (i, self.keep_rank(fd, h)));
+                    self.dests[d].flags |= OVERFLOWED;
+                    match worst {
+                        Some((i, rank)) if self.keep_rank(fd, &new) < rank => Some(i),
+                        _ => None,
+                    }
+                }
+            },
+        };
+        let i = place?;
+        let old = self.heard[base + i];
+        self.heard[base + i] = new;
+        if old.metric.is_infinite() && metric.is_infinite() {
+            // A retraction replacing a retraction or an empty place.
+            return None;
+        }
         self.reselect(origin)
+    }
+
+    /// Whether `origin` should be asked about again (a route request to
+    /// every neighbour): no route is selected, no kept route offers one,
+    /// and an offer was dropped for lack of room since the last time this
+    /// returned true. Clears the mark.
+    pub fn take_route_request(&mut self, origin: NodeIndex) -> bool {
+        let Some(d) = self.dests.get(origin.get()) else {
+            return false;
+        };
+        let wanted = d.flags & OVERFLOWED != 0
+            && d.sel_via == NONE
+            && self
+                .row(origin.get())
+                .iter()
+                .all(|h| h.metric.is_infinite());
+        if wanted {
+            self.dests[origin.get()].flags &= !OVERFLOWED;
+        }
+        wanted
     }
 
     /// Records that the origin's announcement is verified up to `seqno`:
@@ -344,8 +443,8 @@ impl RouteTable {
         let d = self.dests.get_mut(i)?;
         let had = d.selected();
         *d = EMPTY;
-        let stride = self.stride;
-        self.heard[i * stride..(i + 1) * stride].fill(NOT_HEARD);
+        let kept = self.kept;
+        self.heard[i * kept..(i + 1) * kept].fill(EMPTY_HEARD);
         had.map(|_| Change::Lost(origin))
     }
 
@@ -390,35 +489,40 @@ impl RouteTable {
             .filter_map(|(i, d)| d.selected().map(|s| (NodeIndex(i as u32), s)))
     }
 
-    /// What each neighbour last advertised for `origin` (retractions
-    /// included), whether usable yet or not.
+    /// The kept routes heard for `origin` (retractions included), whether
+    /// usable yet or not, by link slot.
     pub fn heard(&self, origin: NodeIndex) -> impl Iterator<Item = HeardRoute> + '_ {
-        let row = if origin.get() < self.dests.len() {
+        let mut row: Vec<HeardRoute> = if origin.get() < self.dests.len() {
             self.row(origin.get())
+                .iter()
+                .filter(|h| h.via != NONE)
+                .map(|h| HeardRoute {
+                    via: LinkSlot(h.via),
+                    seqno: h.seqno,
+                    metric: h.metric,
+                })
+                .collect()
         } else {
-            &[]
+            Vec::new()
         };
-        row.iter()
-            .enumerate()
-            .filter(|(_, h)| **h != NOT_HEARD)
-            .map(|(s, h)| HeardRoute {
-                via: LinkSlot(s as u16),
+        row.sort_unstable_by_key(|r| r.via);
+        row.into_iter()
+    }
+
+    /// What the neighbour on `link` last advertised for `origin`, if it is
+    /// kept.
+    pub fn heard_from(&self, link: LinkSlot, origin: NodeIndex) -> Option<HeardRoute> {
+        if origin.get() >= self.dests.len() {
+            return None;
+        }
+        self.row(origin.get())
+            .iter()
+            .find(|h| h.via == link.0)
+            .map(|h| HeardRoute {
+                via: link,
                 seqno: h.seqno,
                 metric: h.metric,
             })
-    }
-
-    /// What the neighbour on `link` last advertised for `origin`.
-    pub fn heard_from(&self, link: LinkSlot, origin: NodeIndex) -> Option<HeardRoute> {
-        if origin.get() >= self.dests.len() || link.get() >= self.stride {
-            return None;
-        }
-        let h = self.heard[origin.get() * self.stride + link.get()];
-        (h != NOT_HEARD).then_some(HeardRoute {
-            via: link,
-            seqno: h.seqno,
-            metric: h.metric,
-        })
     }
 
     /// Routes to `origin` that could be selected but for the feasibility
@@ -432,7 +536,7 @@ impl RouteTable {
             .filter(|r| {
                 !r.metric.is_infinite()
                     && d.usable(r.seqno)
-                    && self.costs[r.via.get()] != u16::MAX
+                    && self.cost(r.via.0) != u16::MAX
                     && !is_feasible(fd, r.seqno, r.metric)
             })
             .collect()
@@ -484,7 +588,7 @@ impl RouteTable {
         let current = d.selected();
         let mut best: Option<(Selected, bool)> = None;
         let mut offered = false;
-        for (s, h) in self.row(i).iter().enumerate() {
+        for h in self.row(i) {
             if h.metric.is_infinite() {
                 continue;
             }
@@ -492,22 +596,25 @@ impl RouteTable {
             if !d.usable(h.seqno) || !is_feasible(fd, h.seqno, h.metric) {
                 continue;
             }
-            let metric = h.metric.plus(self.costs[s]);
+            let metric = h.metric.plus(self.cost(h.via));
             if metric.is_infinite() {
                 continue;
             }
             let cand = Selected {
-                via: LinkSlot(s as u16),
+                via: LinkSlot(h.via),
                 seqno: h.seqno,
                 metric,
             };
             // Prefer the current next hop on ties to avoid needless churn;
-            // then the lowest slot (slots are scanned in order).
+            // then the lowest slot (the row is in no order).
             let is_current = current.is_some_and(|c| c.via == cand.via);
             let better = match best {
                 None => true,
                 Some((b, b_current)) => {
-                    metric < b.metric || (metric == b.metric && is_current && !b_current)
+                    metric < b.metric
+                        || (metric == b.metric
+                            && ((is_current && !b_current)
+                                || (is_current == b_current && cand.via < b.via)))
                 }
             };
             if better {
@@ -722,9 +829,68 @@ mod tests {
         assert_eq!(t.heard(n(2)).count(), 2);
     }
 
+    #[test]
+    fn a_full_row_keeps_the_best_routes_and_asks_again_when_they_are_gone() {
+        let mut t = RouteTable::with_routes_kept(n(0), 10, 2);
+        t.set_verified(n(9), Seqno(0x7fff));
+        for s in 0..4 {
+            t.set_link_cost(LinkSlot(s), 10);
+        }
+        t.on_update(LinkSlot(0), n(9), Seqno(1), Metric(30));
+        t.advertised(n(9), Seqno(1), Metric(40));
+        t.on_update(LinkSlot(1), n(9), Seqno(1), Metric(20));
+        assert_eq!(t.selected(n(9)).map(|s| s.via), Some(LinkSlot(1)));
+        t.advertised(n(9), Seqno(1), Metric(30));
+        // The row is full: a worse offer is dropped, a better one evicts
+        // the worst route that is not selected.
+        assert_eq!(t.on_update(LinkSlot(2), n(9), Seqno(1), Metric(50)), None);
+        assert_eq!(t.heard_from(LinkSlot(2), n(9)), None);
+        t.on_update(LinkSlot(3), n(9), Seqno(1), Metric(5));
+        assert_eq!(t.selected(n(9)).map(|s| s.via), Some(LinkSlot(3)));
+        assert_eq!(t.heard_from(LinkSlot(0), n(9)), None, "the worst went");
+        assert!(t.heard_from(LinkSlot(1), n(9)).is_some());
+        // While a route is kept, nothing needs asking.
+        assert!(!t.take_route_request(n(9)));
+        t.remove_link(LinkSlot(3));
+        assert_eq!(t.selected(n(9)).map(|s| s.via), Some(LinkSlot(1)));
+        assert!(!t.take_route_request(n(9)));
+        t.remove_link(LinkSlot(1));
+        assert_eq!(t.selected(n(9)), None);
+        // Every kept route is gone but offers were dropped: ask, once.
+        assert!(t.take_route_request(n(9)));
+        assert!(!t.take_route_request(n(9)));
+        // A table that never dropped an offer has nothing to ask.
+        let mut u = table(&[9]);
+        u.set_link_cost(LinkSlot(0), 1);
+        u.on_update(LinkSlot(0), n(9), Seqno(1), Metric(1));
+        u.remove_link(LinkSlot(0));
+        assert!(!u.take_route_request(n(9)));
+    }
+
+    #[test]
+    fn the_selected_route_is_never_evicted() {
+        let mut t = RouteTable::with_routes_kept(n(0), 10, 1);
+        t.set_verified(n(9), Seqno(0x7fff));
+        t.set_link_cost(LinkSlot(0), 10);
+        t.on_update(LinkSlot(0), n(9), Seqno(1), Metric(30));
+        // Unknown cost on link 1: its offer cannot be selected, and the
+        // selected route keeps its place.
+        assert_eq!(t.on_update(LinkSlot(1), n(9), Seqno(1), Metric(1)), None);
+        assert_eq!(t.selected(n(9)).map(|s| s.via), Some(LinkSlot(0)));
+        assert_eq!(t.heard(n(9)).count(), 1);
+    }
+
+    #[test]
+    fn state_stays_packed() {
+        assert_eq!(std::mem::size_of::<Dest>(), 14);
+        assert_eq!(std::mem::size_of::<Heard>(), 6);
+    }
+
     /// Babel's invariant, checked on random event sequences over a small
     /// network of tables wired by hand: following selected next hops never
-    /// revisits a node, whatever order updates arrive in.
+    /// revisits a node, whatever order updates arrive in, and however few
+    /// routes each table keeps (dropped offers are asked for again with a
+    /// route request when a node loses its route).
     #[derive(Debug, Clone)]
     enum Ev {
         Deliver(usize),
@@ -732,40 +898,110 @@ mod tests {
         Bump,
     }
 
+    /// A ring of 6 nodes plus two chords; node 0 is the destination.
+    const EDGES: [(usize, usize); 8] = [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (4, 5),
+        (5, 0),
+        (1, 4),
+        (2, 5),
+    ];
+
+    /// Pending updates: (to node, via edge, seqno, metric).
+    type Pending = Vec<(usize, usize, Seqno, Metric)>;
+
+    /// What `node` advertises now (recording it), sent to `to` or, when
+    /// `to` is `None`, to every neighbour over live edges.
+    fn advertise(
+        tables: &mut [RouteTable],
+        node: usize,
+        own: Seqno,
+        to: Option<usize>,
+        up: &[bool; 8],
+        queue: &mut Pending,
+    ) {
+        let dest = n(0);
+        let (s, m) = if node == 0 {
+            (own, Metric(0))
+        } else {
+            let t = &mut tables[node];
+            let (s, m) = t.selected(dest).map(|s| (s.seqno, s.metric)).unwrap_or((
+                t.feasibility_distance(dest).map_or(Seqno(0), |fd| fd.seqno),
+                Metric::INFINITY,
+            ));
+            t.advertised(dest, s, m);
+            (s, m)
+        };
+        for (e, &(x, y)) in EDGES.iter().enumerate() {
+            if !up[e] {
+                continue;
+            }
+            let other = if x == node {
+                y
+            } else if y == node {
+                x
+            } else {
+                continue;
+            };
+            if to.is_none_or(|t| t == other) {
+                queue.push((other, e, s, m));
+            }
+        }
+    }
+
+    /// After an update or a link loss at `node`: advertise if the
+    /// selection changed, and ask every neighbour again if the node is left
+    /// without any route having dropped offers.
+    fn changed(
+        tables: &mut [RouteTable],
+        node: usize,
+        own: Seqno,
+        up: &[bool; 8],
+        queue: &mut Pending,
+        change: bool,
+    ) {
+        if change {
+            advertise(tables, node, own, None, up, queue);
+        }
+        if tables[node].take_route_request(n(0)) {
+            for (e, &(x, y)) in EDGES.iter().enumerate() {
+                if up[e] && (x == node || y == node) {
+                    let other = if x == node { y } else { x };
+                    advertise(tables, other, own, Some(node), up, queue);
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
-        fn no_forwarding_loop_at_any_instant(events in proptest::collection::vec(
+        fn no_forwarding_loop_at_any_instant(
+            kept in 1usize..=4,
+            events in proptest::collection::vec(
             prop_oneof![
                 (0usize..64).prop_map(Ev::Deliver),
                 (0usize..8).prop_map(Ev::LinkDown),
                 Just(Ev::Bump),
             ], 1..300)) {
-            // A ring of 6 nodes plus two chords; node 0 is the destination.
-            let edges = [(0,1),(1,2),(2,3),(3,4),(4,5),(5,0),(1,4),(2,5)];
             let mut tables: Vec<RouteTable> = (0..6).map(|i| {
-                let mut t = RouteTable::new(n(i));
+                let mut t = RouteTable::with_routes_kept(n(i), 6, kept);
                 t.set_verified(n(0), Seqno(0x7fff));
                 t
             }).collect();
             let mut up = [true; 8];
             // Link slot for (node, edge index).
             let link = |e: usize| LinkSlot(e as u16);
-            for (e, &(x, y)) in edges.iter().enumerate() {
+            for (e, &(x, y)) in EDGES.iter().enumerate() {
                 tables[x].set_link_cost(link(e), 1 + (e as u16 % 3));
                 tables[y].set_link_cost(link(e), 1 + (e as u16 % 3));
             }
             let dest = n(0);
             let mut seqno = Seqno(1);
-            // Pending updates: (to node, via edge, seqno, metric).
-            let mut queue: Vec<(usize, usize, Seqno, Metric)> = Vec::new();
-            let announce = |from: usize, s: Seqno, m: Metric, queue: &mut Vec<(usize, usize, Seqno, Metric)>, up: &[bool; 8]| {
-                for (e, &(x, y)) in edges.iter().enumerate() {
-                    if !up[e] { continue; }
-                    if x == from { queue.push((y, e, s, m)); }
-                    if y == from { queue.push((x, e, s, m)); }
-                }
-            };
-            announce(0, seqno, Metric(0), &mut queue, &up);
+            let mut queue: Pending = Vec::new();
+            advertise(&mut tables, 0, seqno, None, &up, &mut queue);
             for ev in events {
                 match ev {
                     Ev::Deliver(i) if !queue.is_empty() => {
@@ -775,31 +1011,23 @@ mod tests {
                         let first = queue.iter().position(|q| q.0 == to && q.1 == e).unwrap_or(0);
                         let (to, e, s, m) = queue.remove(first);
                         if !up[e] || to == 0 { continue; }
-                        if tables[to].on_update(link(e), dest, s, m).is_some() {
-                            let sel = tables[to].selected(dest);
-                            let (s2, m2) = sel.map(|s| (s.seqno, s.metric)).unwrap_or((s, Metric::INFINITY));
-                            tables[to].advertised(dest, s2, m2);
-                            announce(to, s2, m2, &mut queue, &up);
-                        }
+                        let change = tables[to].on_update(link(e), dest, s, m).is_some();
+                        changed(&mut tables, to, seqno, &up, &mut queue, change);
                     }
                     Ev::LinkDown(e) => {
                         if up[e] {
                             up[e] = false;
-                            let (x, y) = edges[e];
+                            let (x, y) = EDGES[e];
                             for node in [x, y] {
                                 if node == 0 { continue; }
-                                if !tables[node].remove_link(link(e)).is_empty() {
-                                    let sel = tables[node].selected(dest);
-                                    let (s2, m2) = sel.map(|s| (s.seqno, s.metric)).unwrap_or((seqno, Metric::INFINITY));
-                                    tables[node].advertised(dest, s2, m2);
-                                    announce(node, s2, m2, &mut queue, &up);
-                                }
+                                let change = !tables[node].remove_link(link(e)).is_empty();
+                                changed(&mut tables, node, seqno, &up, &mut queue, change);
                             }
                         }
                     }
                     Ev::Bump => {
                         seqno = seqno.next();
-                        announce(0, seqno, Metric(0), &mut queue, &up);
+                        advertise(&mut tables, 0, seqno, None, &up, &mut queue);
                     }
                     Ev::Deliver(_) => {}
                 }
@@ -812,10 +1040,89 @@ mod tests {
                         prop_assert!(!seen[at], "forwarding loop through node {}", at);
                         seen[at] = true;
                         let Some(sel) = tables[at].selected(dest) else { break };
-                        let (x, y) = edges[usize::from(sel.via.0)];
+                        prop_assert!(tables[at].heard_from(sel.via, dest).is_some(),
+                            "node {} selected a route it does not keep", at);
+                        let (x, y) = EDGES[usize::from(sel.via.0)];
                         at = if x == at { y } else { x };
                     }
                 }
+            }
+        }
+
+        /// Once updates stop, every node connected to the destination has
+        /// a route, however few routes each table keeps: dropped offers are
+        /// recovered by route requests, and starvation by seqno bumps.
+        #[test]
+        fn converges_with_few_routes_kept(
+            kept in 1usize..=3,
+            down in proptest::collection::vec(0usize..8, 0..3),
+            order in proptest::collection::vec(0usize..64, 0..400),
+        ) {
+            let mut tables: Vec<RouteTable> = (0..6).map(|i| {
+                let mut t = RouteTable::with_routes_kept(n(i), 6, kept);
+                t.set_verified(n(0), Seqno(0x7fff));
+                t
+            }).collect();
+            let mut up = [true; 8];
+            let link = |e: usize| LinkSlot(e as u16);
+            for (e, &(x, y)) in EDGES.iter().enumerate() {
+                tables[x].set_link_cost(link(e), 1 + (e as u16 % 3));
+                tables[y].set_link_cost(link(e), 1 + (e as u16 % 3));
+            }
+            let dest = n(0);
+            let mut seqno = Seqno(1);
+            let mut queue: Pending = Vec::new();
+            advertise(&mut tables, 0, seqno, None, &up, &mut queue);
+            let mut order = order.into_iter();
+            let mut downs = down.into_iter();
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                prop_assert!(steps < 100_000, "no convergence");
+                if queue.is_empty() {
+                    if let Some(e) = downs.next() {
+                        if up[e] {
+                            up[e] = false;
+                            let (x, y) = EDGES[e];
+                            for node in [x, y] {
+                                if node != 0 {
+                                    let change = !tables[node].remove_link(link(e)).is_empty();
+                                    changed(&mut tables, node, seqno, &up, &mut queue, change);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    // Starving nodes ask the destination for a newer seqno.
+                    if (1..6).any(|i| tables[i].is_starving(dest)) {
+                        seqno = seqno.next();
+                        advertise(&mut tables, 0, seqno, None, &up, &mut queue);
+                        continue;
+                    }
+                    break;
+                }
+                let i = order.next().unwrap_or(0);
+                let (to, e, _, _) = queue[i % queue.len()];
+                let first = queue.iter().position(|q| q.0 == to && q.1 == e).unwrap_or(0);
+                let (to, e, s, m) = queue.remove(first);
+                if !up[e] || to == 0 { continue; }
+                let change = tables[to].on_update(link(e), dest, s, m).is_some();
+                changed(&mut tables, to, seqno, &up, &mut queue, change);
+            }
+            // Reachability of node 0 over live edges.
+            let mut reach = [false; 6];
+            reach[0] = true;
+            for _ in 0..6 {
+                for (e, &(x, y)) in EDGES.iter().enumerate() {
+                    if up[e] && (reach[x] || reach[y]) {
+                        reach[x] = true;
+                        reach[y] = true;
+                    }
+                }
+            }
+            for i in 1..6 {
+                prop_assert_eq!(tables[i].selected(dest).is_some(), reach[i],
+                    "node {} route vs reachability", i);
             }
         }
     }

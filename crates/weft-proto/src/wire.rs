@@ -279,6 +279,14 @@ pub enum Message {
         /// The destination it could not reach.
         dst: NodeId,
     },
+    /// Ask a neighbour for its current route to `origin` (RFC 8966
+    /// §3.8.1.1): sent by a node that lost its route to `origin` after
+    /// dropping some neighbour's offer for lack of room in its table. The
+    /// answer is an update entry (a retraction if the neighbour has no route).
+    RouteRequest {
+        /// The destination asked about.
+        origin: NodeId,
+    },
 }
 
 mod ty {
@@ -291,10 +299,11 @@ mod ty {
     pub const DATAGRAM: u8 = 7;
     pub const UNREACHABLE: u8 = 8;
     pub const SEQNO_PROOF: u8 = 9;
-    pub const LAST: u8 = SEQNO_PROOF;
+    pub const ROUTE_REQUEST: u8 = 10;
+    pub const LAST: u8 = ROUTE_REQUEST;
 }
 
-const ROUTE_ENTRY_LEN: usize = 32 + 2 + 2;
+pub(crate) const ROUTE_ENTRY_LEN: usize = 32 + 2 + 2;
 const ANNOUNCEMENT_REQUEST_LEN: usize = 32 + 2 + 1 + 4 + 2;
 const ANNOUNCEMENT_LEN: usize = CERT_SIGNED_LEN + SIGNATURE_LEN + 2 + 32;
 const SEQNO_PROOF_LEN: usize = 32 + 4 + 2 + 2 + 32;
@@ -312,6 +321,7 @@ impl Message {
             Message::Revocation(_) => "revocation",
             Message::Datagram { .. } => "datagram",
             Message::Unreachable { .. } => "unreachable",
+            Message::RouteRequest { .. } => "route_request",
         }
     }
 
@@ -326,6 +336,7 @@ impl Message {
             Message::Revocation(_) => ty::REVOCATION,
             Message::Datagram { .. } => ty::DATAGRAM,
             Message::Unreachable { .. } => ty::UNREACHABLE,
+            Message::RouteRequest { .. } => ty::ROUTE_REQUEST,
         }
     }
 
@@ -341,6 +352,7 @@ impl Message {
             Message::Revocation(r) => 8 + 8 + 2 + 32 * r.revoked.len() + SIGNATURE_LEN,
             Message::Datagram { payload, .. } => 32 + 32 + 1 + 2 + payload.len(),
             Message::Unreachable { .. } => 3 * 32,
+            Message::RouteRequest { .. } => 32,
         }
     }
 
@@ -454,6 +466,7 @@ impl Message {
                 out.extend_from_slice(&src.0);
                 out.extend_from_slice(&dst.0);
             }
+            Message::RouteRequest { origin } => out.extend_from_slice(&origin.0),
         }
         Ok(())
     }
@@ -777,6 +790,10 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, WireError> {
                 dst: r.node(),
             }
         }
+        ty::ROUTE_REQUEST => {
+            expect_len("route request", body, 32)?;
+            Message::RouteRequest { origin: r.node() }
+        }
         other => return Err(WireError::UnknownType(other)),
     };
     Ok(msg)
@@ -915,6 +932,7 @@ mod tests {
                 src,
                 dst
             }),
+            node().prop_map(|origin| Message::RouteRequest { origin }),
         ]
     }
 

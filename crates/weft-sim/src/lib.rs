@@ -261,6 +261,9 @@ pub struct Sim {
     index: rustc_hash::FxHashMap<NodeId, usize>,
     loops: u64,
     events: u64,
+    /// Bytes of frames scheduled for delivery and not delivered yet.
+    in_flight: u64,
+    peak_in_flight: u64,
 }
 
 /// Most nodes in one simulation (node indices are stored as `u16`).
@@ -352,6 +355,8 @@ impl Sim {
             index,
             loops: 0,
             events: 0,
+            in_flight: 0,
+            peak_in_flight: 0,
         })
     }
 
@@ -579,6 +584,12 @@ impl Sim {
         false
     }
 
+    /// Most bytes of frames on the simulated links at once so far (sent
+    /// and not yet delivered or dropped).
+    pub fn peak_in_flight_bytes(&self) -> u64 {
+        self.peak_in_flight
+    }
+
     /// Events taken off the queue so far.
     pub fn events_processed(&self) -> u64 {
         self.events
@@ -653,10 +664,12 @@ impl Sim {
                     bytes,
                     reliable,
                 } => {
+                    self.in_flight = self.in_flight.saturating_sub(bytes.len() as u64);
                     if !self.nodes[to].alive || !self.links[link].up {
                         continue;
                     }
                     let l = LinkId(link as u64);
+                    let len = bytes.len();
                     self.input(to, |node| {
                         if reliable {
                             node.handle(
@@ -676,6 +689,21 @@ impl Sim {
                             )
                         }
                     });
+                    if reliable {
+                        // Delivered: the bytes leave the sender's send
+                        // window (a stream's flow-control credit).
+                        let ends = self.links[link].ends;
+                        let from = if ends[0] == to { ends[1] } else { ends[0] };
+                        self.input(from, |node| {
+                            node.handle(
+                                at,
+                                Input::Drained {
+                                    link: l,
+                                    bytes: len,
+                                },
+                            )
+                        });
+                    }
                 }
             }
         }
@@ -795,6 +823,8 @@ impl Sim {
                 at = at + spec.jitter.mul_f64(self.rng.random::<f64>());
             }
         }
+        self.in_flight += bytes.len() as u64;
+        self.peak_in_flight = self.peak_in_flight.max(self.in_flight);
         self.schedule(
             at,
             Action::Deliver {

@@ -62,6 +62,11 @@ pub struct Scenario {
     pub profile: Profile,
     /// Link properties.
     pub link: LinkSpec,
+    /// Heard routes each node keeps per destination
+    /// ([`NodeConfig::routes_kept`]).
+    pub routes_kept: usize,
+    /// Send window per link ([`NodeConfig::send_window`]).
+    pub send_window: usize,
 }
 
 impl Default for Scenario {
@@ -76,6 +81,8 @@ impl Default for Scenario {
             duration: Duration::from_secs(60),
             profile: Profile::Default,
             link: LinkSpec::default(),
+            routes_kept: weft_proto::route::DEFAULT_ROUTES_KEPT,
+            send_window: NodeConfig::default().send_window,
         }
     }
 }
@@ -152,6 +159,9 @@ pub struct Report {
     pub churn_bytes_per_node: f64,
     /// Peak resident set size of the process.
     pub peak_rss_bytes: u64,
+    /// Most bytes of frames on the simulated links at once (sent, not yet
+    /// delivered): the bootstrap's traffic in flight.
+    pub peak_in_flight_bytes: u64,
     /// Real signature verifications (the shared memo's misses).
     pub signature_verifications: u64,
     /// SHA-256 over the event trace.
@@ -194,6 +204,8 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
     let cfg = NodeConfig {
         liveness,
         unix_ms_at_zero: 1_800_000_000_000,
+        routes_kept: sc.routes_kept,
+        send_window: sc.send_window,
         ..NodeConfig::default()
     };
     let mut sim = Sim::new(n, sc.seed, cfg)?;
@@ -462,6 +474,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<Report, SimEr
         control_bytes_per_node_per_sec: steady_rate / n as f64,
         churn_bytes_per_node: churn_bytes / live as f64,
         peak_rss_bytes: peak_rss(),
+        peak_in_flight_bytes: sim.peak_in_flight_bytes(),
         signature_verifications: sim.verifications(),
         trace_hash: sim.trace_hash(),
         messages,
