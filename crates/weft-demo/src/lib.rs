@@ -43,11 +43,12 @@ use weft_control::api::CreateJoinToken;
 use weft_control::client::{ControlClient, Trust};
 use weft_crypto::{NodeId, NodeIdentity};
 use weft_heal::{
-    ActRequest, ActionKind, ActionResult, Engine, Input, MemoryKnowledge, Metric, Output, Policy,
-    Sample, Step, Target,
+    ActRequest, ActionKind, ActionResult, Engine, Input, Metric, Output, Policy, Sample, Step,
+    StoreKnowledge, Target,
 };
 use weft_proto::node::Event as NodeEvent;
 use weft_proto::origin::Refusal;
+use weft_store::Store as _;
 
 use crate::load::Burner;
 
@@ -128,7 +129,7 @@ pub struct Demo {
     /// Where restarted agents' events go while the loop runs.
     events: Option<mpsc::UnboundedSender<Observed>>,
     nodes: Vec<NodeSlot>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 struct NodeSlot {
@@ -326,7 +327,7 @@ pub async fn start(cfg: &DemoConfig, progress: &(dyn Fn(&str) + Sync)) -> Result
         network: info.network.clone(),
         events: None,
         nodes,
-        _dir: dir,
+        dir,
     };
     wait_converged(&demo, Duration::from_secs(30)).await?;
     progress(&format!(
@@ -391,8 +392,21 @@ async fn run_faults(
     };
     let epoch = Instant::now();
     let clock = move || weft_heal::Time::from_millis(epoch.elapsed().as_millis() as u64);
-    let mut engine = Engine::new(heal_cfg, policy, MemoryKnowledge::default(), clock())
-        .map_err(|e| fail("healing loop", e))?;
+    // Incidents go to the control plane's store, where `weft incidents`
+    // reads them (with --keep-running, or from the data directory after).
+    let store = demo.control.store().clone();
+    let network_name =
+        weft_store::NetworkName::new(network).map_err(|e| fail("network name", e))?;
+    let network_id = store
+        .get_network_by_name(&network_name)
+        .await
+        .map_err(|e| fail("network", e))?
+        .id;
+    let knowledge = StoreKnowledge::open(store, Some(network_id))
+        .await
+        .map_err(|e| fail("incident store", e))?;
+    let mut engine =
+        Engine::new(heal_cfg, policy, knowledge, clock()).map_err(|e| fail("healing loop", e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     demo.events = Some(tx.clone());
     for (i, slot) in demo.nodes.iter().enumerate() {
@@ -524,6 +538,9 @@ async fn run_faults(
                         }
                     }
                 }
+            }
+            if let Err(e) = engine.knowledge_mut().flush().await {
+                progress(&format!("  incidents not stored yet: {e}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -820,6 +837,11 @@ impl Demo {
         self.nodes.get(i).map(|n| n.settings.data_dir.as_path())
     }
 
+    /// The control plane's store (where the loop's incidents are kept).
+    pub fn store(&self) -> &weft_store::AnyStore {
+        self.control.store()
+    }
+
     /// A client of the control plane with the admin token.
     pub fn admin(&self) -> &ControlClient {
         &self.admin
@@ -883,10 +905,11 @@ async fn cut_off(demo: &Demo, i: usize) -> bool {
 /// Where a demo's data lives, for messages.
 pub fn describe(demo: &Demo) -> String {
     format!(
-        "control plane {} (admin token {}, CA bundle {})",
+        "control plane {} (admin token {}, CA bundle {}); incidents: weft incidents list --data-dir {}",
         demo.control_url,
         demo.admin_token,
-        Path::new(&demo.bundle_path).display()
+        Path::new(&demo.bundle_path).display(),
+        demo.dir.path().join("control").display()
     )
 }
 

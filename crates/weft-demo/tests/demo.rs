@@ -9,7 +9,23 @@ async fn every_fault_is_healed_and_verified() {
     let (report, demo) = weft_demo::run(&cfg, &|line| eprintln!("{line}"))
         .await
         .unwrap();
+    // The loop's incidents, with their timelines, are in the control
+    // plane's store, where `weft incidents` reads them.
+    use weft_store::Store as _;
+    let stored = demo
+        .store()
+        .list_incidents(
+            weft_store::IncidentFilter::default(),
+            weft_store::PageRequest::first(100),
+        )
+        .await
+        .unwrap();
     demo.stop().await;
+    assert!(
+        stored.items.len() >= 4,
+        "{} incidents stored",
+        stored.items.len()
+    );
     assert_eq!(report.faults.len(), 5);
     for f in &report.faults {
         assert!(f.detected_ms.is_some(), "{} not detected", f.fault);
