@@ -141,6 +141,9 @@ struct Sync {
     last_sync: Option<SystemTime>,
     failing_since: Option<SystemTime>,
     last_error: Option<String>,
+    /// The control plane answered but refused this node (401/403: revoked,
+    /// or its SVID no longer valid), rather than not answering.
+    refused: bool,
 }
 
 impl Sync {
@@ -161,6 +164,7 @@ impl Sync {
             last_sync: None,
             failing_since: None,
             last_error: None,
+            refused: false,
         })
     }
 
@@ -174,6 +178,7 @@ impl Sync {
                     }
                     self.last_sync = Some(SystemTime::now());
                     self.last_error = None;
+                    self.refused = false;
                 }
                 Ok(Err(e)) => self.failed(e),
                 Err(_) => self.failed(format!("no answer within {}s", SYNC_TIMEOUT.as_secs())),
@@ -259,11 +264,10 @@ impl Sync {
             links,
             versions: [("weft".to_string(), env!("CARGO_PKG_VERSION").to_string())].into(),
         };
-        let ack = self
-            .client
-            .heartbeat(&report)
-            .await
-            .map_err(|e| format!("heartbeat: {e}"))?;
+        let ack = self.client.heartbeat(&report).await.map_err(|e| {
+            self.refused = matches!(e.status(), Some(401 | 403));
+            format!("heartbeat: {e}")
+        })?;
         self.interval = Duration::from_secs(ack.interval_seconds).clamp(MIN_INTERVAL, MAX_INTERVAL);
         Ok(())
     }
@@ -406,7 +410,12 @@ impl Sync {
                 self.revocation_epoch
             ),
             Some(t) => format!(
-                "UNREACHABLE {url} since {} ({}): running on cached state ({cached}, revocation epoch {}), last sync {}, SVID valid until {svid}",
+                "{} {url} since {} ({}): running on cached state ({cached}, revocation epoch {}), last sync {}, SVID valid until {svid}",
+                if self.refused {
+                    "REFUSED by"
+                } else {
+                    "UNREACHABLE"
+                },
                 since(Some(t)),
                 self.last_error.as_deref().unwrap_or("no answer"),
                 self.revocation_epoch,

@@ -135,8 +135,14 @@ async fn enrolled_agents_follow_the_control_plane() {
     })
     .await;
     assert!(linked(&ha, b_id).await, "a lost b as well");
+    // c itself hears it at its next sync: the control plane refuses it.
+    wait_for(
+        Duration::from_secs(30),
+        "c reports it is refused",
+        || async { hc.control_status().starts_with("REFUSED by") },
+    )
+    .await;
     c.stop().await;
-    let _ = hc;
 
     // Renewal at half the SVID's lifetime: b's SVID file changes, and a
     // new node linking to b after that is accepted (b presents the new
