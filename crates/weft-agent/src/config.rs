@@ -10,6 +10,8 @@
 //! tun_name = "weft0"
 //! admin_socket = "/run/weft/agent.sock" # default: <data_dir>/agent.sock
 //! metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics on localhost; omit to disable
+//! advertise = "192.0.2.7:7946"        # where others link to this node (told to the control plane)
+//! max_peers = 8                       # dial peers the control plane suggests while fewer links than this
 //! ```
 
 use std::net::SocketAddr;
@@ -64,6 +66,8 @@ struct FileConfig {
     tun_name: Option<String>,
     admin_socket: Option<PathBuf>,
     metrics_listen: Option<String>,
+    advertise: Option<String>,
+    max_peers: Option<usize>,
 }
 
 /// A validated agent configuration.
@@ -81,6 +85,24 @@ pub struct AgentSettings {
     pub admin_socket: PathBuf,
     /// Address of the Prometheus endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where other nodes can link to this one, told to the control plane
+    /// (default: the listen address, unless it is unspecified).
+    pub advertise: Option<SocketAddr>,
+    /// While the agent has fewer links than this, it dials peers the
+    /// control plane suggests (0: never).
+    pub max_peers: usize,
+}
+
+/// Default [`AgentSettings::max_peers`].
+pub const DEFAULT_MAX_PEERS: usize = 8;
+
+impl AgentSettings {
+    /// The address to tell the control plane: `advertise`, else the bound
+    /// address `local` if it is not unspecified.
+    pub fn advertised(&self, local: SocketAddr) -> Option<SocketAddr> {
+        self.advertise
+            .or_else(|| (!local.ip().is_unspecified()).then_some(local))
+    }
 }
 
 fn addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -181,6 +203,29 @@ impl AgentSettings {
             .as_deref()
             .map(|m| addr("metrics_listen", m))
             .transpose()?;
+        let advertise = match env("WEFT_AGENT_ADVERTISE") {
+            Some(v) => Some(addr("WEFT_AGENT_ADVERTISE", &v)?),
+            None => file
+                .advertise
+                .as_deref()
+                .map(|a| addr("advertise", a))
+                .transpose()?,
+        };
+        if let Some(a) = advertise
+            && (a.ip().is_unspecified() || a.ip().is_multicast() || a.port() == 0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "advertise".into(),
+                reason: format!("{a} cannot be dialed: give this node's own address and port"),
+            });
+        }
+        let max_peers = file.max_peers.unwrap_or(DEFAULT_MAX_PEERS);
+        if max_peers > 256 {
+            return Err(ConfigError::Invalid {
+                key: "max_peers".into(),
+                reason: format!("{max_peers}; at most 256"),
+            });
+        }
         Ok(Self {
             data_dir,
             listen,
@@ -188,6 +233,8 @@ impl AgentSettings {
             tun: tun_on.then_some(tun_name),
             admin_socket,
             metrics_listen,
+            advertise,
+            max_peers,
         })
     }
 }

@@ -375,6 +375,14 @@ impl AgentHandle {
         self.ask(Command::Telemetry).await
     }
 
+    /// Dials `addr` once and returns the neighbour's id when the link is
+    /// up (see [`Agent::connect`]).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<NodeId, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        dial(&self.tls, addr, &self.commands, &self.shared, Some(tx)).await?;
+        rx.await.map_err(|_| AgentError::Stopped)?
+    }
+
     /// Presents `creds` (a renewed SVID) on every link made from now on;
     /// links already up keep the session they authenticated with.
     pub fn set_credentials(&self, creds: &SvidCredentials) -> Result<(), AgentError> {
@@ -570,9 +578,7 @@ impl Agent {
 
     /// Dials `addr` once and returns the neighbour's id when the link is up.
     pub async fn connect(&self, addr: SocketAddr) -> Result<NodeId, AgentError> {
-        let (tx, rx) = oneshot::channel();
-        dial(&self.tls, addr, &self.commands, &self.shared, Some(tx)).await?;
-        rx.await.map_err(|_| AgentError::Stopped)?
+        self.handle().connect(addr).await
     }
 
     /// Keeps a link to `addr`: dials it now and again whenever the link is

@@ -167,6 +167,12 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
     ),
     route(
+        "GET",
+        "/v1/networks/{network}/peers",
+        Access::AgentOrViewer,
+        None,
+    ),
+    route(
         "POST",
         "/v1/enroll",
         Access::Enrollment,
@@ -528,6 +534,7 @@ pub fn router(state: Shared) -> Router {
             get(handlers::revocations),
         )
         .route("/v1/networks/{network}/members", get(handlers::members))
+        .route("/v1/networks/{network}/peers", get(handlers::peers))
         .route("/v1/enroll", post(handlers::enroll))
         .route("/v1/enroll/claim", post(handlers::claim))
         .route("/v1/renew", post(handlers::renew))

@@ -240,6 +240,7 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
                     "agent".to_owned(),
                     env!("CARGO_PKG_VERSION").to_owned(),
                 )]),
+                endpoint: None,
             };
             let mut latencies = Vec::new();
             let mut errors = 0u64;

@@ -735,6 +735,12 @@ impl ControlClient {
         self.call(Method::POST, &path, None::<&()>).await
     }
 
+    /// `GET /v1/networks/{network}/peers`: up nodes and where they listen.
+    pub async fn peers(&self, network: &str) -> Result<crate::handlers::PeerList, ClientError> {
+        let path = format!("/v1/networks/{}/peers", encode_query_value(network));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
     /// `POST /v1/heartbeat` (needs the client built with the node's SVID).
     pub async fn heartbeat(
         &self,

@@ -9,10 +9,10 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use data_encoding::BASE64;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use weft_crypto::NodeId;
 use weft_proto::wire::{MAX_REVOKED, Message};
 use weft_store::{
@@ -1277,28 +1277,9 @@ pub struct TopologyQuery {
 /// Most nodes in one topology answer.
 const MAX_TOPOLOGY_NODES: usize = 10_000;
 
-/// Nodes and links with their health, as JSON or GraphViz dot.
-#[utoipa::path(get, path = "/v1/topology", tag = "telemetry", params(TopologyQuery), security(("bearer" = [])),
-    responses((status = 200, description = "the topology (JSON, or text/vnd.graphviz with format=dot)", body = Topology),
-        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
-pub async fn topology(
-    State(state): State<Shared>,
-    QueryParams(q): QueryParams<TopologyQuery>,
-) -> Result<Response, Problem> {
-    let dot = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("dot") => true,
-        Some(other) => {
-            return Err(Problem::bad_request(format!(
-                "format {:?} is not known; use json or dot",
-                other.chars().take(32).collect::<String>()
-            )));
-        }
-    };
-    let net = match &q.network {
-        Some(name) => state.served_network(name).await?,
-        None => state.network.clone(),
-    };
+/// The network's nodes with the latest heartbeat of each (stored, or
+/// taken by this process and not written yet).
+async fn current_topology(state: &Shared, net: &Network) -> Result<Topology, Problem> {
     let mut nodes = Vec::new();
     let mut page = PageRequest::first(limits::MAX_PAGE_SIZE);
     loop {
@@ -1350,7 +1331,85 @@ pub async fn topology(
         latest = by_node.into_values().collect();
         latest.sort_by_key(|h| h.node_id);
     }
-    let t = crate::telemetry::topology(net.name.as_str(), &nodes, &latest, now());
+    Ok(crate::telemetry::topology(
+        net.name.as_str(),
+        &nodes,
+        &latest,
+        now(),
+    ))
+}
+
+/// Peers an agent may link to: the network's approved nodes that are up
+/// (a heartbeat within three intervals) and said where they listen.
+#[utoipa::path(get, path = "/v1/networks/{network}/peers", tag = "nodes",
+    params(("network" = String, Path, description = "the network's name")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the peers", body = PeerList),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn peers(
+    State(state): State<Shared>,
+    PathParams(network): PathParams<String>,
+) -> Result<axum::Json<PeerList>, Problem> {
+    let net = state.served_network(&network).await?;
+    let t = current_topology(&state, &net).await?;
+    let peers = t
+        .nodes
+        .into_iter()
+        .filter(|n| n.status == "approved" && n.health == "up")
+        .filter_map(|n| {
+            Some(PeerEndpoint {
+                endpoint: n.endpoint?,
+                node_id: n.node_id,
+            })
+        })
+        .collect();
+    Ok(axum::Json(PeerList {
+        network: net.name.to_string(),
+        peers,
+    }))
+}
+
+/// Peers an agent may link to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerList {
+    /// The network.
+    pub network: String,
+    /// Up nodes that gave an endpoint, in node id order.
+    pub peers: Vec<PeerEndpoint>,
+}
+
+/// A node and where it listens for links.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerEndpoint {
+    /// The node's id.
+    pub node_id: String,
+    /// Its UDP address for links.
+    pub endpoint: String,
+}
+
+/// Nodes and links with their health, as JSON or GraphViz dot.
+#[utoipa::path(get, path = "/v1/topology", tag = "telemetry", params(TopologyQuery), security(("bearer" = [])),
+    responses((status = 200, description = "the topology (JSON, or text/vnd.graphviz with format=dot)", body = Topology),
+        (status = "4XX", description = "refused", body = ProblemBody, content_type = "application/problem+json")))]
+pub async fn topology(
+    State(state): State<Shared>,
+    QueryParams(q): QueryParams<TopologyQuery>,
+) -> Result<Response, Problem> {
+    let dot = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("dot") => true,
+        Some(other) => {
+            return Err(Problem::bad_request(format!(
+                "format {:?} is not known; use json or dot",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    let net = match &q.network {
+        Some(name) => state.served_network(name).await?,
+        None => state.network.clone(),
+    };
+    let t = current_topology(&state, &net).await?;
     if dot {
         let mut response = crate::telemetry::to_dot(&t).into_response();
         response.headers_mut().insert(

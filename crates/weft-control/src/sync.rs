@@ -7,7 +7,12 @@
 //! cannot be reached, the copy in the data directory is used. Then, every
 //! heartbeat interval (the control plane says how long; 10 s by default):
 //!
-//! - a heartbeat with the agent's CPU, memory, links and routes;
+//! - a heartbeat with the agent's CPU, memory, links, routes and the
+//!   address where others can link to it;
+//! - peers: while the agent has fewer links than `max_peers`, it dials
+//!   nodes the control plane lists as up with an address, nearest node
+//!   ids first (XOR distance, so that the mesh's links spread out rather
+//!   than all landing on the same few nodes);
 //! - the signed revocation list: a newer one is handed to the agent, which
 //!   closes the revoked nodes' links and gossips the list over the mesh;
 //! - the network file: nodes enrolled since are added to the roster and
@@ -111,6 +116,8 @@ impl EnrolledAgent {
         let daemon = Daemon::start(settings).await?;
         let handle = daemon.agent.handle();
         sync.network = Network::load(&network_path).ok();
+        sync.advertise = settings.advertised(daemon.agent.local_addr());
+        sync.max_peers = settings.max_peers;
         sync.set_status(&handle);
         let task = tokio::spawn(sync.run(handle));
         Ok(EnrolledAgent { daemon, sync: task })
@@ -135,6 +142,10 @@ struct Sync {
     policy_version: u32,
     /// The entity tag of the network file held.
     members_etag: Option<String>,
+    /// Where others can link to this node (told in heartbeats).
+    advertise: Option<std::net::SocketAddr>,
+    /// Dial suggested peers while fewer links than this.
+    max_peers: usize,
     network: Option<Network>,
     cpu: CpuMeter,
     started: Instant,
@@ -158,6 +169,8 @@ impl Sync {
             revocation_epoch: 0,
             policy_version: 0,
             members_etag: None,
+            advertise: None,
+            max_peers: 0,
             network: None,
             cpu: CpuMeter::new(),
             started: Instant::now(),
@@ -205,6 +218,7 @@ impl Sync {
     async fn sync_once(&mut self, handle: &AgentHandle) -> Result<(), String> {
         self.heartbeat(handle).await?;
         self.follow_revocations(handle).await?;
+        self.follow_peers(handle).await?;
         match self.fetch_network().await {
             Ok(Some(network)) => {
                 if let Err(e) = handle.set_network(network.clone()).await {
@@ -263,12 +277,63 @@ impl Sync {
             routes: Some(u32::try_from(telemetry.routes).unwrap_or(u32::MAX)),
             links,
             versions: [("weft".to_string(), env!("CARGO_PKG_VERSION").to_string())].into(),
+            endpoint: self.advertise.map(|a| a.to_string()),
         };
         let ack = self.client.heartbeat(&report).await.map_err(|e| {
             self.refused = matches!(e.status(), Some(401 | 403));
             format!("heartbeat: {e}")
         })?;
         self.interval = Duration::from_secs(ack.interval_seconds).clamp(MIN_INTERVAL, MAX_INTERVAL);
+        Ok(())
+    }
+
+    /// Dials peers the control plane suggests while the agent has fewer
+    /// links than `max_peers` (each dial in its own task; the next round
+    /// tries again whatever did not link).
+    async fn follow_peers(&mut self, handle: &AgentHandle) -> Result<(), String> {
+        if self.max_peers == 0 {
+            return Ok(());
+        }
+        let linked: std::collections::HashSet<NodeId> = handle
+            .peers()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        if linked.len() >= self.max_peers {
+            return Ok(());
+        }
+        let list = self
+            .client
+            .peers(&self.state.settings.network)
+            .await
+            .map_err(|e| format!("peers: {e}"))?;
+        let me = handle.id();
+        let mut candidates: Vec<(NodeId, std::net::SocketAddr)> = list
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.node_id.parse().ok()?, p.endpoint.parse().ok()?)))
+            .filter(|(id, _)| *id != me && !linked.contains(id))
+            .collect();
+        candidates.sort_by_key(|(id, _)| xor_distance(&me, id));
+        for (id, addr) in candidates.into_iter().take(self.max_peers - linked.len()) {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), h.connect(addr)).await {
+                    Ok(Ok(got)) if got == id => {
+                        tracing::info!(peer = %id, %addr, "linked to a peer the control plane suggested");
+                    }
+                    Ok(Ok(got)) => {
+                        tracing::warn!(expected = %id, %got, %addr, "a suggested peer's address answered as another node");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %id, %addr, error = %e, "suggested peer not linked")
+                    }
+                    Err(_) => tracing::debug!(peer = %id, %addr, "suggested peer did not answer"),
+                }
+            });
+        }
         Ok(())
     }
 
@@ -502,6 +567,11 @@ pub fn compile_policy(view: &PolicyView, network: &Network) -> Acl {
             .collect(),
         default_allow: view.document.default == Action::Allow,
     }
+}
+
+/// Kademlia's XOR distance between two node ids.
+fn xor_distance(a: &NodeId, b: &NodeId) -> [u8; 32] {
+    std::array::from_fn(|i| a.0[i] ^ b.0[i])
 }
 
 /// The weft-proto revocation list inside a control plane's answer.

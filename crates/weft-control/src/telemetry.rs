@@ -75,6 +75,11 @@ pub struct HeartbeatRequest {
     /// bytes, versions up to 128).
     #[serde(default)]
     pub versions: BTreeMap<String, String>,
+    /// The UDP address where other nodes can link to this one
+    /// (`IP:PORT`, neither unspecified nor multicast); served to the
+    /// network's agents as a peer to dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 fn finite_in(what: &str, v: f64, lo: f64, hi: f64) -> Result<(), Problem> {
@@ -109,6 +114,19 @@ impl HeartbeatRequest {
                 return Err(Problem::bad_request(format!(
                     "links[{i}].cost is {}; it must be 0 to 65535",
                     l.cost
+                )));
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            let addr: std::net::SocketAddr = e.parse().map_err(|_| {
+                Problem::bad_request(format!(
+                    "endpoint {:?} is not an address like 192.0.2.1:7946 or [2001:db8::1]:7946",
+                    e.chars().take(64).collect::<String>()
+                ))
+            })?;
+            if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+                return Err(Problem::bad_request(format!(
+                    "endpoint {addr} cannot be dialed: give the node's own address and port"
                 )));
             }
         }
@@ -376,6 +394,9 @@ pub struct TopologyNode {
     pub memory_bytes: Option<u64>,
     /// Component versions in the latest heartbeat.
     pub versions: BTreeMap<String, String>,
+    /// Where other nodes can link to it, from the latest heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// A link in the topology, as its source reported it.
@@ -466,6 +487,7 @@ pub fn topology(
             cpu_percent: report.and_then(|r| r.cpu_percent),
             memory_bytes: report.and_then(|r| r.memory_bytes),
             versions: report.map(|r| r.versions.clone()).unwrap_or_default(),
+            endpoint: report.and_then(|r| r.endpoint.clone()),
         });
         if let Some(r) = report {
             for l in &r.links {
@@ -557,8 +579,14 @@ mod tests {
             routes: Some(3),
             links: vec![link(&peer)],
             versions: BTreeMap::from([("agent".into(), "0.1.0".into())]),
+            endpoint: Some("192.0.2.7:7946".into()),
         };
         hb.check().unwrap();
+        for bad in ["0.0.0.0:7946", "192.0.2.7:0", "[ff02::1]:7946", "here"] {
+            hb.endpoint = Some(bad.into());
+            assert!(hb.check().unwrap_err().detail.contains("endpoint"), "{bad}");
+        }
+        hb.endpoint = None;
         hb.links[0].loss = 1.5;
         assert!(hb.check().unwrap_err().detail.contains("links[0].loss"));
         hb.links[0].loss = f64::NAN;

@@ -1,5 +1,6 @@
 //! Enrolled agents following their control plane over loopback: the
-//! network file fetched at start, heartbeats, a revocation applied by the
+//! network file fetched at start, heartbeats, peers suggested by the
+//! control plane, a revocation applied by the
 //! revoked node's neighbour, the SVID renewed at half its lifetime and
 //! presented on new links, and the agents running on without the control
 //! plane, saying so.
@@ -28,6 +29,8 @@ fn settings(dir: &Path, peers: Vec<std::net::SocketAddr>) -> AgentSettings {
         tun: None,
         admin_socket: dir.join("agent.sock"),
         metrics_listen: None,
+        advertise: None,
+        max_peers: 8,
     }
 }
 
@@ -152,18 +155,24 @@ async fn enrolled_agents_follow_the_control_plane() {
         std::fs::read(h.agent_dir("b").join("svid.pem")).is_ok_and(|now| now != before)
     })
     .await;
-    let d = EnrolledAgent::start(&settings(
-        &h.agent_dir("d"),
-        vec![b.daemon.agent.local_addr()],
-    ))
-    .await
-    .unwrap();
+    // d has no peers in its configuration: the control plane suggests
+    // a and b (up, with the addresses their heartbeats gave), not the
+    // revoked c.
+    let d = EnrolledAgent::start(&settings(&h.agent_dir("d"), vec![]))
+        .await
+        .unwrap();
+    let hd = d.daemon.agent.handle();
     wait_for(
         Duration::from_secs(20),
         "d links to b after b's renewal",
         || async { linked(&hb, d_id).await },
     )
     .await;
+    wait_for(Duration::from_secs(20), "d links to a as well", || async {
+        linked(&hd, a_id).await
+    })
+    .await;
+    assert!(!linked(&hd, c_id).await, "d linked to the revoked c");
 
     // Without the control plane the agents keep their links and say so.
     h.stop().await;

@@ -34,6 +34,7 @@ fn report(seq: u64, links: Vec<LinkReport>) -> HeartbeatRequest {
         routes: Some(2),
         links,
         versions: BTreeMap::from([("agent".to_owned(), "0.1.0".to_owned())]),
+        endpoint: None,
     }
 }
 

@@ -292,6 +292,8 @@ pub async fn start(cfg: &DemoConfig, progress: &(dyn Fn(&str) + Sync)) -> Result
             tun: None,
             admin_socket: d.join("agent.sock"),
             metrics_listen: None,
+            advertise: None,
+            max_peers: 0,
         };
         let daemon = Daemon::start(&settings)
             .await
