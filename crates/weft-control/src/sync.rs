@@ -218,7 +218,6 @@ impl Sync {
     async fn sync_once(&mut self, handle: &AgentHandle) -> Result<(), String> {
         self.heartbeat(handle).await?;
         self.follow_revocations(handle).await?;
-        self.follow_peers(handle).await?;
         match self.fetch_network().await {
             Ok(Some(network)) => {
                 if let Err(e) = handle.set_network(network.clone()).await {
@@ -237,6 +236,9 @@ impl Sync {
             Err(e) => return Err(e.to_string()),
         }
         self.follow_policy(handle).await?;
+        // After the network file: a suggested peer enrolled since the last
+        // round is in the roster by now, so its handshake is accepted.
+        self.follow_peers(handle).await?;
         if self.renewal_due() {
             let creds = self.renew().await.map_err(|e| e.to_string())?;
             handle.set_credentials(&creds).map_err(|e| e.to_string())?;
