@@ -12,7 +12,6 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use weft_crypto::NodeId;
 use weft_proto::node::{Input, LinkId, Node, NodeConfig};
-use weft_proto::wire::RevocationList;
 
 use crate::{LinkSpec, NO_ROUTE, Sim, SimError, SimNode};
 
@@ -306,19 +305,7 @@ impl Sim {
     /// every live node, as their control-plane clients would. Returns how
     /// many applied it (a node that already had it by gossip does not).
     pub fn revoke_everywhere(&mut self, revoked: &[usize], epoch: u64) -> Result<usize, SimError> {
-        let ids: Vec<NodeId> = revoked
-            .iter()
-            .filter_map(|&i| self.ids.get(i).copied())
-            .collect();
-        let issued_ms = self.now.0 / 1000;
-        let msg = RevocationList::signed_bytes(epoch, issued_ms, &ids);
-        let sig = self.authority.sign(&msg, RevocationList::CONTEXT)?;
-        let list = RevocationList {
-            epoch,
-            issued_ms,
-            revoked: ids,
-            signature: Box::new(*sig.as_bytes()),
-        };
+        let list = self.signed_revocation(revoked, epoch)?;
         let now = self.now;
         for i in 0..self.nodes.len() {
             // A neighbour may have gossiped it meanwhile: then it is held.

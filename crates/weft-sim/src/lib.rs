@@ -471,21 +471,34 @@ impl Sim {
         revoked: &[usize],
         epoch: u64,
     ) -> Result<(), SimError> {
-        let ids: Vec<NodeId> = revoked.iter().map(|&i| self.ids[i]).collect();
-        let issued_ms = self.now.0 / 1000;
-        let msg = RevocationList::signed_bytes(epoch, issued_ms, &ids);
-        let sig = self.authority.sign(&msg, RevocationList::CONTEXT)?;
-        let list = RevocationList {
-            epoch,
-            issued_ms,
-            revoked: ids,
-            signature: Box::new(*sig.as_bytes()),
-        };
+        let list = self.signed_revocation(revoked, epoch)?;
         let now = self.now;
         self.input(at_node, |node| {
             node.revoke(now, list);
         });
         Ok(())
+    }
+
+    /// A revocation list of the nodes at `revoked` (indices out of range
+    /// are left out), signed by the simulated authority now.
+    pub(crate) fn signed_revocation(
+        &self,
+        revoked: &[usize],
+        epoch: u64,
+    ) -> Result<RevocationList, SimError> {
+        let ids: Vec<NodeId> = revoked
+            .iter()
+            .filter_map(|&i| self.ids.get(i).copied())
+            .collect();
+        let issued_ms = self.now.0 / 1000;
+        let msg = RevocationList::signed_bytes(epoch, issued_ms, &ids);
+        let sig = self.authority.sign(&msg, RevocationList::CONTEXT)?;
+        Ok(RevocationList {
+            epoch,
+            issued_ms,
+            revoked: ids,
+            signature: Box::new(*sig.as_bytes()),
+        })
     }
 
     /// Injects raw bytes on link `link` towards node `to`, as if its peer
