@@ -14,7 +14,9 @@ use std::sync::Arc;
 use weft_crypto::NodeId;
 use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey, SignatureError};
 
-use crate::DetMap;
+use fixedbitset::FixedBitSet;
+
+use crate::requests::Requests;
 use crate::liveness::{HelloTimer, LinkHealth, LinkLiveness, LivenessConfig};
 use crate::origin::{
     Accepted, Arrival, OriginPolicy, OriginStore, OwnOrigin, ProofOutcome, Refusal, SignatureCheck,
@@ -328,9 +330,15 @@ struct Link {
     answers: VecDeque<(NodeIndex, Seqno)>,
     /// Reliable bytes handed to the driver not yet reported drained.
     unacked: usize,
-    /// Destinations to advertise on this link alone at the next flush
-    /// (answers to its seqno requests).
-    extra: Vec<NodeIndex>,
+    /// Destinations whose route goes out on this link as soon as the send
+    /// window allows (route changes, answers to route and seqno
+    /// requests), one bit each: a burst of changes costs the link no more
+    /// than a bit per destination, however slow the peer, and a route
+    /// that changes again before it goes out is sent once, as it stands.
+    pending: FixedBitSet,
+    /// Of the pending destinations, those whose entry carries a seqno newer
+    /// than this node advertised before: their proof goes ahead of them.
+    proofs: FixedBitSet,
     /// Encoded frames for the reliable stream, written out at the end of
     /// the input being handled.
     tx: Vec<u8>,
@@ -393,15 +401,13 @@ pub struct Node {
     revocation: Option<RevocationList>,
     /// Announcement fetches in flight, by origin.
     fetches: Vec<Fetch>,
-    /// Neighbours whose seqno request for an origin this node relayed:
-    /// origin -> (link, seqno asked).
-    asked_by: DetMap<NodeIndex, Vec<(LinkSlot, Seqno)>>,
-    /// Seqno requests relayed towards an origin: origin -> (seqno, when).
-    relayed: DetMap<NodeIndex, (Seqno, Time)>,
+    /// Recent seqno and route requests sent, seqno requests relayed and
+    /// the neighbours that asked for them, by destination.
+    requests: Requests,
     /// Destinations whose route changed since the last flush (sent to
     /// every link), and the same as flags by index.
     dirty: Vec<NodeIndex>,
-    is_dirty: Vec<bool>,
+    is_dirty: FixedBitSet,
     /// Our own seqno as last advertised.
     own_advertised: Option<Seqno>,
     out: VecDeque<Output>,
@@ -411,10 +417,6 @@ pub struct Node {
     update_due: Option<Time>,
     /// The time of the input being handled.
     now: Time,
-    /// Last seqno request per destination.
-    seqno_requested: DetMap<NodeIndex, Time>,
-    /// Last route request per destination.
-    route_requested: DetMap<NodeIndex, Time>,
     /// Route requests held back by the spacing, retried by the periodic
     /// starvation check.
     route_retry: Vec<NodeIndex>,
@@ -477,17 +479,14 @@ impl Node {
             check,
             revocation: None,
             fetches: vec![NO_FETCH; n],
-            relayed: DetMap::default(),
-            asked_by: DetMap::default(),
+            requests: Requests::default(),
             dirty: Vec::new(),
-            is_dirty: vec![false; n],
+            is_dirty: FixedBitSet::with_capacity(n),
             own_advertised: None,
             out: VecDeque::new(),
             stats: Stats::default(),
             update_due: None,
             now: Time::ZERO,
-            seqno_requested: DetMap::default(),
-            route_requested: DetMap::default(),
             route_retry: Vec::new(),
             next_starvation_check: Time::ZERO,
             // Jitter seeded by the node id: reproducible, and different per node.
@@ -525,7 +524,7 @@ impl Node {
         }
         self.table.reserve_destinations(n);
         self.fetches.resize(n.max(self.fetches.len()), NO_FETCH);
-        self.is_dirty.resize(n.max(self.is_dirty.len()), false);
+        self.is_dirty.grow(n);
         true
     }
 
@@ -770,7 +769,8 @@ impl Node {
             dump: Some(0),
             answers: VecDeque::new(),
             unacked: 0,
-            extra: Vec::new(),
+            pending: FixedBitSet::new(),
+            proofs: FixedBitSet::new(),
             tx: Vec::new(),
         });
         self.slots.insert(link, slot);
@@ -808,10 +808,7 @@ impl Node {
                 *f = NO_FETCH;
             }
         }
-        self.asked_by.retain(|_, v| {
-            v.retain(|(s, _)| *s != slot);
-            !v.is_empty()
-        });
+        self.requests.forget_slot(slot);
         self.apply_changes(changes);
     }
 
@@ -1106,16 +1103,8 @@ impl Node {
     /// A newer seqno of `o` is verified: pass it to the neighbours whose
     /// seqno request we relayed, and let the routes waiting for it be used.
     fn on_new_seqno(&mut self, o: NodeIndex, seqno: Seqno) {
-        if let Some(asked) = self.asked_by.remove(&o) {
-            let (done, waiting): (Vec<_>, Vec<_>) = asked
-                .into_iter()
-                .partition(|(_, s)| !s.is_newer_than(seqno));
-            if !waiting.is_empty() {
-                self.asked_by.insert(o, waiting);
-            }
-            for (slot, _) in done {
-                self.push_announcement(slot, o);
-            }
+        for slot in self.requests.take_askers(o, seqno) {
+            self.push_announcement(slot, o);
         }
         if self.fetch(o).is_some_and(|(s, _)| !s.is_newer_than(seqno)) {
             self.fetches[o.get()] = NO_FETCH;
@@ -1156,19 +1145,17 @@ impl Node {
                 // Remember who asked: the new announcement goes back along
                 // the request's path as soon as it arrives, sparing each hop
                 // a fetch round trip while the route is being repaired.
-                let asked = self.asked_by.entry(o).or_default();
-                if asked.len() < 64 && !asked.iter().any(|(l, s)| *l == slot && *s == seqno) {
-                    asked.push((slot, seqno));
-                }
+                self.requests.add_asker(o, slot, seqno);
                 // A request for the same or an older seqno relayed recently
                 // is on its way already (RFC 8966 §3.8.1.2): after a mass
                 // failure many nodes ask for the same origin at once.
-                if self.relayed.get(&o).is_some_and(|&(s, at)| {
-                    !seqno.is_newer_than(s) && now < at + SEQNO_REQUEST_SPACING
-                }) {
+                if self
+                    .requests
+                    .relayed_within(o, seqno, now, SEQNO_REQUEST_SPACING)
+                {
                     return;
                 }
-                self.relayed.insert(o, (seqno, now));
+                self.requests.relayed(o, seqno, now);
                 self.send(
                     sel.via,
                     &Message::SeqnoRequest {
@@ -1182,12 +1169,11 @@ impl Node {
         }
     }
 
-    /// Advertises our route to `d` on one link at the next flush.
+    /// Advertises our route to `d` on one link as soon as its send window
+    /// allows.
     fn advertise_on(&mut self, slot: LinkSlot, d: NodeIndex) {
-        if let Some(l) = self.link_mut(slot)
-            && !l.extra.contains(&d)
-        {
-            l.extra.push(d);
+        if let Some(l) = self.link_mut(slot) {
+            l.pending.grow_and_insert(d.get());
         }
     }
 
@@ -1278,7 +1264,7 @@ impl Node {
                 if let Some(f) = self.fetches.get_mut(o.get()) {
                     *f = NO_FETCH;
                 }
-                self.asked_by.remove(&o);
+                self.requests.forget_askers(o);
                 changes.extend(self.table.purge(o));
             }
         }
@@ -1382,11 +1368,8 @@ impl Node {
 
     /// Queues our route to `d` for every link at the next flush.
     fn mark_dirty(&mut self, d: NodeIndex) {
-        if d.get() >= self.is_dirty.len() {
-            self.is_dirty.resize(d.get() + 1, false);
-        }
-        if !self.is_dirty[d.get()] {
-            self.is_dirty[d.get()] = true;
+        if !self.is_dirty.contains(d.get()) {
+            self.is_dirty.grow_and_insert(d.get());
             self.dirty.push(d);
         }
     }
@@ -1416,16 +1399,15 @@ impl Node {
         offers.sort_unstable();
         let now = self.now;
         if self
-            .seqno_requested
-            .get(&dst)
-            .is_some_and(|&at| now < at + SEQNO_REQUEST_SPACING)
+            .requests
+            .seqno_sent_within(dst, now, SEQNO_REQUEST_SPACING)
         {
             return;
         }
         let Some(origin) = self.roster().id(dst) else {
             return;
         };
-        self.seqno_requested.insert(dst, now);
+        self.requests.seqno_sent(dst, now);
         let seqno = self
             .table
             .feasibility_distance(dst)
@@ -1456,9 +1438,8 @@ impl Node {
         }
         let now = self.now;
         if self
-            .route_requested
-            .get(&d)
-            .is_some_and(|&at| now < at + ROUTE_REQUEST_SPACING)
+            .requests
+            .route_sent_within(d, now, ROUTE_REQUEST_SPACING)
         {
             if !self.route_retry.contains(&d) {
                 self.route_retry.push(d);
@@ -1468,7 +1449,7 @@ impl Node {
         if !self.table.take_route_request(d) {
             return;
         }
-        self.route_requested.insert(d, now);
+        self.requests.route_sent(d, now);
         for slot in self.live_slots() {
             if self.table.heard_from(slot, d).is_none() {
                 self.send(slot, &Message::RouteRequest { origin });
@@ -1482,20 +1463,13 @@ impl Node {
             return;
         }
         self.next_starvation_check = self.now + STARVATION_CHECK_INTERVAL;
-        let now = self.now;
-        self.seqno_requested
-            .retain(|_, at| now < *at + STARVATION_CHECK_INTERVAL);
-        self.route_requested
-            .retain(|_, at| now < *at + STARVATION_CHECK_INTERVAL);
+        self.requests
+            .expire(self.now, STARVATION_CHECK_INTERVAL, RELAYED_REQUEST_TTL);
         for d in std::mem::take(&mut self.route_retry) {
             if let Some(origin) = self.roster().id(d) {
                 self.request_route(d, origin);
             }
         }
-        self.relayed
-            .retain(|_, (_, at)| now < *at + RELAYED_REQUEST_TTL);
-        let relayed = &self.relayed;
-        self.asked_by.retain(|o, _| relayed.contains_key(o));
         for dst in self.table.starving() {
             self.request_seqno(dst);
         }
@@ -1544,22 +1518,20 @@ impl Node {
         last.is_some_and(|s| e.seqno.is_newer_than(s))
     }
 
-    /// Sends the queued route updates of every link once
-    /// [`NodeConfig::update_delay`] has passed since the first was queued.
+    /// Queues the changed routes for every link once
+    /// [`NodeConfig::update_delay`] has passed since the first changed; they
+    /// go out as each link's send window allows (see [`pump`](Self::pump)).
     ///
-    /// Each entry is computed from the table as it stands at the flush, so
-    /// a route that changed several times in the delay goes out once. A
-    /// seqno change travels with its proof (a 32-byte chain element) to
-    /// every neighbour that advertised an older seqno of the origin, ahead
-    /// of the entry, so the entry is usable on arrival; a neighbour that
-    /// never advertised the origin fetches what it lacks. Our own new
-    /// certificate is pushed whole while fresh (less than half the skew
-    /// window old, since peers refuse stale pushed certificates as
-    /// replays).
+    /// Each entry is computed from the table when it goes out, so a route
+    /// that changed several times meanwhile goes out once. A seqno change
+    /// travels with its proof (a 32-byte chain element) to every neighbour
+    /// that advertised an older seqno of the origin, ahead of the entry, so
+    /// the entry is usable on arrival; a neighbour that never advertised the
+    /// origin fetches what it lacks. Our own new certificate is pushed
+    /// whole while fresh (less than half the skew window old, since peers
+    /// refuse stale pushed certificates as replays).
     fn flush(&mut self, now: Time) {
-        let queued =
-            !self.dirty.is_empty() || self.links.iter().flatten().any(|l| !l.extra.is_empty());
-        if !queued {
+        if self.dirty.is_empty() {
             self.update_due = None;
             return;
         }
@@ -1571,63 +1543,77 @@ impl Node {
             Some(due) if now < due => return,
             _ => self.update_due = None,
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for d in &dirty {
-            self.is_dirty[d.get()] = false;
-        }
-        dirty.sort_unstable();
-        // The increment every link gets, with whether each entry carries a
-        // new seqno, judged before advertising moves the distances.
-        let shared: Vec<(NodeIndex, RouteEntry, bool)> = dirty
+        let dirty = std::mem::take(&mut self.dirty);
+        // Whether each entry carries a new seqno is judged now, before
+        // advertising moves the distances.
+        let queued: Vec<(usize, bool)> = dirty
             .iter()
             .filter_map(|&d| {
+                self.is_dirty.set(d.get(), false);
                 let e = self.entry_for(d)?;
-                Some((d, e, self.is_new_seqno(d, &e)))
+                Some((d.get(), self.is_new_seqno(d, &e)))
             })
             .collect();
-        let now_ms = self.unix_ms(now);
-        let fresh_ms = u64::try_from(self.cfg.origin.max_skew.as_millis() / 2).unwrap_or(u64::MAX);
-        for slot in self.live_slots() {
-            let Some(l) = self.link_mut(slot) else {
-                continue;
-            };
-            let extra = std::mem::take(&mut l.extra);
-            let mut entries: Vec<(NodeIndex, RouteEntry)> = Vec::new();
-            for &(d, e, new_seqno) in &shared {
+        let n = self.table_len();
+        for l in self.links.iter_mut().flatten() {
+            l.pending.grow(n);
+            l.proofs.grow(n);
+            for &(d, new_seqno) in &queued {
+                l.pending.grow_and_insert(d);
                 if new_seqno {
-                    self.push_new_seqno(slot, d, &e, now_ms, fresh_ms);
+                    l.proofs.grow_and_insert(d);
                 }
-                entries.push((d, e));
-            }
-            for d in extra {
-                if dirty.binary_search(&d).is_err()
-                    && let Some(e) = self.entry_for(d)
-                {
-                    entries.push((d, e));
-                }
-            }
-            if entries.is_empty() {
-                continue;
-            }
-            // Advertising is what sets the feasibility distance (RFC 8966 §3.7.3).
-            for (d, e) in &entries {
-                if *d == self.me {
-                    self.own_advertised = Some(e.seqno);
-                } else {
-                    self.table.advertised(*d, e.seqno, e.metric);
-                }
-            }
-            let entries: Vec<RouteEntry> = entries.into_iter().map(|(_, e)| e).collect();
-            for chunk in entries.chunks(MAX_UPDATE_ENTRIES) {
-                self.send(slot, &Message::Update(chunk.to_vec()));
             }
         }
     }
 
-    /// Sends a link's bulk transfers while its send window has room: the
+    /// Sends up to `most` of a link's pending route entries, each as the
+    /// table has it now, with the proofs of new seqnos ahead of them.
+    fn send_pending(&mut self, slot: LinkSlot, most: usize) {
+        let Some(l) = self.link_mut(slot) else {
+            return;
+        };
+        let due: Vec<(usize, bool)> = l
+            .pending
+            .ones()
+            .take(most)
+            .map(|d| (d, l.proofs.contains(d)))
+            .collect();
+        for &(d, proof) in &due {
+            l.pending.set(d, false);
+            if proof {
+                l.proofs.set(d, false);
+            }
+        }
+        let now_ms = self.unix_ms(self.now);
+        let fresh_ms = u64::try_from(self.cfg.origin.max_skew.as_millis() / 2).unwrap_or(u64::MAX);
+        let mut entries = Vec::with_capacity(due.len());
+        for (d, proof) in due {
+            let d = NodeIndex(d as u32);
+            let Some(e) = self.entry_for(d) else {
+                continue;
+            };
+            if proof && !e.metric.is_infinite() {
+                self.push_new_seqno(slot, d, &e, now_ms, fresh_ms);
+            }
+            // Advertising is what sets the feasibility distance (RFC 8966 §3.7.3).
+            if d == self.me {
+                self.own_advertised = Some(e.seqno);
+            } else {
+                self.table.advertised(d, e.seqno, e.metric);
+            }
+            entries.push(e);
+        }
+        if !entries.is_empty() {
+            self.send(slot, &Message::Update(entries));
+        }
+    }
+
+    /// Sends what waits for a link's send window while it has room: the
+    /// pending route entries first (they repair routes), then the
     /// certificates the peer fetched, then the next piece of the table
-    /// dump. Each piece is computed from the table as it stands, so a dump
-    /// that waits sends current routes.
+    /// dump. Each piece is computed from the table as it stands, so what
+    /// waits goes out current.
     fn pump(&mut self, slot: LinkSlot) {
         let window = self.cfg.send_window.max(1);
         loop {
@@ -1639,6 +1625,11 @@ impl Node {
                 return;
             }
             let room = window - used;
+            let most = (room / crate::wire::ROUTE_ENTRY_LEN + 1).min(MAX_UPDATE_ENTRIES);
+            if !l.pending.is_clear() {
+                self.send_pending(slot, most);
+                continue;
+            }
             if let Some((o, seqno)) = l.answers.pop_front() {
                 // Held announcements only move forward, so the one held
                 // still answers the request (or a newer one does).
@@ -1654,7 +1645,6 @@ impl Node {
                 return;
             };
             let n = self.table_len();
-            let most = (room / crate::wire::ROUTE_ENTRY_LEN + 1).min(MAX_UPDATE_ENTRIES);
             let mut entries = Vec::new();
             let mut d = from as usize;
             while d < n && entries.len() < most {

@@ -34,8 +34,11 @@ use crate::wire::{Metric, Seqno};
 pub struct LinkSlot(pub u16);
 
 impl LinkSlot {
-    /// Most link slots one node uses at once.
-    pub const MAX: usize = u16::MAX as usize - 1;
+    /// Most link slots one node uses at once: a slot is stored in one byte
+    /// in every kept route (see [`RouteTable`]), which keeps route state
+    /// at 38 bytes per destination; a mesh node has tens of links, not
+    /// hundreds.
+    pub const MAX: usize = u8::MAX as usize;
 
     fn get(self) -> usize {
         usize::from(self.0)
@@ -102,23 +105,60 @@ pub enum Change {
 /// Routes kept per destination unless configured otherwise.
 pub const DEFAULT_ROUTES_KEPT: usize = 6;
 
-/// What one neighbour advertised for one destination, packed.
-/// `via == NONE`: an empty place.
+/// What one neighbour advertised for one destination, packed into 5
+/// bytes (`repr(packed)`: six of them per destination are most of a
+/// node's memory in a large mesh). `via == NONE`: an empty place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed)]
 struct Heard {
-    via: u16,
-    seqno: Seqno,
-    metric: Metric,
+    via: u8,
+    seqno: u16,
+    metric: u16,
+}
+
+impl Heard {
+    fn new(via: LinkSlot, seqno: Seqno, metric: Metric) -> Self {
+        Self {
+            via: via.0 as u8,
+            seqno: seqno.0,
+            metric: metric.0,
+        }
+    }
+
+    fn via(self) -> u16 {
+        u16::from(self.via)
+    }
+
+    fn seqno(self) -> Seqno {
+        Seqno(self.seqno)
+    }
+
+    fn metric(self) -> Metric {
+        Metric(self.metric)
+    }
+
+    fn is_empty(self) -> bool {
+        self.via == NONE
+    }
+
+    fn route(self) -> HeardRoute {
+        HeardRoute {
+            via: LinkSlot(self.via()),
+            seqno: self.seqno(),
+            metric: self.metric(),
+        }
+    }
 }
 
 /// An empty place in a destination's row.
 const EMPTY_HEARD: Heard = Heard {
     via: NONE,
-    seqno: Seqno(0),
-    metric: Metric::INFINITY,
+    seqno: 0,
+    metric: Metric::INFINITY.0,
 };
 
-const NONE: u16 = u16::MAX;
+/// An empty place, or no route selected.
+const NONE: u8 = u8::MAX;
 const VERIFIED: u8 = 1;
 /// Listed in `candidates` (may be starving).
 const CANDIDATE: u8 = 2;
@@ -126,51 +166,29 @@ const CANDIDATE: u8 = 2;
 /// request: the kept routes may not be all there is.
 const OVERFLOWED: u8 = 4;
 
-/// Per-destination state, packed into 14 bytes (an `Option` per field
-/// would double it). `sel_via == NONE`: no route selected;
-/// `fd_metric == INFINITY`: no feasibility distance (a distance is never
-/// infinite).
+/// Per-destination state, packed into 8 bytes (an `Option` per field
+/// would double it). The selected route is the place `sel` of the
+/// destination's row (`NONE`: no route selected), its metric the heard
+/// metric plus the link's cost; `fd_metric == INFINITY`: no feasibility
+/// distance (a distance is never infinite).
 #[derive(Debug, Clone, Copy)]
 struct Dest {
-    sel_via: u16,
-    sel_seqno: u16,
-    sel_metric: u16,
+    sel: u8,
+    flags: u8,
     fd_seqno: u16,
     fd_metric: u16,
     verified: u16,
-    flags: u8,
 }
 
 const EMPTY: Dest = Dest {
-    sel_via: NONE,
-    sel_seqno: 0,
-    sel_metric: 0,
+    sel: NONE,
+    flags: 0,
     fd_seqno: 0,
     fd_metric: u16::MAX,
     verified: 0,
-    flags: 0,
 };
 
 impl Dest {
-    fn selected(&self) -> Option<Selected> {
-        (self.sel_via != NONE).then_some(Selected {
-            via: LinkSlot(self.sel_via),
-            seqno: Seqno(self.sel_seqno),
-            metric: Metric(self.sel_metric),
-        })
-    }
-
-    fn set_selected(&mut self, s: Option<Selected>) {
-        match s {
-            Some(s) => {
-                self.sel_via = s.via.0;
-                self.sel_seqno = s.seqno.0;
-                self.sel_metric = s.metric.0;
-            }
-            None => self.sel_via = NONE,
-        }
-    }
-
     fn fd(&self) -> Option<FeasibilityDistance> {
         (self.fd_metric != u16::MAX).then_some(FeasibilityDistance {
             seqno: Seqno(self.fd_seqno),
@@ -278,7 +296,7 @@ impl RouteTable {
         self.heard
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.via == slot && !h.metric.is_infinite())
+            .filter(|(_, h)| h.via() == slot && !h.metric().is_infinite())
             .map(|(i, _)| i / self.kept)
             .collect()
     }
@@ -290,10 +308,16 @@ impl RouteTable {
         if self.costs[link.get()] == cost {
             return Vec::new();
         }
-        self.costs[link.get()] = cost;
-        self.routed_over(link.0)
+        // What is selected now, before the cost moves the metrics.
+        let affected: Vec<(usize, Option<Selected>)> = self
+            .routed_over(link.0)
             .into_iter()
-            .filter_map(|d| self.reselect(NodeIndex(d as u32)))
+            .map(|d| (d, self.selected_at(d)))
+            .collect();
+        self.costs[link.get()] = cost;
+        affected
+            .into_iter()
+            .filter_map(|(d, current)| self.reselect(NodeIndex(d as u32), current))
             .collect()
     }
 
@@ -303,19 +327,21 @@ impl RouteTable {
         if link.get() >= self.costs.len() {
             return Vec::new();
         }
+        // What is selected now, before the routes through the link go.
+        let affected: Vec<(usize, Option<Selected>)> = self
+            .routed_over(link.0)
+            .into_iter()
+            .map(|d| (d, self.selected_at(d)))
+            .collect();
         self.costs[link.get()] = u16::MAX;
-        let mut affected = Vec::new();
-        for (i, h) in self.heard.iter_mut().enumerate() {
-            if h.via == link.0 {
-                if !h.metric.is_infinite() {
-                    affected.push(i / self.kept);
-                }
+        for h in self.heard.iter_mut() {
+            if h.via() == link.0 {
                 *h = EMPTY_HEARD;
             }
         }
         affected
             .into_iter()
-            .filter_map(|d| self.reselect(NodeIndex(d as u32)))
+            .filter_map(|(d, current)| self.reselect(NodeIndex(d as u32), current))
             .collect()
     }
 
@@ -323,15 +349,15 @@ impl RouteTable {
     /// feasible routes first, then finite unfeasible ones, each by metric
     /// through the link (unknown costs last), then retractions.
     fn keep_rank(&self, fd: Option<FeasibilityDistance>, h: &Heard) -> (u8, u32) {
-        if h.metric.is_infinite() {
+        if h.metric().is_infinite() {
             return (2, 0);
         }
-        let class = u8::from(!is_feasible(fd, h.seqno, h.metric));
-        let cost = self.cost(h.via);
+        let class = u8::from(!is_feasible(fd, h.seqno(), h.metric()));
+        let cost = self.cost(h.via());
         let through = if cost == u16::MAX {
-            u32::from(h.metric.0) + 0x1_0000
+            u32::from(h.metric) + 0x1_0000
         } else {
-            u32::from(h.metric.0) + u32::from(cost)
+            u32::from(h.metric) + u32::from(cost)
         };
         (class, through)
     }
@@ -355,16 +381,12 @@ impl RouteTable {
         self.ensure_slot(via);
         self.ensure_dest(origin);
         let d = origin.get();
-        let new = Heard {
-            via: via.0,
-            seqno,
-            metric,
-        };
+        let new = Heard::new(via, seqno, metric);
         let base = d * self.kept;
         let row = self.row(d);
-        let place = match row.iter().position(|h| h.via == via.0) {
+        let place = match row.iter().position(|h| h.via() == via.0) {
             Some(i) => Some(i),
-            None => match row.iter().position(|h| h.via == NONE) {
+            None => match row.iter().position(|h| h.is_empty()) {
                 Some(i) => Some(i),
                 // A retraction from a neighbour whose offer is not kept
                 // changes nothing.
@@ -375,7 +397,7 @@ impl RouteTable {
                     let worst = row
                         .iter()
                         .enumerate()
-                        .filter(|(_, h)| h.via != dest.sel_via)
+                        .filter(|(i, _)| *i != usize::from(dest.sel))
                         .max_by_key(|(i, h)| (self.keep_rank(fd, h), *i))
                         .map(|(i, h)| (i, self.keep_rank(fd, h)));
                     self.dests[d].flags |= OVERFLOWED;
@@ -388,12 +410,14 @@ impl RouteTable {
         };
         let i = place?;
         let old = self.heard[base + i];
-        self.heard[base + i] = new;
-        if old.metric.is_infinite() && metric.is_infinite() {
+        if old.metric().is_infinite() && metric.is_infinite() {
             // A retraction replacing a retraction or an empty place.
+            self.heard[base + i] = new;
             return None;
         }
-        self.reselect(origin)
+        let current = self.selected_at(d);
+        self.heard[base + i] = new;
+        self.reselect(origin, current)
     }
 
     /// Whether `origin` should be asked about again (a route request to
@@ -405,11 +429,11 @@ impl RouteTable {
             return false;
         };
         let wanted = d.flags & OVERFLOWED != 0
-            && d.sel_via == NONE
+            && d.sel == NONE
             && self
                 .row(origin.get())
                 .iter()
-                .all(|h| h.metric.is_infinite());
+                .all(|h| h.metric().is_infinite());
         if wanted {
             self.dests[origin.get()].flags &= !OVERFLOWED;
         }
@@ -423,13 +447,14 @@ impl RouteTable {
             return None;
         }
         self.ensure_dest(origin);
+        let current = self.selected_at(origin.get());
         let d = &mut self.dests[origin.get()];
         if d.verified().is_some_and(|v| !seqno.is_newer_than(v)) {
             return None;
         }
         d.verified = seqno.0;
         d.flags |= VERIFIED;
-        self.reselect(origin)
+        self.reselect(origin, current)
     }
 
     /// The newest verified seqno of `origin`.
@@ -440,8 +465,8 @@ impl RouteTable {
     /// Drops every route to `origin` (a revoked node) and what is known of it.
     pub fn purge(&mut self, origin: NodeIndex) -> Option<Change> {
         let i = origin.get();
+        let had = self.selected_at(i);
         let d = self.dests.get_mut(i)?;
-        let had = d.selected();
         *d = EMPTY;
         let kept = self.kept;
         self.heard[i * kept..(i + 1) * kept].fill(EMPTY_HEARD);
@@ -473,20 +498,33 @@ impl RouteTable {
 
     /// How many destinations have a selected route.
     pub fn selected_count(&self) -> usize {
-        self.dests.iter().filter(|d| d.sel_via != NONE).count()
+        self.dests.iter().filter(|d| d.sel != NONE).count()
     }
 
     /// The route selected for `origin`, if any.
     pub fn selected(&self, origin: NodeIndex) -> Option<Selected> {
-        self.dests.get(origin.get()).and_then(Dest::selected)
+        self.selected_at(origin.get())
+    }
+
+    /// The route selected for destination `d`: the place `sel` of its row,
+    /// with the link's cost added to the metric heard.
+    fn selected_at(&self, d: usize) -> Option<Selected> {
+        let sel = self.dests.get(d)?.sel;
+        if sel == NONE {
+            return None;
+        }
+        let h = *self.row(d).get(usize::from(sel))?;
+        (!h.is_empty()).then(|| Selected {
+            via: LinkSlot(h.via()),
+            seqno: h.seqno(),
+            metric: h.metric().plus(self.cost(h.via())),
+        })
     }
 
     /// Every selected route, in index order.
     pub fn selected_routes(&self) -> impl Iterator<Item = (NodeIndex, Selected)> + '_ {
-        self.dests
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| d.selected().map(|s| (NodeIndex(i as u32), s)))
+        (0..self.dests.len())
+            .filter_map(|i| self.selected_at(i).map(|s| (NodeIndex(i as u32), s)))
     }
 
     /// The kept routes heard for `origin` (retractions included), whether
@@ -495,12 +533,8 @@ impl RouteTable {
         let mut row: Vec<HeardRoute> = if origin.get() < self.dests.len() {
             self.row(origin.get())
                 .iter()
-                .filter(|h| h.via != NONE)
-                .map(|h| HeardRoute {
-                    via: LinkSlot(h.via),
-                    seqno: h.seqno,
-                    metric: h.metric,
-                })
+                .filter(|h| !h.is_empty())
+                .map(|h| h.route())
                 .collect()
         } else {
             Vec::new()
@@ -517,12 +551,8 @@ impl RouteTable {
         }
         self.row(origin.get())
             .iter()
-            .find(|h| h.via == link.0)
-            .map(|h| HeardRoute {
-                via: link,
-                seqno: h.seqno,
-                metric: h.metric,
-            })
+            .find(|h| h.via() == link.0)
+            .map(|h| h.route())
     }
 
     /// Routes to `origin` that could be selected but for the feasibility
@@ -549,7 +579,7 @@ impl RouteTable {
     pub fn is_starving(&self, origin: NodeIndex) -> bool {
         self.dests
             .get(origin.get())
-            .is_some_and(|d| d.sel_via == NONE)
+            .is_some_and(|d| d.sel == NONE)
             && !self.unfeasible_offers(origin).is_empty()
     }
 
@@ -562,8 +592,8 @@ impl RouteTable {
             self.dests[d.get()].flags &= !CANDIDATE;
         }
         listed.retain(|&d| {
-            let keep = self.dests[d.get()].sel_via == NONE
-                && self.row(d.get()).iter().any(|h| !h.metric.is_infinite());
+            let keep = self.dests[d.get()].sel == NONE
+                && self.row(d.get()).iter().any(|h| !h.metric().is_infinite());
             // Duplicates (a destination purged and listed again) collapse.
             let fresh = self.dests[d.get()].flags & CANDIDATE == 0;
             if keep && fresh {
@@ -581,28 +611,32 @@ impl RouteTable {
         starving
     }
 
-    fn reselect(&mut self, origin: NodeIndex) -> Option<Change> {
+    /// Selects the best usable feasible route to `origin` and reports how
+    /// the selection changed from `current`, the route selected before the
+    /// input that calls this (the caller reads it first: the selected
+    /// route's metric is computed from the row and the link costs, which
+    /// the input may have moved).
+    fn reselect(&mut self, origin: NodeIndex, current: Option<Selected>) -> Option<Change> {
         let i = origin.get();
         let d = self.dests[i];
         let fd = d.fd();
-        let current = d.selected();
-        let mut best: Option<(Selected, bool)> = None;
+        let mut best: Option<(Selected, bool, usize)> = None;
         let mut offered = false;
-        for h in self.row(i) {
-            if h.metric.is_infinite() {
+        for (place, h) in self.row(i).iter().enumerate() {
+            if h.metric().is_infinite() {
                 continue;
             }
             offered = true;
-            if !d.usable(h.seqno) || !is_feasible(fd, h.seqno, h.metric) {
+            if !d.usable(h.seqno()) || !is_feasible(fd, h.seqno(), h.metric()) {
                 continue;
             }
-            let metric = h.metric.plus(self.cost(h.via));
+            let metric = h.metric().plus(self.cost(h.via()));
             if metric.is_infinite() {
                 continue;
             }
             let cand = Selected {
-                via: LinkSlot(h.via),
-                seqno: h.seqno,
+                via: LinkSlot(h.via()),
+                seqno: h.seqno(),
                 metric,
             };
             // Prefer the current next hop on ties to avoid needless churn;
@@ -610,7 +644,7 @@ impl RouteTable {
             let is_current = current.is_some_and(|c| c.via == cand.via);
             let better = match best {
                 None => true,
-                Some((b, b_current)) => {
+                Some((b, b_current, _)) => {
                     metric < b.metric
                         || (metric == b.metric
                             && ((is_current && !b_current)
@@ -618,12 +652,13 @@ impl RouteTable {
                 }
             };
             if better {
-                best = Some((cand, is_current));
+                best = Some((cand, is_current, place));
             }
         }
-        let best = best.map(|(s, _)| s);
         let dm = &mut self.dests[i];
-        dm.set_selected(best);
+        // A row has at most 64 places, so a place fits the byte.
+        dm.sel = best.map_or(NONE, |(_, _, place)| place as u8);
+        let best = best.map(|(s, _, _)| s);
         if best.is_none() && offered && dm.flags & CANDIDATE == 0 {
             dm.flags |= CANDIDATE;
             self.candidates.push(origin);
@@ -882,8 +917,8 @@ mod tests {
 
     #[test]
     fn state_stays_packed() {
-        assert_eq!(std::mem::size_of::<Dest>(), 14);
-        assert_eq!(std::mem::size_of::<Heard>(), 6);
+        assert_eq!(std::mem::size_of::<Dest>(), 8);
+        assert_eq!(std::mem::size_of::<Heard>(), 5);
     }
 
     /// Babel's invariant, checked on random event sequences over a small
