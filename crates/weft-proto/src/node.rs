@@ -73,17 +73,17 @@ pub struct NodeConfig {
     /// Routes heard kept per destination (the selected one, the best other
     /// feasible ones, then the best unfeasible ones); offers beyond are
     /// dropped and asked for again with a route request if the kept ones
-    /// all fail. Bounds route state at about 14 + 6 × this many bytes per
+    /// all fail. Bounds route state at about 8 + 5 × this many bytes per
     /// destination whatever the node's degree. Default 6: in the 1000-node
     /// chaos run (degree 8, 30 % killed) 4 kept put reconvergence p99 at
     /// 1.41 s, 5 at 850 ms, 6 at 710 ms, 8 at 640 ms.
     pub routes_kept: usize,
     /// Most bytes of this node's reliable stream in flight per link: sent
     /// to the driver and not yet reported drained with
-    /// [`Input::Drained`]. Bulk transfers (the table dump at link-up and
-    /// certificates fetched by the peer) wait while the window is full, as
-    /// a QUIC stream's send window makes them; small, urgent messages
-    /// (route changes, seqno requests and proofs, hellos) are never held.
+    /// [`Input::Drained`]. Route entries, then bulk transfers (the table
+    /// dump at link-up and certificates fetched by the peer) wait while the
+    /// window is full, as a QUIC stream's send window makes them; small,
+    /// urgent messages (seqno requests and proofs, hellos) are never held.
     /// Default 16 KiB: over the simulator's 5 ms links that still moves
     /// 2.6 MB/s per link, and it bounds what a 10 000-node bootstrap keeps
     /// in flight to ~1.3 GB.
@@ -382,8 +382,9 @@ const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
 /// Per-destination state lives in arrays indexed by the destination's
 /// [`NodeIndex`] in the roster (see [`crate::roster`]), links in a small
 /// array indexed by [`LinkSlot`]: with the default
-/// [`NodeConfig::routes_kept`] a node keeps 63 bytes per destination
-/// whatever its degree (630 KB in a 10 000-node mesh).
+/// [`NodeConfig::routes_kept`] a node keeps about 50 bytes per
+/// destination plus two bits per destination per link (about 520 KB in a
+/// 10 000-node mesh at degree 8).
 pub struct Node {
     id: NodeId,
     me: NodeIndex,

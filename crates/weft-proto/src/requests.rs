@@ -1,12 +1,13 @@
 //! Recent requests per destination: the seqno and route requests a node
 //! sent, the seqno requests it relayed and which neighbours asked for them.
 //!
-//! Entries live for a second or two while a destination is being repaired,
-//! and after a mass failure a third of the mesh is being repaired at once
-//! at every node: so the state sits in one map keyed by destination, one
-//! 24-byte entry each, with times as 32-bit millisecond stamps. (Four maps
-//! with 64-bit times and a vector of askers per origin cost a large mesh
-//! more than its route tables at that moment.)
+//! Entries live for a second or two while a destination is being repaired;
+//! at bootstrap and after a mass failure most destinations are being
+//! repaired at once at every node, so entries are small: times are 32-bit
+//! millisecond stamps, requests sent cost 8 bytes a destination, relayed
+//! ones 12 with the neighbours that asked as a bitmask. (Maps with 64-bit
+//! times and a vector of askers per origin cost a large mesh more than its
+//! route tables at that moment.)
 
 use std::time::Duration;
 
@@ -21,29 +22,15 @@ use crate::wire::Seqno;
 /// request's path and fetches the announcement as it would anyway.
 pub const ASKER_SLOTS: u16 = 32;
 
-const SEQNO_SENT: u8 = 1;
-const ROUTE_SENT: u8 = 2;
-const RELAYED: u8 = 4;
-
-/// One destination's recent requests.
+/// A seqno request relayed for one destination, and who asked for it.
 #[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    /// Slots of the neighbours whose seqno request this node relayed.
+struct Relayed {
+    /// Slots of the neighbours whose request this node relayed.
     askers: u32,
-    seqno_at: u32,
-    route_at: u32,
-    relayed_at: u32,
-    relayed_seqno: u16,
+    at: u32,
+    seqno: u16,
     /// The oldest seqno the askers asked for.
     asked_seqno: u16,
-    /// Which of the stamps are set.
-    flags: u8,
-}
-
-impl Entry {
-    fn is_empty(&self) -> bool {
-        self.flags == 0 && self.askers == 0
-    }
 }
 
 /// Milliseconds since the driver's origin, wrapping every 49 days: entries
@@ -60,83 +47,85 @@ fn within(now: Time, at: u32, window: Duration) -> bool {
 /// Recent requests by destination.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
-    map: DetMap<NodeIndex, Entry>,
+    seqno_sent: DetMap<NodeIndex, u32>,
+    route_sent: DetMap<NodeIndex, u32>,
+    relayed: DetMap<NodeIndex, Relayed>,
 }
 
 impl Requests {
     /// Whether a seqno request for `d` went out less than `spacing` ago.
     pub fn seqno_sent_within(&self, d: NodeIndex, now: Time, spacing: Duration) -> bool {
-        self.map
+        self.seqno_sent
             .get(&d)
-            .is_some_and(|e| e.flags & SEQNO_SENT != 0 && within(now, e.seqno_at, spacing))
+            .is_some_and(|&at| within(now, at, spacing))
     }
 
     /// Records a seqno request for `d` sent at `now`.
     pub fn seqno_sent(&mut self, d: NodeIndex, now: Time) {
-        let e = self.map.entry(d).or_default();
-        e.flags |= SEQNO_SENT;
-        e.seqno_at = stamp(now);
+        self.seqno_sent.insert(d, stamp(now));
     }
 
     /// Whether a route request for `d` went out less than `spacing` ago.
     pub fn route_sent_within(&self, d: NodeIndex, now: Time, spacing: Duration) -> bool {
-        self.map
+        self.route_sent
             .get(&d)
-            .is_some_and(|e| e.flags & ROUTE_SENT != 0 && within(now, e.route_at, spacing))
+            .is_some_and(|&at| within(now, at, spacing))
     }
 
     /// Records a route request for `d` sent at `now`.
     pub fn route_sent(&mut self, d: NodeIndex, now: Time) {
-        let e = self.map.entry(d).or_default();
-        e.flags |= ROUTE_SENT;
-        e.route_at = stamp(now);
+        self.route_sent.insert(d, stamp(now));
     }
 
     /// Whether a seqno request for `seqno` of `d` or a newer one was relayed
     /// less than `spacing` ago.
     pub fn relayed_within(&self, d: NodeIndex, seqno: Seqno, now: Time, spacing: Duration) -> bool {
-        self.map.get(&d).is_some_and(|e| {
-            e.flags & RELAYED != 0
-                && !seqno.is_newer_than(Seqno(e.relayed_seqno))
-                && within(now, e.relayed_at, spacing)
+        self.relayed.get(&d).is_some_and(|r| {
+            r.at != NOT_RELAYED
+                && !seqno.is_newer_than(Seqno(r.seqno))
+                && within(now, r.at, spacing)
         })
     }
 
     /// Records a seqno request for `seqno` of `d` relayed at `now`.
     pub fn relayed(&mut self, d: NodeIndex, seqno: Seqno, now: Time) {
-        let e = self.map.entry(d).or_default();
-        e.flags |= RELAYED;
-        e.relayed_at = stamp(now);
-        e.relayed_seqno = seqno.0;
+        let r = self.relayed.entry(d).or_insert(Relayed {
+            at: NOT_RELAYED,
+            ..Relayed::default()
+        });
+        r.at = stamp(now);
+        r.seqno = seqno.0;
     }
 
     /// Remembers that the neighbour on `slot` asked for `seqno` of `d`
-    /// (not remembered for slots from [`ASKER_SLOTS`] on).
+    /// (not remembered for slots from [`ASKER_SLOTS`] on). Askers wait only
+    /// as long as the request they made relayed (see
+    /// [`expire`](Self::expire)).
     pub fn add_asker(&mut self, d: NodeIndex, slot: LinkSlot, seqno: Seqno) {
         if slot.0 >= ASKER_SLOTS {
             return;
         }
-        let e = self.map.entry(d).or_default();
-        if e.askers == 0 || Seqno(e.asked_seqno).is_newer_than(seqno) {
-            e.asked_seqno = seqno.0;
+        let r = self.relayed.entry(d).or_insert(Relayed {
+            at: NOT_RELAYED,
+            ..Relayed::default()
+        });
+        if r.askers == 0 || Seqno(r.asked_seqno).is_newer_than(seqno) {
+            r.asked_seqno = seqno.0;
         }
-        e.askers |= 1 << slot.0;
+        r.askers |= 1 << slot.0;
     }
 
     /// The neighbours to tell that `d` reached `seqno`, forgotten: all the
     /// askers once the oldest seqno asked for is reached (an asker that
     /// wanted a newer one asks again), none before.
     pub fn take_askers(&mut self, d: NodeIndex, seqno: Seqno) -> Vec<LinkSlot> {
-        let Some(e) = self.map.get_mut(&d) else {
+        let Some(r) = self.relayed.get_mut(&d) else {
             return Vec::new();
         };
-        if e.askers == 0 || Seqno(e.asked_seqno).is_newer_than(seqno) {
+        if r.askers == 0 || Seqno(r.asked_seqno).is_newer_than(seqno) {
             return Vec::new();
         }
-        let askers = std::mem::take(&mut e.askers);
-        if e.is_empty() {
-            self.map.remove(&d);
-        }
+        let askers = std::mem::take(&mut r.askers);
         (0..ASKER_SLOTS)
             .filter(|s| askers & (1 << s) != 0)
             .map(LinkSlot)
@@ -145,11 +134,8 @@ impl Requests {
 
     /// Forgets who asked for `d`.
     pub fn forget_askers(&mut self, d: NodeIndex) {
-        if let Some(e) = self.map.get_mut(&d) {
-            e.askers = 0;
-            if e.is_empty() {
-                self.map.remove(&d);
-            }
+        if let Some(r) = self.relayed.get_mut(&d) {
+            r.askers = 0;
         }
     }
 
@@ -158,35 +144,40 @@ impl Requests {
         if slot.0 >= ASKER_SLOTS {
             return;
         }
-        self.map.retain(|_, e| {
-            e.askers &= !(1 << slot.0);
-            !e.is_empty()
-        });
+        for r in self.relayed.values_mut() {
+            r.askers &= !(1 << slot.0);
+        }
     }
 
     /// Forgets requests sent more than `sent_ttl` ago and relayed ones
-    /// (with their askers) more than `relayed_ttl` ago.
+    /// (with their askers) more than `relayed_ttl` ago, and gives back the
+    /// room a burst of requests left.
     pub fn expire(&mut self, now: Time, sent_ttl: Duration, relayed_ttl: Duration) {
-        self.map.retain(|_, e| {
-            if e.flags & SEQNO_SENT != 0 && !within(now, e.seqno_at, sent_ttl) {
-                e.flags &= !SEQNO_SENT;
-            }
-            if e.flags & ROUTE_SENT != 0 && !within(now, e.route_at, sent_ttl) {
-                e.flags &= !ROUTE_SENT;
-            }
-            if e.flags & RELAYED == 0 || !within(now, e.relayed_at, relayed_ttl) {
-                // Askers wait only as long as the request they made relayed.
-                e.flags &= !RELAYED;
-                e.askers = 0;
-            }
-            !e.is_empty()
-        });
+        self.seqno_sent.retain(|_, at| within(now, *at, sent_ttl));
+        self.route_sent.retain(|_, at| within(now, *at, sent_ttl));
+        self.relayed
+            .retain(|_, r| r.at != NOT_RELAYED && within(now, r.at, relayed_ttl));
+        shrink(&mut self.seqno_sent);
+        shrink(&mut self.route_sent);
+        shrink(&mut self.relayed);
     }
 
     /// Destinations with an entry.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.len()
+        self.seqno_sent.len() + self.route_sent.len() + self.relayed.len()
+    }
+}
+
+/// Marks a [`Relayed`] made by an asker before any request was relayed
+/// (forgotten at the next expiry, as a relayed request would be).
+const NOT_RELAYED: u32 = u32::MAX;
+
+/// Gives back a map's room once it holds a quarter of it: a burst leaves
+/// a large table behind at every node.
+fn shrink<V>(map: &mut DetMap<NodeIndex, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -198,7 +189,7 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Relayed>(), 12);
     }
 
     #[test]
