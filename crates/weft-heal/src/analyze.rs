@@ -132,15 +132,26 @@ impl<K: Knowledge> Engine<K> {
             }
         };
 
-        // Nodes gone from the mesh (silent or quarantined): every other
-        // node loses its route to each of them, so a route count that
-        // dropped by no more than this is what their absence makes it,
-        // not a failure of its own (each quarantine would otherwise show
-        // as a fleet-wide drop).
+        // Nodes gone from the mesh: quarantined, silent, or reported dead
+        // by a neighbour and not heard from since (the mesh withdraws a
+        // crashed node's routes as soon as its neighbours declare it
+        // dead, before it is silent for `stale_after`). Every other node
+        // loses its route to each of them, so a route count that dropped
+        // by no more than this is what their absence makes it, not a
+        // failure of its own (each crash or quarantine would otherwise be
+        // a fleet-wide drop).
         let gone = m
             .nodes
             .iter()
-            .filter(|(_, n)| n.quarantined || n.last_seen.is_some_and(|t| t < since))
+            .filter(|(_, n)| {
+                n.quarantined
+                    || n.last_seen.is_some_and(|t| t < since)
+                    || n.dead_reports
+                        .iter()
+                        .map(|r| r.at)
+                        .max()
+                        .is_some_and(|dead| n.last_seen.is_none_or(|t| t <= dead))
+            })
             .count() as f64;
 
         // Series with a firing detector.

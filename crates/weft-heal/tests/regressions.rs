@@ -4,7 +4,8 @@
 //! quarantined; a quarantine's fleet-wide route-count drop was an incident
 //! of its own; and route drops anywhere in the fleet were merged into
 //! whatever topology incident was young, so a drain was judged on
-//! symptoms it could not change.
+//! symptoms it could not change; and a crash's route drops, seen before
+//! the crashed nodes were silent, were one fleet-wide incident.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -164,4 +165,31 @@ fn actions_are_judged_on_the_failures_they_address() {
     assert!(addresses(&node, &Element::NodeDown(id(2))));
     assert!(!addresses(&node, &Element::RouteDrop(id(7))));
     assert!(addresses(&Target::Network, &Element::RouteDrop(id(7))));
+}
+
+#[test]
+fn route_drops_from_crashed_nodes_are_expected_before_they_are_silent() {
+    // No policy: only detection matters here.
+    let mut f = Fleet::new(ring(40), Policy::parse("version = 1\n").unwrap());
+    f.idle(60);
+    // Four nodes crash; their neighbours declare them dead at once and
+    // every other node loses its four routes to them, seconds before the
+    // crashed nodes count as silent (`stale_after`).
+    for i in [3, 13, 23, 33] {
+        f.kill(i);
+    }
+    for (i, r) in f.routes.iter_mut().enumerate() {
+        if ![3, 13, 23, 33].contains(&i) {
+            *r -= 4.0;
+        }
+    }
+    f.idle(20);
+    let detected = f.detected();
+    assert!(
+        detected
+            .iter()
+            .all(|d| d.kind == IncidentKind::NodeDown || d.kind == IncidentKind::Partition),
+        "{detected:?}"
+    );
+    assert!(!detected.is_empty());
 }
