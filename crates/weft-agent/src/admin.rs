@@ -260,7 +260,11 @@ async fn answer(
                     peer.chars().take(80).collect::<String>()
                 )
             })?;
-            if agent.drain(peer, drained).await.map_err(|e| e.to_string())? {
+            if agent
+                .drain(peer, drained)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Ok(serde_json::json!({ "drained": drained }))
             } else {
                 Err(format!("no link to {peer}; see the peers command"))
@@ -301,7 +305,9 @@ pub async fn drain(
 /// re-evaluated.
 pub async fn reroute(socket: &Path) -> Result<u64, AgentError> {
     let v = send(socket, serde_json::json!({ "cmd": "reroute" })).await?;
-    Ok(v.get("links").and_then(serde_json::Value::as_u64).unwrap_or(0))
+    Ok(v.get("links")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0))
 }
 
 /// Sends one request line to the agent at `socket` and returns its answer.

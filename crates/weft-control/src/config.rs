@@ -512,7 +512,10 @@ mod tests {
             ("listen = \"not an address\"", "listen"),
             ("svid_ttl = \"soon\"", "svid_ttl"),
             ("[heal]\nenable = true", "enable"),
-            ("[heal.agent_sockets]\n\"node\" = \"/x\"", "heal.agent_sockets"),
+            (
+                "[heal.agent_sockets]\n\"node\" = \"/x\"",
+                "heal.agent_sockets",
+            ),
             ("[heal]\ncycle_interval = \"5ms\"", "heal.cycle_interval"),
             ("svid_ttl = \"1s\"", "SVID lifetime"),
             ("[limits]\nmax_body_bytes = 1", "max body size"),

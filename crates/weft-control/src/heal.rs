@@ -254,10 +254,7 @@ impl Actuator for ControlActuator {
 /// The heartbeats of one telemetry event as the engine's inputs. `links`
 /// remembers each link's last reported state so that a link going down
 /// (or up again) is one event.
-fn inputs_of(
-    data: &serde_json::Value,
-    links: &mut HashMap<(NodeId, NodeId), bool>,
-) -> Vec<Input> {
+fn inputs_of(data: &serde_json::Value, links: &mut HashMap<(NodeId, NodeId), bool>) -> Vec<Input> {
     let mut out = Vec::new();
     let Some(beats) = data.get("heartbeats").and_then(|h| h.as_array()) else {
         return out;
@@ -301,7 +298,10 @@ fn inputs_of(
                 links.clear();
             }
             if l.up {
-                values.push((Metric::LinkLoss { peer }, (l.loss * 100.0).clamp(0.0, 100.0)));
+                values.push((
+                    Metric::LinkLoss { peer },
+                    (l.loss * 100.0).clamp(0.0, 100.0),
+                ));
                 values.push((Metric::LinkRtt { peer }, l.rtt_ms));
                 if was == Some(false) {
                     out.push(Input::Event {
@@ -463,18 +463,20 @@ impl HealLoop {
             match out {
                 Output::Act(req) => {
                     tracing::info!(action = %req.action, target = %req.target, "acting");
-                    let input =
-                        match tokio::time::timeout(ACT_TIMEOUT, weft_heal::answer(&self.actuator, &req))
-                            .await
-                        {
-                            Ok(input) => input,
-                            Err(_) => Input::ActionResult(weft_heal::ActionResult {
-                                id: req.id,
-                                outcome: Err(format!(
-                                    "no answer from the actuator within {ACT_TIMEOUT:?}"
-                                )),
-                            }),
-                        };
+                    let input = match tokio::time::timeout(
+                        ACT_TIMEOUT,
+                        weft_heal::answer(&self.actuator, &req),
+                    )
+                    .await
+                    {
+                        Ok(input) => input,
+                        Err(_) => Input::ActionResult(weft_heal::ActionResult {
+                            id: req.id,
+                            outcome: Err(format!(
+                                "no answer from the actuator within {ACT_TIMEOUT:?}"
+                            )),
+                        }),
+                    };
                     if let Err(e) = self.engine.handle_input(wall_now(), input) {
                         tracing::warn!(error = %e, "the loop refused an actuator's answer");
                     }
@@ -526,7 +528,10 @@ mod tests {
         assert_eq!(t.node, node(1));
         assert!(t.values.contains(&(Metric::Cpu, 97.5)));
         assert!(t.values.contains(&(Metric::RouteCount, 2.0)));
-        assert!(t.values.contains(&(Metric::LinkLoss { peer: node(2) }, 30.0)));
+        assert!(
+            t.values
+                .contains(&(Metric::LinkLoss { peer: node(2) }, 30.0))
+        );
         // Down: one event, then none while it stays down; up again: one.
         let down = inputs_of(&event(false), &mut links);
         assert!(matches!(

@@ -60,9 +60,7 @@ async fn linked(h: &AgentHandle, peer: NodeId) -> bool {
 }
 
 async fn drained(h: &AgentHandle, peer: NodeId) -> bool {
-    h.telemetry()
-        .await
-        .is_ok_and(|t| t.drained.contains(&peer))
+    h.telemetry().await.is_ok_and(|t| t.drained.contains(&peer))
 }
 
 fn link(peer: NodeId, loss: f64) -> LinkReport {
@@ -101,7 +99,9 @@ async fn the_loop_drains_a_lossy_link_through_the_agents_and_stores_the_incident
         ids.push(state.settings.node_id.parse::<NodeId>().unwrap());
     }
     for name in names {
-        agent::update_network_file(&h.agent_dir(name)).await.unwrap();
+        agent::update_network_file(&h.agent_dir(name))
+            .await
+            .unwrap();
     }
     let (a, b, c) = (ids[0], ids[1], ids[2]);
 
@@ -218,7 +218,8 @@ async fn the_loop_drains_a_lossy_link_through_the_agents_and_stores_the_incident
     // Every step went to the audit stream.
     let bus = h.running().bus();
     let mut consumer = ConsumerConfig::new("heal-test");
-    consumer.filter_subject = Some(weft_bus::subject::SubjectFilter::new("weft.audit.heal").unwrap());
+    consumer.filter_subject =
+        Some(weft_bus::subject::SubjectFilter::new("weft.audit.heal").unwrap());
     bus.create_consumer(weft_control::app::AUDIT_STREAM, consumer)
         .await
         .unwrap();

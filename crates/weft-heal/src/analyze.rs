@@ -175,7 +175,8 @@ impl<K: Knowledge> Engine<K> {
                         NodeMetric::Cpu => (MetricKind::Cpu, Element::Overload(node.id)),
                         NodeMetric::Memory => (MetricKind::Memory, Element::Overload(node.id)),
                         NodeMetric::Routes => {
-                            let drop = series.det.mean() - series.window.last().map_or(0.0, |(_, v)| f64::from(v));
+                            let drop = series.det.mean()
+                                - series.window.last().map_or(0.0, |(_, v)| f64::from(v));
                             if drop <= gone + 0.5 {
                                 continue;
                             }
@@ -525,17 +526,13 @@ impl<K: Knowledge> Engine<K> {
                 rest.push(item);
                 continue;
             };
-            let by = self
-                .monitor
-                .node_index
-                .get(n)
-                .and_then(|s| {
-                    young
-                        .iter()
-                        .filter(|(_, m)| m.contains_key(s))
-                        .map(|(id, _)| *id)
-                        .min()
-                });
+            let by = self.monitor.node_index.get(n).and_then(|s| {
+                young
+                    .iter()
+                    .filter(|(_, m)| m.contains_key(s))
+                    .map(|(id, _)| *id)
+                    .min()
+            });
             match by {
                 Some(id) => explained.entry(id).or_default().push(item),
                 None => rest.push(item),

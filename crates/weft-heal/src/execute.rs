@@ -332,7 +332,12 @@ impl<K: Knowledge> Engine<K> {
     /// of a group is verified on that link, restarting a node on that
     /// node's failures, so an unrelated symptom that joined the incident
     /// can neither fail nor pass it.
-    pub fn level(&self, incident: &Incident, target: Option<&Target>, since: Time) -> Option<Level> {
+    pub fn level(
+        &self,
+        incident: &Incident,
+        target: Option<&Target>,
+        since: Time,
+    ) -> Option<Level> {
         let elements = incident.elements.iter().take(crate::incident::MAX_ELEMENTS);
         let some = target.is_some_and(|t| elements.clone().any(|e| addresses(t, e)));
         let mut sum = 0.0;

@@ -11,9 +11,7 @@
 mod common;
 
 use common::{Fleet, id, ring};
-use weft_heal::{
-    ActRequest, ActionKind, Event, IncidentKind, Policy, Step, Target, addresses,
-};
+use weft_heal::{ActRequest, ActionKind, Event, IncidentKind, Policy, Step, Target, addresses};
 
 /// Test double: quarantine records the revocation and, as in a mesh,
 /// every other node loses its route to the revoked one; restart revives a
@@ -141,7 +139,10 @@ fn route_drops_elsewhere_do_not_join_a_link_incident() {
             Step::Resolved
         ],
         "{:?}",
-        f.audits.iter().filter(|a| a.incident == link).collect::<Vec<_>>()
+        f.audits
+            .iter()
+            .filter(|a| a.incident == link)
+            .collect::<Vec<_>>()
     );
     // The drops are incidents of their own.
     for n in [30, 33] {
