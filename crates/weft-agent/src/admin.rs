@@ -11,9 +11,10 @@
 //! ```
 //!
 //! `drain` and `undrain` are the self-healing loop's actuators for a link
-//! (cost to infinity, or back to what liveness measures); they fail if
-//! the agent has no link to that peer. `reroute` forces route
-//! re-selection over every link now; it fails if there is no link.
+//! (cost to infinity, or back to what liveness measures), kept for the
+//! peer across reconnects (and set for a peer not linked now, for when it
+//! links); they fail for a node outside the network. `reroute` forces
+//! route re-selection over every link now; it fails if there is no link.
 //!
 //! Errors come back as `{"error":"…"}`.
 
@@ -267,7 +268,7 @@ async fn answer(
             {
                 Ok(serde_json::json!({ "drained": drained }))
             } else {
-                Err(format!("no link to {peer}; see the peers command"))
+                Err(format!("{peer} is not a node of this network"))
             }
         }
         "reroute" => match agent.reroute().await.map_err(|e| e.to_string())? {
