@@ -5,7 +5,16 @@
 //! > {"cmd":"status"}      < {"node_id":"…","mesh_address":"fd…",…}
 //! > {"cmd":"peers"}       < [{"id":"…","addr":"…","health":"up"},…]
 //! > {"cmd":"routes"}      < [{"dst":"…","next_hop":"…","metric":…,"seqno":…},…]
+//! > {"cmd":"drain","peer":"…"}    < {"drained":true}
+//! > {"cmd":"undrain","peer":"…"}  < {"drained":false}
+//! > {"cmd":"reroute"}     < {"links":3}
 //! ```
+//!
+//! `drain` and `undrain` are the self-healing loop's actuators for a link
+//! (cost to infinity, or back to what liveness measures), kept for the
+//! peer across reconnects (and set for a peer not linked now, for when it
+//! links); they fail for a node outside the network. `reroute` forces
+//! route re-selection over every link now; it fails if there is no link.
 //!
 //! Errors come back as `{"error":"…"}`.
 
@@ -45,6 +54,9 @@ pub struct StatusContext {
 #[serde(deny_unknown_fields)]
 struct Request {
     cmd: String,
+    /// The neighbour, for `drain` and `undrain`.
+    #[serde(default)]
+    peer: Option<String>,
 }
 
 /// What `status` answers.
@@ -135,7 +147,7 @@ async fn serve(
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 + 1)).lines();
     while let Some(line) = lines.next_line().await? {
         let answer = match serde_json::from_str::<Request>(&line) {
-            Ok(r) => answer(&r.cmd, agent, ctx).await,
+            Ok(r) => answer(&r, agent, ctx).await,
             Err(e) => Err(format!(
                 "bad request {line:?}: {e}; send {{\"cmd\":\"status\"}}"
             )),
@@ -151,11 +163,11 @@ async fn serve(
 }
 
 async fn answer(
-    cmd: &str,
+    req: &Request,
     agent: &AgentHandle,
     ctx: &StatusContext,
 ) -> Result<serde_json::Value, String> {
-    match cmd {
+    match req.cmd.as_str() {
         "status" => {
             let peers = agent.peers().await.map_err(|e| e.to_string())?;
             let routes = agent.routes().await.map_err(|e| e.to_string())?;
@@ -237,14 +249,70 @@ async fn answer(
                     .collect(),
             ))
         }
+        cmd @ ("drain" | "undrain") => {
+            let drained = cmd == "drain";
+            let peer = req
+                .peer
+                .as_deref()
+                .ok_or_else(|| format!("{cmd} needs \"peer\": the neighbour's node id"))?;
+            let peer: weft_crypto::NodeId = peer.parse().map_err(|e| {
+                format!(
+                    "peer {:?} is not a node id: {e}",
+                    peer.chars().take(80).collect::<String>()
+                )
+            })?;
+            if agent
+                .drain(peer, drained)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Ok(serde_json::json!({ "drained": drained }))
+            } else {
+                Err(format!("{peer} is not a node of this network"))
+            }
+        }
+        "reroute" => match agent.reroute().await.map_err(|e| e.to_string())? {
+            0 => Err("no link to re-evaluate".into()),
+            links => Ok(serde_json::json!({ "links": links })),
+        },
         other => Err(format!(
-            "unknown command {other:?}; the commands are status, peers, routes"
+            "unknown command {other:?}; the commands are status, peers, routes, drain, undrain, reroute"
         )),
     }
 }
 
 /// Sends `cmd` to the agent at `socket` and returns its answer.
 pub async fn request(socket: &Path, cmd: &str) -> Result<serde_json::Value, AgentError> {
+    send(socket, serde_json::json!({ "cmd": cmd })).await
+}
+
+/// Drains (`drained`) or undrains the agent's link to `peer` through the
+/// admin socket; an error if the agent has no link to it.
+pub async fn drain(
+    socket: &Path,
+    peer: &weft_crypto::NodeId,
+    drained: bool,
+) -> Result<(), AgentError> {
+    let cmd = if drained { "drain" } else { "undrain" };
+    send(
+        socket,
+        serde_json::json!({ "cmd": cmd, "peer": peer.to_string() }),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Forces route re-selection through the admin socket; returns the links
+/// re-evaluated.
+pub async fn reroute(socket: &Path) -> Result<u64, AgentError> {
+    let v = send(socket, serde_json::json!({ "cmd": "reroute" })).await?;
+    Ok(v.get("links")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0))
+}
+
+/// Sends one request line to the agent at `socket` and returns its answer.
+async fn send(socket: &Path, request: serde_json::Value) -> Result<serde_json::Value, AgentError> {
     let fail = |reason: String| AgentError::Admin(format!("{}: {reason}", socket.display()));
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         fail(format!(
@@ -252,7 +320,7 @@ pub async fn request(socket: &Path, cmd: &str) -> Result<serde_json::Value, Agen
         ))
     })?;
     let (read, mut write) = stream.into_split();
-    let line = serde_json::json!({ "cmd": cmd }).to_string() + "\n";
+    let line = request.to_string() + "\n";
     write
         .write_all(line.as_bytes())
         .await

@@ -325,7 +325,10 @@ impl AgentHandle {
     }
 
     /// Drains the link to `peer` (no route uses it; liveness is still
-    /// measured) or puts it back; false if there is no such link.
+    /// measured) or puts it back. The setting is kept for the peer: a
+    /// link to it that comes up later (a reconnect) is drained too, and a
+    /// peer with no link now can be drained for when it links. False if
+    /// `peer` is not in the network.
     pub async fn drain(&self, peer: NodeId, drained: bool) -> Result<bool, AgentError> {
         self.ask(|tx| Command::Drain(peer, drained, tx)).await
     }
@@ -975,9 +978,15 @@ impl Driver {
                 let _ = tx.send(self.set_network(net));
             }
             Command::Drain(peer, drained, tx) => {
+                // The drain belongs to the peer, not to one connection: it
+                // is applied to the link held now, if any, and again to
+                // every link to that peer that comes up later (a flapping
+                // link comes back drained). A node outside the roster is
+                // refused.
+                let known = self.node.roster().index(&peer).is_some();
                 let done = match self.by_peer.get(&peer) {
                     Some(&link) => self.node.set_drained(now, link, drained),
-                    None => false,
+                    None => known,
                 };
                 if done && drained {
                     self.drained.insert(peer);
@@ -1084,6 +1093,9 @@ impl Driver {
         self.metrics.links_up.inc();
         let now = self.now();
         self.node.handle(now, Input::LinkUp { link, peer });
+        if self.drained.contains(&peer) {
+            self.node.set_drained(now, link, true);
+        }
         tracing::info!(%peer, ?link, "link up");
         Ok(())
     }

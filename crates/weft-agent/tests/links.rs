@@ -366,6 +366,15 @@ async fn draining_moves_routes_and_injected_loss_shows_in_telemetry() {
     // Undrained, the link carries routes again (either path may win).
     assert!(a.handle().drain(via, false).await.unwrap());
     assert!(a.handle().telemetry().await.unwrap().drained.is_empty());
+    // A node of the network a has no link to can be drained for when it
+    // links (the drain is the peer's, kept across reconnects); a node
+    // outside the network cannot.
+    assert!(a.handle().drain(c.id(), true).await.unwrap());
+    assert_eq!(a.handle().telemetry().await.unwrap().drained, vec![c.id()]);
+    assert!(a.handle().drain(c.id(), false).await.unwrap());
+    let stranger = weft_crypto::NodeId([7; 32]);
+    assert!(!a.handle().drain(stranger, true).await.unwrap());
+    assert!(a.handle().telemetry().await.unwrap().drained.is_empty());
 
     a.handle().inject_loss(other, 0.3).unwrap();
     eventually(

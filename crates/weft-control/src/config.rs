@@ -86,6 +86,8 @@ pub struct ControlConfig {
     pub max_join_token_ttl: Duration,
     /// Limits.
     pub limits: Limits,
+    /// The self-healing loop.
+    pub heal: crate::heal::HealConfig,
 }
 
 impl ControlConfig {
@@ -108,6 +110,7 @@ impl ControlConfig {
             server_cert_ttl: Duration::from_secs(24 * 3600),
             max_join_token_ttl: Duration::from_secs(30 * 24 * 3600),
             limits: Limits::default(),
+            heal: crate::heal::HealConfig::default(),
         })
     }
 
@@ -169,6 +172,7 @@ impl ControlConfig {
             !self.server_names.is_empty() && self.server_names.len() <= 32,
             "give 1 to 32 host names or addresses",
         )?;
+        self.heal.check()?;
         self.split_server_names().map(drop)
     }
 
@@ -237,6 +241,24 @@ pub struct ConfigFile {
     /// Limits.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// The self-healing loop.
+    #[serde(default)]
+    pub heal: HealFile,
+}
+
+/// The `[heal]` table of the configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealFile {
+    /// Run the self-healing loop in this process.
+    pub enabled: Option<bool>,
+    /// Its policy file (the built-in default policy if absent).
+    pub policy: Option<PathBuf>,
+    /// How often a cycle runs (`1s`).
+    pub cycle_interval: Option<String>,
+    /// Admin sockets of agents on this host: node id to socket path.
+    #[serde(default)]
+    pub agent_sockets: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// The `[limits]` table of the configuration file.
@@ -381,6 +403,28 @@ impl ConfigFile {
         if let Some(t) = &l.shutdown_grace {
             m.shutdown_grace = parse_duration("limits.shutdown_grace", t)?;
         }
+        let h = &self.heal;
+        if let Some(enabled) = h.enabled {
+            c.heal.enabled = enabled;
+        }
+        if let Some(p) = &h.policy {
+            c.heal.policy = Some(p.clone());
+        }
+        if let Some(t) = &h.cycle_interval {
+            c.heal.cycle_interval = parse_duration("heal.cycle_interval", t)?;
+        }
+        for (node, socket) in &h.agent_sockets {
+            let id = node.parse::<weft_crypto::NodeId>().map_err(|e| {
+                ControlError::config(
+                    "heal.agent_sockets",
+                    format!(
+                        "{:?} is not a node id: {e}",
+                        node.chars().take(64).collect::<String>()
+                    ),
+                )
+            })?;
+            c.heal.agent_sockets.insert(id, socket.clone());
+        }
         c.check()?;
         Ok(c)
     }
@@ -414,6 +458,12 @@ mod tests {
             rate_burst = 60
             auth_failures_per_minute = 5
             shutdown_grace = "3s"
+            [heal]
+            enabled = true
+            policy = "/etc/weft/heal.toml"
+            cycle_interval = "500ms"
+            [heal.agent_sockets]
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" = "/run/weft/agent.sock"
         "#;
         let c = ConfigFile::parse(text, "test")
             .unwrap()
@@ -433,6 +483,13 @@ mod tests {
         assert_eq!(c.limits.max_connections, 100);
         assert_eq!(c.limits.rate_burst, 60);
         assert_eq!(c.limits.shutdown_grace, Duration::from_secs(3));
+        assert!(c.heal.enabled);
+        assert_eq!(c.heal.policy, Some(PathBuf::from("/etc/weft/heal.toml")));
+        assert_eq!(c.heal.cycle_interval, Duration::from_millis(500));
+        assert_eq!(
+            c.heal.agent_sockets.values().collect::<Vec<_>>(),
+            [&PathBuf::from("/run/weft/agent.sock")]
+        );
     }
 
     #[test]
@@ -454,6 +511,12 @@ mod tests {
             ("svid_ttl = 5", "svid_ttl"),
             ("listen = \"not an address\"", "listen"),
             ("svid_ttl = \"soon\"", "svid_ttl"),
+            ("[heal]\nenable = true", "enable"),
+            (
+                "[heal.agent_sockets]\n\"node\" = \"/x\"",
+                "heal.agent_sockets",
+            ),
+            ("[heal]\ncycle_interval = \"5ms\"", "heal.cycle_interval"),
             ("svid_ttl = \"1s\"", "SVID lifetime"),
             ("[limits]\nmax_body_bytes = 1", "max body size"),
             ("trust_domain = \"Not Valid\"", "trust_domain"),

@@ -774,24 +774,10 @@ pub async fn revoke_node(
     let node = served_node(&state, &id)
         .await
         .map_err(|p| p.with_note(&note))?;
-    let revocation = state
-        .store
-        .revoke_node(&node.node_id, &req.reason, now())
-        .await
-        .map_err(|e| Problem::from(e).with_note(&note))?;
-    state.nodes.forget(&node.node_id);
-    state.heartbeats.forget(&node.node_id);
-    let net = state.store.get_network(state.network.id).await?;
-    let list = revocation_list(&state, &net)
+    let (revocation, published) = revoke(&state, &node.node_id, &req.reason)
         .await
         .map_err(|p| p.with_note(&note))?;
-    let published = state
-        .publish(
-            &format!("weft.revocation.{}", net.name),
-            REVOCATION_EVENT,
-            serde_json::to_value(list.as_ref()).unwrap_or_default(),
-        )
-        .await;
+    let net = state.store.get_network(state.network.id).await?;
     let node = state.store.get_node(&node.node_id).await?;
     let note = AuditNote {
         detail: format!(
@@ -814,6 +800,30 @@ pub async fn revoke_node(
         },
         note,
     ))
+}
+
+/// Revokes node `node_id` of this control plane's network: the store
+/// records it, the caches forget the node, and the newly signed list is
+/// published on the revocation stream (agents also fetch it at their next
+/// sync). Returns the revocation and whether the list reached the bus.
+pub async fn revoke(
+    state: &Shared,
+    node_id: &weft_crypto::NodeId,
+    reason: &str,
+) -> Result<(weft_store::Revocation, bool), Problem> {
+    let revocation = state.store.revoke_node(node_id, reason, now()).await?;
+    state.nodes.forget(node_id);
+    state.heartbeats.forget(node_id);
+    let net = state.store.get_network(state.network.id).await?;
+    let list = revocation_list(state, &net).await?;
+    let published = state
+        .publish(
+            &format!("weft.revocation.{}", net.name),
+            REVOCATION_EVENT,
+            serde_json::to_value(list.as_ref()).unwrap_or_default(),
+        )
+        .await;
+    Ok((revocation, published))
 }
 
 /// The network's revocation list as signed now (re-signed when the epoch

@@ -18,6 +18,9 @@
 //! - [`client`]: an HTTPS client of this API (the CLI's and the tests').
 //! - [`agent`]: the agent side of enrollment, claims and renewal.
 //! - [`telemetry`]: heartbeats and the topology; [`policy`]: ACL policies.
+//! - [`heal`]: the self-healing loop (`[heal] enabled = true`): telemetry
+//!   from the bus into `weft-heal`, actions through agents' admin sockets
+//!   and revocation here, incidents into the store.
 //! - [`bench`]: `weft bench control`.
 //! - [`problem`]: RFC 9457 problem details.
 #![forbid(unsafe_code)]
@@ -31,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod heal;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;
@@ -280,6 +284,28 @@ fn schemas() -> Result<SchemaRegistry, ControlError> {
         .map_err(schema)?;
     registry
         .register(
+            &EventType::new(heal::HEAL_STEP_EVENT).map_err(bad)?,
+            1,
+            json!({
+                "type": "object",
+                "required": ["at", "incident", "kind", "target", "severity", "step", "detail"],
+                "properties": {
+                    "at": {"type": "integer", "minimum": 0},
+                    "incident": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "target": {"type": "string"},
+                    "severity": {"type": "string"},
+                    "step": {"type": "string"},
+                    "action": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "mttd_ms": {"type": "integer", "minimum": 0},
+                    "mttr_ms": {"type": "integer", "minimum": 0}
+                }
+            }),
+        )
+        .map_err(schema)?;
+    registry
+        .register(
             &EventType::new(POLICY_EVENT).map_err(bad)?,
             1,
             json!({
@@ -332,6 +358,12 @@ async fn publish_heartbeats(state: &AppState, batch: Vec<weft_store::Heartbeat>)
 /// Starts the control plane (see the crate documentation).
 pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
     config.check()?;
+    // A bad policy file stops the start, with its key named.
+    let heal_policy = if config.heal.enabled {
+        Some(config.heal.load_policy()?)
+    } else {
+        None
+    };
     make_dir(&config.data_dir)?;
     let location = match &config.db {
         Some(db) => Location::parse(db, &config.data_dir)?,
@@ -474,9 +506,19 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         ips,
         stop.subscribe(),
     ));
+    let healing = match &heal_policy {
+        Some(policy) => {
+            let heal = heal::HealLoop::start(state.clone(), &config.heal, policy.clone()).await?;
+            Some(tokio::spawn(heal.run(stop.subscribe())))
+        }
+        None => None,
+    };
     let task_state = state.clone();
     let task = tokio::spawn(async move {
         server::serve(listener, tls, app, metrics, options, stop_rx).await;
+        if let Some(h) = healing {
+            let _ = h.await;
+        }
         let _ = maintenance.await;
         let _ = batcher.await;
         let _ = publisher.await;

@@ -101,9 +101,14 @@ impl<K: Knowledge> Engine<K> {
                 continue;
             };
             incident.last_active = now;
-            if symptom.severity > incident.severity {
-                incident.severity = symptom.severity;
-                incident.confidence = incident.confidence.max(symptom.confidence);
+            // More evidence (a higher severity, or a confidence that grew,
+            // e.g. more neighbours refusing a forger's announcements)
+            // updates the open incident: an action that needs more
+            // confidence may then run.
+            let confidence = incident.confidence.max(symptom.confidence);
+            if symptom.severity > incident.severity || confidence > incident.confidence + 1e-9 {
+                incident.severity = incident.severity.max(symptom.severity);
+                incident.confidence = confidence;
                 incident.add_evidence(symptom.evidence.iter().cloned());
                 incident.updated_at = now;
                 let snapshot = incident.clone();
@@ -127,6 +132,28 @@ impl<K: Knowledge> Engine<K> {
             }
         };
 
+        // Nodes gone from the mesh: quarantined, silent, or reported dead
+        // by a neighbour and not heard from since (the mesh withdraws a
+        // crashed node's routes as soon as its neighbours declare it
+        // dead, before it is silent for `stale_after`). Every other node
+        // loses its route to each of them, so a route count that dropped
+        // by no more than this is what their absence makes it, not a
+        // failure of its own (each crash or quarantine would otherwise be
+        // a fleet-wide drop).
+        let gone = m
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.quarantined
+                    || n.last_seen.is_some_and(|t| t < since)
+                    || n.dead_reports
+                        .iter()
+                        .map(|r| r.at)
+                        .max()
+                        .is_some_and(|dead| n.last_seen.is_none_or(|t| t <= dead))
+            })
+            .count() as f64;
+
         // Series with a firing detector.
         let mut active: Vec<SeriesRef> = m.active.iter().copied().collect();
         active.sort_unstable();
@@ -147,7 +174,14 @@ impl<K: Knowledge> Engine<K> {
                     let (kind, element) = match which {
                         NodeMetric::Cpu => (MetricKind::Cpu, Element::Overload(node.id)),
                         NodeMetric::Memory => (MetricKind::Memory, Element::Overload(node.id)),
-                        NodeMetric::Routes => (MetricKind::RouteCount, Element::RouteDrop(node.id)),
+                        NodeMetric::Routes => {
+                            let drop = series.det.mean()
+                                - series.window.last().map_or(0.0, |(_, v)| f64::from(v));
+                            if drop <= gone + 0.5 {
+                                continue;
+                            }
+                            (MetricKind::RouteCount, Element::RouteDrop(node.id))
+                        }
                     };
                     add(
                         element,
@@ -249,7 +283,8 @@ impl<K: Knowledge> Engine<K> {
                     Symptom {
                         onset: first,
                         severity: Severity::Critical,
-                        confidence: (0.7 + 0.1 * reporters.len() as f64).min(0.99),
+                        // Tenths as integers: 0.7 + 0.2 is not 0.9 in floating point.
+                        confidence: ((7 + reporters.len()) as f64 / 10.0).min(0.99),
                         evidence: vec![Evidence {
                             at: node.forged_reports.back().map_or(now, |r| r.at),
                             subject: Target::Node(node.id),
@@ -479,19 +514,32 @@ impl<K: Knowledge> Engine<K> {
             }
         }
 
-        // Route drops explained by a young topology incident.
-        let (drops, mut rest): (Vec<_>, Vec<_>) = other
-            .into_iter()
-            .partition(|(e, _)| matches!(e, Element::RouteDrop(_)));
-        let explaining = self
-            .incidents
-            .values()
-            .filter(|i| i.is_open() && is_topology(i.kind) && i.detected_at >= window_start)
-            .max_by_key(|i| (i.elements.len(), std::cmp::Reverse(i.id)))
-            .map(|i| i.id);
-        match explaining {
-            Some(id) if !drops.is_empty() => self.merge(id, now, drops, None),
-            _ => rest.extend(drops),
+        // Route drops explained by a young topology incident that touches
+        // the node (its own failure, a neighbour's, or one of its links):
+        // only those. A drop elsewhere has another cause, and merging it
+        // would make the incident's actions answer for symptoms they
+        // cannot change.
+        let mut rest = Vec::new();
+        let mut explained: BTreeMap<IncidentId, Vec<(Element, Symptom)>> = BTreeMap::new();
+        for item in other {
+            let Element::RouteDrop(n) = &item.0 else {
+                rest.push(item);
+                continue;
+            };
+            let by = self.monitor.node_index.get(n).and_then(|s| {
+                young
+                    .iter()
+                    .filter(|(_, m)| m.contains_key(s))
+                    .map(|(id, _)| *id)
+                    .min()
+            });
+            match by {
+                Some(id) => explained.entry(id).or_default().push(item),
+                None => rest.push(item),
+            }
+        }
+        for (id, drops) in explained {
+            self.merge(id, now, drops, None);
         }
 
         // Fleet-wide surges.

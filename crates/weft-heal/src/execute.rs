@@ -246,7 +246,7 @@ impl<K: Knowledge> Engine<K> {
         // has had time to act.
         let half = verify_after.unwrap_or(Duration::from_secs(30)) / 2;
         let since = acted + half;
-        let after = self.level(incident, since);
+        let after = self.level(incident, Some(&a.target), since);
         let before = a.level_before;
         let (action, target) = (a.action, a.target.clone());
         let min_improvement = self.cfg.execute.min_improvement;
@@ -324,12 +324,29 @@ impl<K: Knowledge> Engine<K> {
     }
 
     /// The symptom level of an incident over the samples taken at or after
-    /// `since`; `None` if nothing was measured.
-    pub fn level(&self, incident: &Incident, since: Time) -> Option<Level> {
+    /// `since`, measured on the elements an action on `target` addresses
+    /// (see [`addresses`]; all of them if it addresses none, or if
+    /// `target` is `None`); `None` if nothing was measured.
+    ///
+    /// An action is judged by the symptoms it targets: draining one link
+    /// of a group is verified on that link, restarting a node on that
+    /// node's failures, so an unrelated symptom that joined the incident
+    /// can neither fail nor pass it.
+    pub fn level(
+        &self,
+        incident: &Incident,
+        target: Option<&Target>,
+        since: Time,
+    ) -> Option<Level> {
+        let elements = incident.elements.iter().take(crate::incident::MAX_ELEMENTS);
+        let some = target.is_some_and(|t| elements.clone().any(|e| addresses(t, e)));
         let mut sum = 0.0;
         let mut max: f64 = 0.0;
         let mut n = 0usize;
-        for e in incident.elements.iter().take(crate::incident::MAX_ELEMENTS) {
+        for e in elements {
+            if some && target.is_some_and(|t| !addresses(t, e)) {
+                continue;
+            }
             if let Some(l) = self.element_level(e, since) {
                 sum += l;
                 max = max.max(l);
@@ -437,6 +454,24 @@ impl<K: Knowledge> Engine<K> {
             }
             None => 0.0,
         }
+    }
+}
+
+/// Whether an action on `target` addresses failure `e`: for a link, that
+/// link; for a node or one of its components, the node's own failures
+/// and its links'; for the network, every failure.
+pub fn addresses(target: &Target, e: &Element) -> bool {
+    match target {
+        Target::Network => true,
+        Target::Link(a, b) => *e == Element::link(*a, *b),
+        Target::Node(n) | Target::Component(n, _) => match e {
+            Element::NodeDown(x)
+            | Element::Overload(x)
+            | Element::RouteDrop(x)
+            | Element::Forged(x)
+            | Element::Component(x, _) => x == n,
+            Element::Link(a, b) => a == n || b == n,
+        },
     }
 }
 

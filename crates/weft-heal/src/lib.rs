@@ -48,7 +48,7 @@ pub use engine::{
     ActRequest, AnalyzeConfig, AuditEvent, Config, ConfigError, Engine, EngineStats, ExecuteConfig,
     Output, StepResult,
 };
-pub use execute::Level;
+pub use execute::{Level, addresses};
 pub use incident::{ActionRecord, ActionStatus, Element, Incident, Phase, Step, TimelineEntry};
 pub use knowledge::{Knowledge, KnowledgeError, MemoryKnowledge, Outcomes, StoreKnowledge};
 pub use metrics::HealMetrics;

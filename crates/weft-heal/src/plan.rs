@@ -146,8 +146,16 @@ impl<K: Knowledge> Engine<K> {
         {
             return Err(Refusal::Never);
         }
-        if incident.confidence < c.min_confidence {
-            return Err(Refusal::Never);
+        if !crate::policy::confident(incident.confidence, c.min_confidence) {
+            // Not yet: more evidence (another neighbour refusing a forger's
+            // announcements, another detector firing) raises an open
+            // incident's confidence, and an action that needs more is
+            // then allowed. Escalating now would hand the operator an
+            // incident the loop may still handle.
+            return Err(Refusal::NotNow(format!(
+                "confidence {:.2} is below the {:.2} it needs",
+                incident.confidence, c.min_confidence
+            )));
         }
         for p in &c.requires {
             if let Err(why) = self.check(*p, target, now) {
@@ -289,7 +297,7 @@ impl<K: Knowledge> Engine<K> {
         let level_before = self
             .incidents
             .get(&id)
-            .and_then(|i| self.level(i, now.saturating_sub(c.verify_after)))
+            .and_then(|i| self.level(i, Some(&target), now.saturating_sub(c.verify_after)))
             .map(|l| l.mean);
         let deadline = now + self.cfg.execute.action_timeout;
         let Some(incident) = self.incidents.get_mut(&id) else {

@@ -501,9 +501,17 @@ impl Policy {
         confidence: f64,
     ) -> Option<&Rule> {
         self.rules.iter().find(|r| {
-            r.kind == kind && severity >= r.min_severity && confidence >= r.min_confidence
+            r.kind == kind && severity >= r.min_severity && confident(confidence, r.min_confidence)
         })
     }
+}
+
+/// Whether `confidence` reaches `min`. Confidences are sums and products
+/// of tenths (0.7 + 0.2 is 0.8999999999999999 in binary floating point),
+/// and a policy's limit is written in decimals: a confidence within 1e-9
+/// below the limit reaches it.
+pub(crate) fn confident(confidence: f64, min: f64) -> bool {
+    confidence + 1e-9 >= min
 }
 
 #[cfg(test)]

@@ -253,12 +253,17 @@ impl SimActuator<'_> {
                     .link_between(ia, ib)
                     .ok_or_else(|| format!("no link between nodes {ia} and {ib}"))?;
                 let drained = req.action == ActionKind::DrainLink;
-                if self.sim.set_drained(link, drained) {
-                    Ok(())
-                } else {
-                    // One end does not hold the link: undo at the other.
-                    self.sim.set_drained(link, !drained);
-                    Err(format!("link {ia}-{ib} is not up at both ends"))
+                // The drain belongs to the link, not to its current
+                // session: it is applied at the ends that hold the link
+                // and again whenever the link comes back. A lossy link
+                // that both ends already declared dead carries no traffic
+                // now, but a flapping link returns; what an operator
+                // wants is that it returns drained, so the request
+                // succeeds and the loop verifies, as for any drain, that
+                // both ends keep reporting and keep their routes.
+                match self.sim.set_drained(link, drained) {
+                    Some(_) => Ok(()),
+                    None => Err(format!("no link between nodes {ia} and {ib}")),
                 }
             }
             (ActionKind::RestartProcess, Target::Node(id) | Target::Component(id, _)) => {
@@ -772,5 +777,65 @@ fn forge(sim: &mut Sim, adj: &[Vec<(usize, usize)>], b: usize, seq: u16, rng: &m
     };
     for &(l, _) in &adj[b] {
         sim.send_on_link(b, l, bytes.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::ActionId;
+    use weft_sim::LinkSpec;
+
+    /// A lossy link that both ends already declared dead is still drained:
+    /// the request succeeds and the link comes back drained.
+    #[test]
+    fn a_link_dead_at_both_ends_is_drained_for_when_it_returns() {
+        let cfg = NodeConfig {
+            unix_ms_at_zero: UNIX_MS_AT_ZERO,
+            ..NodeConfig::default()
+        };
+        let mut sim = Sim::new(6, 1, cfg.clone()).unwrap();
+        for a in 0..6 {
+            sim.connect(a, (a + 1) % 6, LinkSpec::default()).unwrap();
+        }
+        let at = |ms: u64| weft_proto::time::Time::ZERO + Duration::from_millis(ms);
+        sim.run_until(at(2000));
+        let link = sim.link_between(0, 1).unwrap();
+        sim.set_link_loss(link, 1.0);
+        sim.run_until(at(8000));
+        assert!(!sim.link_up(link), "both ends closed the link");
+        let ids = sim.ids().to_vec();
+        let mut load = Load::new(6, ChaCha8Rng::seed_from_u64(1));
+        let mut revoked = BTreeSet::new();
+        let mut epoch = 0;
+        let req = ActRequest {
+            id: ActionId {
+                incident: weft_store::IncidentId(uuid::Uuid::nil()),
+                seq: 0,
+                rollback: false,
+            },
+            action: ActionKind::DrainLink,
+            target: Target::link(ids[0], ids[1]),
+            incident_kind: crate::model::IncidentKind::LinkDegraded,
+            deadline: HealTime::from_millis(60_000),
+        };
+        let mut actuator = SimActuator {
+            sim: &mut sim,
+            load: &mut load,
+            cfg: &cfg,
+            revoked: &mut revoked,
+            epoch: &mut epoch,
+        };
+        assert_eq!(actuator.act(&req), Ok(()));
+        assert!(sim.is_drained(link));
+        // Back up (node 1 restarts and redials): still drained, so node 0
+        // goes the long way round.
+        sim.set_link_loss(link, 0.0);
+        sim.restart(1, cfg).unwrap();
+        sim.run_until(at(10_000));
+        assert!(sim.link_up(link));
+        assert_eq!(sim.next_hop(0, 1), Some(5));
     }
 }

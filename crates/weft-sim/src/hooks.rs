@@ -212,22 +212,32 @@ impl Sim {
         })
     }
 
-    /// Drains (or undrains) a link at both live ends: no route uses it,
-    /// liveness is still measured. Returns whether both ends know the link.
-    pub fn set_drained(&mut self, link: usize, drained: bool) -> bool {
-        let Some(ends) = self.links.get(link).map(|l| l.ends) else {
-            return false;
-        };
+    /// Drains (or undrains) a link: no route uses it, liveness is still
+    /// measured. The setting belongs to the link, as an operator's would:
+    /// it is applied at each live end that holds the link now and again
+    /// whenever the link comes up (after a restart redials it), so a link
+    /// drained while down stays drained when it returns. Returns the
+    /// number of ends that hold the link now (0 to 2), `None` for an
+    /// unknown link.
+    pub fn set_drained(&mut self, link: usize, drained: bool) -> Option<usize> {
+        let l = self.links.get_mut(link)?;
+        l.drained = drained;
+        let ends = l.ends;
         let now = self.now;
-        let mut known = true;
+        let mut held = 0;
         for e in ends {
             let mut ok = false;
             self.input(e, |node| {
                 ok = node.set_drained(now, LinkId(link as u64), drained);
             });
-            known &= ok;
+            held += usize::from(ok);
         }
-        known
+        Some(held)
+    }
+
+    /// Whether a link is drained (see [`Sim::set_drained`]).
+    pub fn is_drained(&self, link: usize) -> bool {
+        self.links.get(link).is_some_and(|l| l.drained)
     }
 
     /// Restarts node `i` with fresh state (its identity kept), as its
@@ -277,6 +287,7 @@ impl Sim {
                 l.stream_tail = [now; 2];
                 l.ends
             };
+            let drained = self.links[li].drained;
             let (a, b) = (ends[0], ends[1]);
             let (ia, ib) = (self.ids[a], self.ids[b]);
             self.input(a, |node| {
@@ -297,6 +308,13 @@ impl Sim {
                     },
                 )
             });
+            if drained {
+                for e in [a, b] {
+                    self.input(e, |node| {
+                        node.set_drained(now, LinkId(li as u64), true);
+                    });
+                }
+            }
         }
         Ok(())
     }

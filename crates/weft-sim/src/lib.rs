@@ -166,6 +166,9 @@ struct SimLink {
     busy_until: [Time; 2],
     /// Per direction: delivery time of the last reliable frame (stream order).
     stream_tail: [Time; 2],
+    /// Drained by an operator (or a healing loop): kept drained at both
+    /// ends whenever it comes up again.
+    drained: bool,
 }
 
 struct SimNode {
@@ -419,6 +422,7 @@ impl Sim {
             up: true,
             busy_until: [self.now; 2],
             stream_tail: [self.now; 2],
+            drained: false,
         });
         let now = self.now;
         let (pa, pb) = (self.ids[a], self.ids[b]);

@@ -79,10 +79,10 @@ fn drain_loss_and_revocation_hooks_change_the_mesh() {
     };
     assert!(loss(&sim, &mut load) > 0.1);
     // Drained: node 0 reaches node 1 the long way round.
-    assert!(sim.set_drained(link, true));
+    assert_eq!(sim.set_drained(link, true), Some(2));
     sim.run_until(at(4500));
     assert_eq!(sim.next_hop(0, 1), Some(5));
-    assert!(sim.set_drained(link, false));
+    assert_eq!(sim.set_drained(link, false), Some(2));
     sim.set_link_loss(link, 0.0);
     sim.run_until(at(5000));
     assert_eq!(sim.next_hop(0, 1), Some(1));
@@ -112,4 +112,30 @@ fn load_is_synthesised_per_node_and_shed() {
     assert_eq!(load.shed(1), 0.0, "nothing left to shed");
     let (cpu, mem) = load.sample(1);
     assert!((cpu - base).abs() <= 3.0 && (0.0..=100.0).contains(&mem));
+}
+
+#[test]
+fn a_link_drained_while_down_stays_drained_when_it_comes_back() {
+    let (mut sim, cfg) = ring(6);
+    sim.run_until(at(2000));
+    let link = sim.link_between(0, 1).expect("link 0-1");
+    // Everything lost: both ends declare the link dead and close it.
+    sim.set_link_loss(link, 1.0);
+    sim.run_until(at(8000));
+    assert!(!sim.link_up(link), "the link is closed");
+    // Drained while down: no end holds it, the setting is kept.
+    assert_eq!(sim.set_drained(link, true), Some(0));
+    assert!(sim.is_drained(link));
+    assert_eq!(sim.set_drained(usize::MAX, true), None, "no such link");
+    // The link heals and node 1 restarts, which redials it: it comes up
+    // drained, so node 0 still reaches node 1 the long way round.
+    sim.set_link_loss(link, 0.0);
+    sim.restart(1, cfg).expect("restart");
+    sim.run_until(at(10_000));
+    assert!(sim.link_up(link));
+    assert_eq!(sim.next_hop(0, 1), Some(5));
+    // Undrained, it carries the route again.
+    assert_eq!(sim.set_drained(link, false), Some(2));
+    sim.run_until(at(11_000));
+    assert_eq!(sim.next_hop(0, 1), Some(1));
 }
