@@ -25,6 +25,8 @@
 //! This module is pure data: no time, no I/O. The node feeds it updates
 //! and link changes and reads back what changed.
 
+use fixedbitset::FixedBitSet;
+
 use crate::roster::NodeIndex;
 use crate::wire::{Metric, Seqno};
 
@@ -160,8 +162,6 @@ const EMPTY_HEARD: Heard = Heard {
 /// An empty place, or no route selected.
 const NONE: u8 = u8::MAX;
 const VERIFIED: u8 = 1;
-/// Listed in `candidates` (may be starving).
-const CANDIDATE: u8 = 2;
 /// A neighbour's offer was dropped for lack of room since the last route
 /// request: the kept routes may not be all there is.
 const OVERFLOWED: u8 = 4;
@@ -219,10 +219,10 @@ pub struct RouteTable {
     /// Cost per link slot; `u16::MAX` for an unknown or infinite cost, or
     /// a slot without a link.
     costs: Vec<u16>,
-    /// Destinations left without a route while a neighbour offers one
-    /// (flag [`CANDIDATE`]): the only ones that can be starving, so the
-    /// periodic starvation check never walks the whole table.
-    candidates: Vec<NodeIndex>,
+    /// Destinations left without a route while a neighbour offers one, a
+    /// bit each: the only ones that can be starving, so the periodic
+    /// starvation check never looks at the rest of the table.
+    candidates: FixedBitSet,
 }
 
 impl RouteTable {
@@ -247,7 +247,7 @@ impl RouteTable {
             heard: Vec::new(),
             kept: kept.clamp(1, 64),
             costs: Vec::new(),
-            candidates: Vec::new(),
+            candidates: FixedBitSet::new(),
         };
         t.reserve_destinations(n);
         t
@@ -587,27 +587,17 @@ impl RouteTable {
     /// [`is_starving`](Self::is_starving)). Walks only the destinations
     /// that lost their route or never had one while offered.
     pub fn starving(&mut self) -> Vec<NodeIndex> {
-        let mut listed = std::mem::take(&mut self.candidates);
-        for d in &listed {
-            self.dests[d.get()].flags &= !CANDIDATE;
-        }
-        listed.retain(|&d| {
-            let keep = self.dests[d.get()].sel == NONE
-                && self.row(d.get()).iter().any(|h| !h.metric().is_infinite());
-            // Duplicates (a destination purged and listed again) collapse.
-            let fresh = self.dests[d.get()].flags & CANDIDATE == 0;
-            if keep && fresh {
-                self.dests[d.get()].flags |= CANDIDATE;
+        let listed: Vec<usize> = self.candidates.ones().collect();
+        let mut starving = Vec::new();
+        for d in listed {
+            let still = self.dests[d].sel == NONE
+                && self.row(d).iter().any(|h| !h.metric().is_infinite());
+            if !still {
+                self.candidates.set(d, false);
+            } else if self.is_starving(NodeIndex(d as u32)) {
+                starving.push(NodeIndex(d as u32));
             }
-            keep && fresh
-        });
-        let mut starving: Vec<NodeIndex> = listed
-            .iter()
-            .copied()
-            .filter(|&d| self.is_starving(d))
-            .collect();
-        self.candidates = listed;
-        starving.sort_unstable();
+        }
         starving
     }
 
@@ -659,9 +649,8 @@ impl RouteTable {
         // A row has at most 64 places, so a place fits the byte.
         dm.sel = best.map_or(NONE, |(_, _, place)| place as u8);
         let best = best.map(|(s, _, _)| s);
-        if best.is_none() && offered && dm.flags & CANDIDATE == 0 {
-            dm.flags |= CANDIDATE;
-            self.candidates.push(origin);
+        if best.is_none() && offered {
+            self.candidates.grow_and_insert(i);
         }
         match (current, best) {
             (None, Some(s)) => Some(Change::Added(origin, s)),
