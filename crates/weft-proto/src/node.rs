@@ -16,11 +16,11 @@ use weft_crypto::sign::{CompositePublicKey, CompositeSigningKey, SignatureError}
 
 use fixedbitset::FixedBitSet;
 
-use crate::requests::Requests;
 use crate::liveness::{HelloTimer, LinkHealth, LinkLiveness, LivenessConfig};
 use crate::origin::{
     Accepted, Arrival, OriginPolicy, OriginStore, OwnOrigin, ProofOutcome, Refusal, SignatureCheck,
 };
+use crate::requests::Requests;
 use crate::roster::{NodeIndex, Roster};
 use crate::route::{Change, LinkSlot, RouteTable};
 use crate::time::Time;

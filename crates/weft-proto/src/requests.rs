@@ -237,7 +237,11 @@ mod tests {
         assert!(r.take_askers(d, Seqno(9)).is_empty());
         // Askers go with the relayed request they waited on.
         r.add_asker(d, LinkSlot(1), Seqno(8));
-        r.expire(Time::from_secs(3), Duration::from_secs(1), Duration::from_secs(2));
+        r.expire(
+            Time::from_secs(3),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        );
         assert_eq!(r.len(), 0);
     }
 }

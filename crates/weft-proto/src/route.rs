@@ -523,8 +523,7 @@ impl RouteTable {
 
     /// Every selected route, in index order.
     pub fn selected_routes(&self) -> impl Iterator<Item = (NodeIndex, Selected)> + '_ {
-        (0..self.dests.len())
-            .filter_map(|i| self.selected_at(i).map(|s| (NodeIndex(i as u32), s)))
+        (0..self.dests.len()).filter_map(|i| self.selected_at(i).map(|s| (NodeIndex(i as u32), s)))
     }
 
     /// The kept routes heard for `origin` (retractions included), whether
@@ -577,9 +576,7 @@ impl RouteTable {
     /// condition rules out (a newer seqno from the origin would unblock
     /// it). Routes over links whose cost is not known yet do not count.
     pub fn is_starving(&self, origin: NodeIndex) -> bool {
-        self.dests
-            .get(origin.get())
-            .is_some_and(|d| d.sel == NONE)
+        self.dests.get(origin.get()).is_some_and(|d| d.sel == NONE)
             && !self.unfeasible_offers(origin).is_empty()
     }
 
@@ -590,8 +587,8 @@ impl RouteTable {
         let listed: Vec<usize> = self.candidates.ones().collect();
         let mut starving = Vec::new();
         for d in listed {
-            let still = self.dests[d].sel == NONE
-                && self.row(d).iter().any(|h| !h.metric().is_infinite());
+            let still =
+                self.dests[d].sel == NONE && self.row(d).iter().any(|h| !h.metric().is_infinite());
             if !still {
                 self.candidates.set(d, false);
             } else if self.is_starving(NodeIndex(d as u32)) {
