@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -263,25 +263,40 @@ impl Envelope {
             .time
             .format(&Rfc3339)
             .map_err(|e| invalid("time", format!("cannot be written as RFC 3339: {e}")))?;
-        let mut m = Map::new();
-        m.insert("specversion".into(), SPEC_VERSION.into());
-        m.insert("id".into(), self.id.hyphenated().to_string().into());
-        m.insert("type".into(), self.event_type.as_str().into());
-        m.insert("source".into(), self.source.as_str().into());
-        if let Some(s) = &self.subject {
-            m.insert("subject".into(), s.as_str().into());
+        // The attributes in name order (as a JSON object map would write
+        // them); `data` is written from the envelope, not copied.
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            data: &'a Value,
+            datacontenttype: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dataschema: Option<&'a str>,
+            dataversion: u32,
+            id: String,
+            source: &'a str,
+            specversion: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            subject: Option<&'a str>,
+            time: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            traceparent: Option<&'a str>,
+            #[serde(rename = "type")]
+            event_type: &'a str,
         }
-        m.insert("time".into(), time.into());
-        if let Some(s) = &self.dataschema {
-            m.insert("dataschema".into(), s.as_str().into());
-        }
-        m.insert("dataversion".into(), self.dataversion.into());
-        m.insert("datacontenttype".into(), CONTENT_TYPE_JSON.into());
-        if let Some(t) = &self.traceparent {
-            m.insert("traceparent".into(), t.as_str().into());
-        }
-        m.insert("data".into(), self.data.clone());
-        let bytes = serde_json::to_vec(&Value::Object(m)).map_err(|e| EnvelopeError::Json {
+        let wire = Wire {
+            data: &self.data,
+            datacontenttype: CONTENT_TYPE_JSON,
+            dataschema: self.dataschema.as_deref(),
+            dataversion: self.dataversion,
+            id: self.id.hyphenated().to_string(),
+            source: self.source.as_str(),
+            specversion: SPEC_VERSION,
+            subject: self.subject.as_deref(),
+            time,
+            traceparent: self.traceparent.as_ref().map(TraceParent::as_str),
+            event_type: self.event_type.as_str(),
+        };
+        let bytes = serde_json::to_vec(&wire).map_err(|e| EnvelopeError::Json {
             line: 0,
             column: 0,
             message: e.to_string(),
@@ -557,7 +572,7 @@ impl<'de> Deserialize<'de> for StrictObject {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Map, json};
 
     fn sample() -> Envelope {
         let mut e = Envelope::new(

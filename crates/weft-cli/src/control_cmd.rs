@@ -1112,17 +1112,20 @@ pub fn bench_control(args: ControlBenchArgs) -> Result<()> {
             b.agents, b.setup_seconds
         );
         println!(
-            "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>7} {:>8}",
-            "phase", "per sec", "p50 ms", "p99 ms", "max ms", "errors", "missed"
+            "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>7} {:>8} {:>11}",
+            "phase", "per sec", "p50 ms", "p99 ms", "max ms", "errors", "missed", "CPU us/req"
         );
         for (label, p) in [
             ("baseline GET /health (saturated)", &b.baseline),
             ("heartbeats (saturated)", &b.saturated),
             ("heartbeats (paced at target)", &b.paced),
         ] {
+            let cpu = p
+                .cpu_us_per_request
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
             println!(
-                "  {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8}",
-                label, p.per_sec, p.p50_ms, p.p99_ms, p.max_ms, p.errors, p.missed
+                "  {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8} {:>11}",
+                label, p.per_sec, p.p50_ms, p.p99_ms, p.max_ms, p.errors, p.missed, cpu
             );
             if let Some(e) = &p.first_error {
                 println!("    first error: {e}");

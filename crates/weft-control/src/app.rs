@@ -302,24 +302,102 @@ impl PeerSvid {
 /// per request. This process forgets a node when it approves or revokes
 /// it; another process sharing the database sees the change within the
 /// TTL.
-#[derive(Debug, Default)]
-pub struct NodeCache(Mutex<HashMap<NodeId, (Node, Instant)>>);
+///
+/// Misses are read in batches: a task takes every lookup waiting and
+/// reads those nodes in one query, so a thousand agents whose entries
+/// expire together cost a query, not a thousand queued on the store's
+/// connections.
+#[derive(Debug)]
+pub struct NodeCache {
+    map: Mutex<HashMap<NodeId, (Node, Instant)>>,
+    lookups: tokio::sync::mpsc::Sender<NodeLookup>,
+}
+
+/// A miss waiting for the batch reader: the node, and where to answer
+/// (`None` when the batch failed: the caller reads the node itself).
+type NodeLookup = (NodeId, tokio::sync::oneshot::Sender<Option<Option<Node>>>);
 
 /// How long the guard trusts a node read from the store.
 pub const NODE_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Most nodes cached (then the cache starts over).
 const NODE_CACHE_MAX: usize = 100_000;
+/// Most nodes read in one query.
+const NODE_LOOKUP_BATCH: usize = 500;
 
 impl NodeCache {
+    /// An empty cache whose misses are read from `store`, by a task that
+    /// ends when the cache is dropped.
+    pub fn new(store: AnyStore) -> Self {
+        let (lookups, mut waiting) =
+            tokio::sync::mpsc::channel::<NodeLookup>(4 * NODE_LOOKUP_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(NODE_LOOKUP_BATCH);
+            while waiting.recv_many(&mut batch, NODE_LOOKUP_BATCH).await > 0 {
+                let mut ids: Vec<NodeId> = batch.iter().map(|(id, _)| *id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let found = match store.get_nodes(&ids).await {
+                    Ok(nodes) => Some(
+                        nodes
+                            .into_iter()
+                            .map(|n| (n.node_id, n))
+                            .collect::<HashMap<_, _>>(),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, nodes = ids.len(), "cannot read nodes in a batch; reading them one by one");
+                        None
+                    }
+                };
+                for (id, answer) in batch.drain(..) {
+                    let _ = answer.send(found.as_ref().map(|f| f.get(&id).cloned()));
+                }
+            }
+        });
+        Self {
+            map: Mutex::new(HashMap::new()),
+            lookups,
+        }
+    }
+
+    /// The node, from the cache or else from the store (batched with
+    /// other misses).
+    async fn load(&self, store: &AnyStore, id: &NodeId) -> Result<Node, StoreError> {
+        if let Some(node) = self.get(id) {
+            return Ok(node);
+        }
+        let (answer, wait) = tokio::sync::oneshot::channel();
+        let batched = match self.lookups.send((*id, answer)).await {
+            Ok(()) => wait.await.ok().flatten(),
+            Err(_) => None,
+        };
+        let node = match batched {
+            Some(Some(node)) => node,
+            Some(None) => {
+                return Err(StoreError::NotFound {
+                    what: "node",
+                    id: id.to_string(),
+                });
+            }
+            None => store.get_node(id).await?,
+        };
+        self.put(node.clone());
+        Ok(node)
+    }
+
     fn get(&self, id: &NodeId) -> Option<Node> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Each node's entry lives between half the TTL and the TTL, by its
+        // id: agents whose entries were read at the same moment (all of
+        // them, after a restart) are then read again at different ones,
+        // not in one burst that queues every request behind the store.
+        let ttl = NODE_CACHE_TTL.mul_f64(0.5 + f64::from(id.0[0]) / 512.0);
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
-            .filter(|(_, at)| at.elapsed() < NODE_CACHE_TTL)
+            .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(n, _)| n.clone())
     }
 
     fn put(&self, node: Node) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= NODE_CACHE_MAX {
             map.clear();
         }
@@ -328,7 +406,10 @@ impl NodeCache {
 
     /// Forgets a node (its status changed).
     pub fn forget(&self, id: &NodeId) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 }
 
@@ -893,14 +974,7 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
             state.pki.trust_domain()
         ))
     })?;
-    let cached = state.nodes.get(&node_id);
-    let node = match cached {
-        Some(node) => Ok(node),
-        None => state.store.get_node(&node_id).await.inspect(|node| {
-            state.nodes.put(node.clone());
-        }),
-    };
-    let node = match node {
+    let node = match state.nodes.load(&state.store, &node_id).await {
         Ok(node) => node,
         Err(StoreError::NotFound { .. }) => {
             return Err(Problem::forbidden(format!(

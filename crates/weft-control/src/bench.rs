@@ -117,6 +117,12 @@ pub struct Phase {
     pub missed: u64,
     /// The first error seen, if any.
     pub first_error: Option<String>,
+    /// CPU time of the whole process (agents, server, store and bus
+    /// together) per request answered, microseconds; for the saturation
+    /// phase, until the store has written what was answered. On a shared
+    /// machine this is steadier than the rates: the cores this process
+    /// had, divided by it, is the rate it would reach alone on them.
+    pub cpu_us_per_request: Option<f64>,
 }
 
 /// One backend's figures.
@@ -196,7 +202,20 @@ fn phase(
         max_ms: latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
         missed,
         first_error,
+        cpu_us_per_request: None,
     }
+}
+
+/// Sets the phase's CPU per request from the process's CPU time at its
+/// start (nanoseconds).
+fn with_cpu(mut phase: Phase, cpu_at_start: Option<u64>) -> Phase {
+    if let (Some(start), Some(end)) = (cpu_at_start, crate::sync::process_cpu_ns())
+        && phase.ok > 0
+    {
+        phase.cpu_us_per_request =
+            Some(end.saturating_sub(start) as f64 / 1000.0 / phase.ok as f64);
+    }
+    phase
 }
 
 fn micros(d: Duration) -> u32 {
@@ -425,7 +444,8 @@ async fn run_backend(
         let agents = Arc::new(enroll_agents(&running, config).await?);
         let setup_seconds = setup.elapsed().as_secs_f64();
         let length = Duration::from_secs_f64(config.seconds);
-        let baseline = drive(&agents, Load::Health, length).await;
+        let cpu = crate::sync::process_cpu_ns();
+        let baseline = with_cpu(drive(&agents, Load::Health, length).await, cpu);
         // Heartbeats are answered once queued (write-behind): the phase
         // ends when the store has written all it acknowledged, so the
         // figure is what the store sustains, not what the queue absorbs.
@@ -433,14 +453,17 @@ async fn run_backend(
         let written_before = metrics.heartbeats_written_total();
         let refused_before = metrics.heartbeats_refused("queue_full");
         let started = Instant::now();
+        let cpu = crate::sync::process_cpu_ns();
         let saturated = drive(&agents, Load::Heartbeats, length).await;
         running.flush_heartbeats().await;
+        let saturated = with_cpu(saturated, cpu);
         let written = metrics.heartbeats_written_total() - written_before;
         let written_per_sec = written as f64 / started.elapsed().as_secs_f64();
         let refused = metrics.heartbeats_refused("queue_full") - refused_before;
         let heartbeats_per_sec = saturated.per_sec.min(written_per_sec);
         let every = Duration::from_secs_f64(agents.len() as f64 / f64::from(config.target_rate));
-        let paced = drive(&agents, Load::Paced(every), length).await;
+        let cpu = crate::sync::process_cpu_ns();
+        let paced = with_cpu(drive(&agents, Load::Paced(every), length).await, cpu);
         Ok::<_, BenchError>(BackendReport {
             backend: name.to_owned(),
             agents: agents.len(),

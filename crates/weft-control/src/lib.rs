@@ -330,10 +330,18 @@ const MAX_TELEMETRY_EVENT: usize = 256 * 1024;
 /// Publishes written heartbeats on the telemetry stream, in events of at
 /// most [`MAX_TELEMETRY_EVENT`] bytes of reports.
 async fn publish_heartbeats(state: &AppState, batch: Vec<weft_store::Heartbeat>) {
+    use serde_json::{Map, Value};
     let subject = format!("weft.telemetry.{}", state.network.name);
     let mut chunk = Vec::new();
     let mut size = 0;
-    let flush = |chunk: Vec<serde_json::Value>| json!({"network": state.network.name.as_str(), "heartbeats": chunk});
+    // The event is built by moving values in (the `json!` macro would
+    // copy each report, then the whole chunk, once more).
+    let flush = |chunk: Vec<Value>| {
+        let mut event = Map::new();
+        event.insert("network".into(), state.network.name.as_str().into());
+        event.insert("heartbeats".into(), Value::Array(chunk));
+        Value::Object(event)
+    };
     for hb in batch {
         if size + hb.payload.len() > MAX_TELEMETRY_EVENT && !chunk.is_empty() {
             state
@@ -342,13 +350,12 @@ async fn publish_heartbeats(state: &AppState, batch: Vec<weft_store::Heartbeat>)
             size = 0;
         }
         size += hb.payload.len();
-        let report = serde_json::from_str::<serde_json::Value>(&hb.payload)
-            .unwrap_or(serde_json::Value::Null);
-        chunk.push(json!({
-            "node_id": hb.node_id.to_string(),
-            "at": api::rfc3339(hb.at),
-            "report": report,
-        }));
+        let report = serde_json::from_str::<Value>(&hb.payload).unwrap_or(Value::Null);
+        let mut item = Map::new();
+        item.insert("node_id".into(), hb.node_id.to_string().into());
+        item.insert("at".into(), api::rfc3339(hb.at).into());
+        item.insert("report".into(), report);
+        chunk.push(Value::Object(item));
     }
     if !chunk.is_empty() {
         state.publish(&subject, TELEMETRY_EVENT, flush(chunk)).await;
@@ -479,6 +486,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         written_tx,
         stop.subscribe(),
     );
+    let nodes = app::NodeCache::new(store.clone());
     let state = Arc::new(AppState {
         heartbeats,
         store,
@@ -490,7 +498,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         config: config.clone(),
         revocations: Mutex::new(HashMap::new()),
         members: Mutex::new(HashMap::new()),
-        nodes: app::NodeCache::default(),
+        nodes,
     });
     let app = app::router(state.clone());
     let publisher_state = state.clone();

@@ -614,7 +614,8 @@ impl CpuMeter {
     }
 }
 
-fn process_cpu_ns() -> Option<u64> {
+/// CPU time used so far by the process's live threads, nanoseconds.
+pub(crate) fn process_cpu_ns() -> Option<u64> {
     let mut total = 0u64;
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let path = entry.ok()?.path().join("schedstat");

@@ -3,7 +3,7 @@
 //! An approved node sends a heartbeat over mTLS: its load, versions and
 //! the links it sees (RTT, loss, cost). Heartbeats are checked, applied
 //! to an in-memory latest state, answered, and written behind in batches
-//! of up to 1000, one transaction per batch (latest state plus bounded
+//! of up to 4000, one transaction per batch (latest state plus bounded
 //! history), then published per batch on the bus's telemetry stream. The topology view
 //! joins every node with its latest heartbeat's links.
 
@@ -82,13 +82,22 @@ pub struct HeartbeatRequest {
     pub endpoint: Option<String>,
 }
 
-fn finite_in(what: &str, v: f64, lo: f64, hi: f64) -> Result<(), Problem> {
+fn finite_in(what: impl std::fmt::Display, v: f64, lo: f64, hi: f64) -> Result<(), Problem> {
     if v.is_finite() && (lo..=hi).contains(&v) {
         Ok(())
     } else {
         Err(Problem::bad_request(format!(
             "{what} is {v}; it must be a number from {lo} to {hi}"
         )))
+    }
+}
+
+/// A field of one link, named only when a check fails (`links[3].loss`).
+struct LinkField(usize, &'static str);
+
+impl std::fmt::Display for LinkField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "links[{}].{}", self.0, self.1)
     }
 }
 
@@ -108,8 +117,8 @@ impl HeartbeatRequest {
             l.peer.parse::<NodeId>().map_err(|e| {
                 Problem::bad_request(format!("links[{i}].peer is not a node id: {e}"))
             })?;
-            finite_in(&format!("links[{i}].rtt_ms"), l.rtt_ms, 0.0, 600_000.0)?;
-            finite_in(&format!("links[{i}].loss"), l.loss, 0.0, 1.0)?;
+            finite_in(LinkField(i, "rtt_ms"), l.rtt_ms, 0.0, 600_000.0)?;
+            finite_in(LinkField(i, "loss"), l.loss, 0.0, 1.0)?;
             if l.cost > 65_535 {
                 return Err(Problem::bad_request(format!(
                     "links[{i}].cost is {}; it must be 0 to 65535",

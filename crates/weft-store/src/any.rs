@@ -158,6 +158,7 @@ delegate! {
     fn delete_join_token(&self, id: JoinTokenId) -> Result<()>;
     fn enroll_node(&self, token: &str, node: NewNode, now: OffsetDateTime) -> Result<Enrolled>;
     fn get_node(&self, node_id: &NodeId) -> Result<Node>;
+    fn get_nodes(&self, node_ids: &[NodeId]) -> Result<Vec<Node>>;
     fn list_nodes(&self, network_id: NetworkId, filter: NodeFilter, page: PageRequest) -> Result<Page<Node>>;
     fn approve_node(&self, node_id: &NodeId, now: OffsetDateTime) -> Result<Node>;
     fn set_node_tags(&self, node_id: &NodeId, tags: Tags) -> Result<Node>;

@@ -634,6 +634,22 @@ pub async fn node_listing<S: Store>(store: &S) {
         }
     }
     assert_eq!(seen, (0..7).map(|i| node_id(5, i)).collect::<Vec<_>>());
+    // Many at once: unknown ids are left out, the rest in id order.
+    let some = store
+        .get_nodes(&[node_id(5, 4), node_id(5, 99), node_id(5, 1), node_id(5, 4)])
+        .await
+        .expect("get nodes");
+    assert_eq!(
+        some.iter().map(|n| n.node_id).collect::<Vec<_>>(),
+        [node_id(5, 1), node_id(5, 4)]
+    );
+    assert_eq!(some[0], store.get_node(&node_id(5, 1)).await.expect("node"));
+    assert!(store.get_nodes(&[]).await.expect("none").is_empty());
+    let too_many = vec![node_id(5, 0); MAX_PAGE_SIZE as usize + 1];
+    assert!(matches!(
+        store.get_nodes(&too_many).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
     let pending = store
         .list_nodes(
             net.id,

@@ -55,8 +55,12 @@ pub mod limits {
     pub const MAX_CURSOR_LEN: usize = 128;
     /// Most heartbeats kept per node.
     pub const MAX_HEARTBEAT_HISTORY: u32 = 10_000;
-    /// Most heartbeats written in one batch.
-    pub const MAX_HEARTBEAT_BATCH: usize = 1000;
+    /// Most heartbeats written in one batch (three bound parameters
+    /// each, well within SQLite's 32,766 and PostgreSQL's 65,535). A
+    /// writer that falls behind takes bigger batches, which cost less per
+    /// heartbeat: a node's latest state and index pages are written once
+    /// per batch however many of its heartbeats it holds.
+    pub const MAX_HEARTBEAT_BATCH: usize = 4000;
     /// Heartbeats kept per node by default.
     pub const DEFAULT_HEARTBEAT_HISTORY: u32 = 120;
     /// Largest public key of a node (signing or KEM) recorded.

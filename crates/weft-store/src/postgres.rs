@@ -80,6 +80,12 @@ impl PgStore {
         &self.pool
     }
 
+    /// Nothing to do after a heartbeat batch (PostgreSQL checkpoints on
+    /// its own).
+    fn wrote_heartbeats(&self) {}
+
+    async fn close_background(&self) {}
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>> {
         self.pool
             .begin()

@@ -33,8 +33,15 @@ type DbRow = <Db as Database>::Row;
 const NETWORK_COLS: &str = "id, name, trust_domain, ca_bundle_pem, revocation_epoch, created_at";
 const TOKEN_COLS: &str = "id, network_id, description, max_uses, uses_left, expires_at, tags, \
                           auto_approve, created_at, created_by";
+/// A node's columns. `last_seen` is its latest heartbeat's time, read
+/// from `heartbeats_latest` (which holds each node's newest time) rather
+/// than kept in the node's row: copying it there rewrote every reporting
+/// node's row, keys included, in each heartbeat batch. The `nodes.last_seen`
+/// column of schemas 1 to 3 is no longer written or read.
 const NODE_COLS: &str = "node_id, network_id, spiffe_id, status, tags, enrolled_at, \
-                         status_changed_at, join_token_id, svid_serial, svid_not_after, last_seen";
+                         status_changed_at, join_token_id, svid_serial, svid_not_after, \
+                         (SELECT h.at FROM heartbeats_latest h WHERE h.node_id = nodes.node_id) \
+                         AS last_seen";
 const REVOCATION_COLS: &str =
     "network_id, epoch, node_id, spiffe_id, svid_serial, revoked_at, reason";
 const API_COLS: &str =
@@ -545,6 +552,7 @@ impl Store for Backend {
     async fn close(&self) {
         self.writer().close().await;
         self.reader().close().await;
+        self.close_background().await;
     }
 
     // ------------------------------------------------------------ networks
@@ -913,6 +921,31 @@ impl Store for Backend {
             "read a node",
         )
         .await
+    }
+
+    async fn get_nodes(&self, node_ids: &[NodeId]) -> Result<Vec<Node>> {
+        if node_ids.len() > MAX_PAGE_SIZE as usize {
+            return Err(StoreError::invalid(
+                "node ids",
+                format!("{}; at most {MAX_PAGE_SIZE} at once", node_ids.len()),
+            ));
+        }
+        if node_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q =
+            QueryBuilder::<Db>::new(format!("SELECT {NODE_COLS} FROM nodes WHERE node_id IN ("));
+        let mut list = q.separated(", ");
+        for id in node_ids {
+            list.push_bind(id.to_string());
+        }
+        q.push(") ORDER BY node_id");
+        let rows = q
+            .build()
+            .fetch_all(self.reader())
+            .await
+            .map_err(StoreError::db("read nodes"))?;
+        all(&rows, node_from_row)
     }
 
     async fn list_nodes(
@@ -1438,8 +1471,8 @@ impl Store for Backend {
         }
         let mut tx = self.begin().await?;
         // One statement per step for the whole batch: the nodes' status,
-        // the latest states, the history rows, `last_seen`, and pruning
-        // of the nodes whose history is due.
+        // the latest states (which `last_seen` is read from), the history
+        // rows, and pruning of the nodes whose history is due.
         let mut q = QueryBuilder::<Db>::new("SELECT node_id, status FROM nodes WHERE node_id IN (");
         let mut list = q.separated(", ");
         for id in &distinct {
@@ -1515,25 +1548,6 @@ impl Store for Backend {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db(DO))?;
-        // The latest state holds each node's newest time: last_seen
-        // follows it, never back.
-        let mut q = QueryBuilder::<Db>::new(
-            "UPDATE nodes SET last_seen = \
-             (SELECT h.at FROM heartbeats_latest h WHERE h.node_id = nodes.node_id) \
-             WHERE node_id IN (",
-        );
-        let mut list = q.separated(", ");
-        for id in newest.keys() {
-            list.push_bind(*id);
-        }
-        q.push(
-            ") AND (last_seen IS NULL OR last_seen < \
-             (SELECT h.at FROM heartbeats_latest h WHERE h.node_id = nodes.node_id))",
-        );
-        q.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::db(DO))?;
         let due = self
             .unpruned()
             .add(accepted.iter().map(|&i| batch[i].node_id), keep);
@@ -1556,6 +1570,7 @@ impl Store for Backend {
                 .map_err(StoreError::db("prune heartbeat history"))?;
         }
         tx.commit().await.map_err(StoreError::db(DO))?;
+        self.wrote_heartbeats();
         Ok(outcomes)
     }
 

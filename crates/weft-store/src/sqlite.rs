@@ -7,8 +7,19 @@
 //! write lock is waited for (up to `acquire_timeout`) instead of failing a
 //! transaction half way. Reads use a pool of read-only connections that
 //! see each committed write at once (WAL).
+//!
+//! Checkpoints (copying the WAL into the database file and syncing it) are
+//! mostly made off the writer: after a heartbeat batch, a third connection
+//! runs a passive checkpoint (at most one at a time, at most one every
+//! 100 ms), concurrently with the writer's next transactions. The writer
+//! still checkpoints itself once the WAL reaches 64 MiB (SQLite's
+//! auto-checkpoint, which is also what lets
+//! the WAL start over from its beginning); by then most pages are already
+//! copied, so that checkpoint is short.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -32,11 +43,31 @@ type Backend = SqliteStore;
 #[path = "shared.rs"]
 mod shared;
 
+/// Pages (of 4 KiB) the WAL may grow to before the writer checkpoints it
+/// itself: 64 MiB.
+const WAL_BACKSTOP_PAGES: u32 = 16384;
+/// The writer's page cache, KiB: a heartbeat batch dirties a few MiB
+/// (latest states, history, its index), more than SQLite's default 2 MiB
+/// cache, which then spills to the WAL in the middle of the transaction
+/// and reads pages back from the file.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+/// Least time between two background checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The background checkpoint's connection and whether one is running.
+#[derive(Debug)]
+struct Checkpointer {
+    pool: SqlitePool,
+    /// Whether a checkpoint is running, and when the last one started.
+    state: Mutex<(bool, Option<Instant>)>,
+}
+
 /// A store in one SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    checkpointer: Arc<Checkpointer>,
     config: StoreConfig,
     unpruned: crate::Unpruned,
 }
@@ -65,6 +96,15 @@ impl SqliteStore {
             location: location(),
             reason: format!("cannot create the database file: {e}"),
         })?;
+        // WAL with synchronous=NORMAL: a commit is not synced to disk; the
+        // WAL is synced at each checkpoint. A committed transaction
+        // survives a crash of the process; a power loss or OS crash can
+        // lose the transactions committed since the last checkpoint, but
+        // never corrupts the database. For heartbeats, soft state that
+        // every agent sends again each interval, that is durable enough,
+        // and a sync per batch would bound their rate by the disk's sync
+        // latency. The setting is per database, so it applies to the
+        // other tables too.
         let options = SqliteConnectOptions::new()
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
@@ -74,20 +114,34 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                    .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string()),
+            )
             .await
             .map_err(StoreError::db("open the SQLite database"))?;
         MIGRATOR.run(&writer).await.map_err(migrate_error)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(StoreError::db("open the SQLite database for reading"))?;
+        // Connected at its first checkpoint.
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options);
         tracing::debug!(path = %path.display(), "opened the SQLite store");
         Ok(Self {
             reader,
             writer,
+            checkpointer: Arc::new(Checkpointer {
+                pool: checkpointer,
+                state: Mutex::new((false, None)),
+            }),
             config,
             unpruned: crate::Unpruned::default(),
         })
@@ -108,6 +162,42 @@ impl SqliteStore {
 
     fn writer(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    /// Starts a background checkpoint after a heartbeat batch, unless one
+    /// is running or the last started less than [`CHECKPOINT_EVERY`] ago.
+    fn wrote_heartbeats(&self) {
+        {
+            let mut state = self
+                .checkpointer
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if state.0 || state.1.is_some_and(|t| t.elapsed() < CHECKPOINT_EVERY) {
+                return;
+            }
+            *state = (true, Some(Instant::now()));
+        }
+        let checkpointer = self.checkpointer.clone();
+        tokio::spawn(async move {
+            // PASSIVE: copies what no reader needs, never waits for the
+            // writer or blocks it.
+            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_optional(&checkpointer.pool)
+                .await
+            {
+                tracing::warn!(%error, "background WAL checkpoint failed; the writer checkpoints instead");
+            }
+            checkpointer
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0 = false;
+        });
+    }
+
+    async fn close_background(&self) {
+        self.checkpointer.pool.close().await;
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>> {

@@ -111,6 +111,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// A node by id.
     fn get_node(&self, node_id: &NodeId) -> impl Future<Output = Result<Node>> + Send;
 
+    /// The nodes among `node_ids` (at most
+    /// [`MAX_PAGE_SIZE`](crate::limits::MAX_PAGE_SIZE)) that exist, in
+    /// node-id order; ids of no node are left out. One query for many
+    /// lookups.
+    fn get_nodes(&self, node_ids: &[NodeId]) -> impl Future<Output = Result<Vec<Node>>> + Send;
+
     /// A network's nodes in node-id order.
     fn list_nodes(
         &self,
