@@ -9,30 +9,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Db, Harness};
 use weft_agent::AgentHandle;
-use weft_agent::config::AgentSettings;
 use weft_agent::network::{NETWORK_FILE, Network};
 use weft_control::agent;
-use weft_control::api::CreateJoinToken;
 use weft_control::sync::EnrolledAgent;
 use weft_crypto::NodeId;
-
-fn settings(dir: &Path, peers: Vec<std::net::SocketAddr>) -> AgentSettings {
-    AgentSettings {
-        data_dir: dir.to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        peers,
-        tun: None,
-        admin_socket: dir.join("agent.sock"),
-        metrics_listen: None,
-        advertise: None,
-        max_peers: 8,
-    }
-}
 
 async fn wait_for<F, Fut>(within: Duration, what: &str, mut check: F)
 where
@@ -63,13 +47,7 @@ async fn enrolled_agents_follow_the_control_plane() {
         .admin()
         .create_join_token(
             "default",
-            &CreateJoinToken {
-                uses: 4,
-                ttl_seconds: 600,
-                tags: vec![],
-                auto_approve: true,
-                description: "sync test".into(),
-            },
+            &common::auto_approve_token(4, vec![], "sync test"),
         )
         .await
         .unwrap();
@@ -83,14 +61,14 @@ async fn enrolled_agents_follow_the_control_plane() {
     let (a_id, b_id, c_id, d_id) = (ids[0], ids[1], ids[2], ids[3]);
 
     // a first; b and c link to it.
-    let a = EnrolledAgent::start(&settings(&h.agent_dir("a"), vec![]))
+    let a = EnrolledAgent::start(&common::agent_settings(&h.agent_dir("a"), vec![]))
         .await
         .unwrap();
     let a_addr = a.daemon.agent.local_addr();
-    let b = EnrolledAgent::start(&settings(&h.agent_dir("b"), vec![a_addr]))
+    let b = EnrolledAgent::start(&common::agent_settings(&h.agent_dir("b"), vec![a_addr]))
         .await
         .unwrap();
-    let c = EnrolledAgent::start(&settings(&h.agent_dir("c"), vec![a_addr]))
+    let c = EnrolledAgent::start(&common::agent_settings(&h.agent_dir("c"), vec![a_addr]))
         .await
         .unwrap();
     let (ha, hb) = (a.daemon.agent.handle(), b.daemon.agent.handle());
@@ -158,7 +136,7 @@ async fn enrolled_agents_follow_the_control_plane() {
     // d has no peers in its configuration: the control plane suggests
     // a and b (up, with the addresses their heartbeats gave), not the
     // revoked c.
-    let d = EnrolledAgent::start(&settings(&h.agent_dir("d"), vec![]))
+    let d = EnrolledAgent::start(&common::agent_settings(&h.agent_dir("d"), vec![]))
         .await
         .unwrap();
     let hd = d.daemon.agent.handle();

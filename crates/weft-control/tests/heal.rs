@@ -9,16 +9,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Db, Harness};
 use weft_agent::AgentHandle;
-use weft_agent::config::AgentSettings;
 use weft_agent::daemon::Daemon;
 use weft_bus::{Backend, ConsumerConfig, FetchRequest};
 use weft_control::agent::{self, AgentPaths};
-use weft_control::api::CreateJoinToken;
 use weft_control::client::ControlClient;
 use weft_control::telemetry::{HeartbeatRequest, LinkReport};
 use weft_crypto::NodeId;
@@ -39,19 +36,6 @@ cooldown = "10m"
 verify_after = "2s"
 requires = ["endpoints_keep_a_link"]
 "#;
-
-fn settings(dir: &Path, peers: Vec<std::net::SocketAddr>) -> AgentSettings {
-    AgentSettings {
-        data_dir: dir.to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        peers,
-        tun: None,
-        admin_socket: dir.join("agent.sock"),
-        metrics_listen: None,
-        advertise: None,
-        max_peers: 8,
-    }
-}
 
 async fn linked(h: &AgentHandle, peer: NodeId) -> bool {
     h.peers()
@@ -80,13 +64,7 @@ async fn the_loop_drains_a_lossy_link_through_the_agents_and_stores_the_incident
         .admin()
         .create_join_token(
             "default",
-            &CreateJoinToken {
-                uses: 3,
-                ttl_seconds: 600,
-                tags: vec![],
-                auto_approve: true,
-                description: "heal test".into(),
-            },
+            &common::auto_approve_token(3, vec![], "heal test"),
         )
         .await
         .unwrap();
@@ -122,17 +100,20 @@ async fn the_loop_drains_a_lossy_link_through_the_agents_and_stores_the_incident
     h.running = Some(weft_control::start(config).await.unwrap());
 
     // The agents, in a triangle.
-    let da = Daemon::start(&settings(&h.agent_dir("a"), vec![]))
+    let da = Daemon::start(&common::agent_settings(&h.agent_dir("a"), vec![]))
         .await
         .unwrap();
     let a_addr = da.agent.local_addr();
-    let db = Daemon::start(&settings(&h.agent_dir("b"), vec![a_addr]))
+    let db = Daemon::start(&common::agent_settings(&h.agent_dir("b"), vec![a_addr]))
         .await
         .unwrap();
     let b_addr = db.agent.local_addr();
-    let dc = Daemon::start(&settings(&h.agent_dir("c"), vec![a_addr, b_addr]))
-        .await
-        .unwrap();
+    let dc = Daemon::start(&common::agent_settings(
+        &h.agent_dir("c"),
+        vec![a_addr, b_addr],
+    ))
+    .await
+    .unwrap();
     let (ha, hb) = (da.agent.handle(), db.agent.handle());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(linked(&ha, b).await && linked(&ha, c).await && linked(&hb, c).await) {

@@ -17,7 +17,6 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Map, Value, json};
 use weft_control::agent::{self, AgentPaths};
-use weft_control::api::CreateJoinToken;
 use weft_control::client::ControlClient;
 use weft_crypto::tls::SvidCredentials;
 
@@ -292,16 +291,7 @@ async fn no_generated_request_gets_a_5xx() {
     let h = Harness::start(Db::Sqlite).await;
     let admin = h.admin();
     let made = admin
-        .create_join_token(
-            "default",
-            &CreateJoinToken {
-                uses: 1,
-                ttl_seconds: 600,
-                tags: vec![],
-                auto_approve: true,
-                description: "fuzz".into(),
-            },
-        )
+        .create_join_token("default", &common::auto_approve_token(1, vec![], "fuzz"))
         .await
         .unwrap();
     agent::enroll(&h.url(), &made.token, h.trust(), &h.agent_dir("a"))

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use common::{Db, Harness};
 use weft_bus::Backend;
 use weft_control::agent::{self, AgentPaths, AgentState};
-use weft_control::api::CreateJoinToken;
 use weft_control::client::{ClientError, ControlClient};
 use weft_control::policy::{Action, PolicyDocument, Protocol, PutPolicy, Rule};
 use weft_control::telemetry::{HeartbeatRequest, LinkReport};
@@ -51,16 +50,7 @@ fn link(peer: &AgentState, up: bool, loss: f64) -> LinkReport {
 async fn heartbeats_and_topology(h: &Harness) {
     let admin = h.admin();
     let made = admin
-        .create_join_token(
-            "default",
-            &CreateJoinToken {
-                uses: 3,
-                ttl_seconds: 600,
-                tags: vec![],
-                auto_approve: true,
-                description: String::new(),
-            },
-        )
+        .create_join_token("default", &common::auto_approve_token(3, vec![], ""))
         .await
         .unwrap();
     let (a, as_a) = enroll(h, &made.token, "a").await;
@@ -222,13 +212,7 @@ async fn policies(h: &Harness) {
     let made = admin
         .create_join_token(
             "default",
-            &CreateJoinToken {
-                uses: 1,
-                ttl_seconds: 600,
-                tags: vec!["role=web".into()],
-                auto_approve: true,
-                description: String::new(),
-            },
+            &common::auto_approve_token(1, vec!["role=web".into()], ""),
         )
         .await
         .unwrap();

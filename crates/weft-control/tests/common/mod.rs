@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use sqlx::Connection;
+use weft_control::api::CreateJoinToken;
 use weft_control::client::{ControlClient, Trust};
 use weft_control::{ControlConfig, Running};
 
@@ -146,5 +147,33 @@ impl Drop for Harness {
             })
             .join();
         }
+    }
+}
+
+/// Settings of an agent on loopback with its data and admin socket in `dir`.
+pub fn agent_settings(
+    dir: &std::path::Path,
+    peers: Vec<std::net::SocketAddr>,
+) -> weft_agent::config::AgentSettings {
+    weft_agent::config::AgentSettings {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peers,
+        tun: None,
+        admin_socket: dir.join("agent.sock"),
+        metrics_listen: None,
+        advertise: None,
+        max_peers: 8,
+    }
+}
+
+/// A request for an auto-approved join token valid for ten minutes.
+pub fn auto_approve_token(uses: u32, tags: Vec<String>, description: &str) -> CreateJoinToken {
+    CreateJoinToken {
+        uses,
+        ttl_seconds: 600,
+        tags,
+        auto_approve: true,
+        description: description.into(),
     }
 }
