@@ -186,7 +186,7 @@ impl Sim {
         load: &mut Load,
     ) -> Option<NodeReport> {
         let sn = self.nodes.get(i)?;
-        if !sn.alive {
+        if !self.alive[i] {
             return None;
         }
         let (cpu, memory) = load.sample(i);
@@ -260,10 +260,10 @@ impl Sim {
         let control_bytes = self.nodes[i].control_bytes;
         self.nodes[i] = SimNode {
             node,
-            alive: true,
             timer_at: None,
             control_bytes,
         };
+        self.alive[i] = true;
         for d in 0..n {
             self.next[d * n + i] = NO_ROUTE;
         }
@@ -336,7 +336,7 @@ impl Sim {
         }
         Ok((0..self.nodes.len())
             .filter(|&i| {
-                self.nodes[i].alive
+                self.alive[i]
                     && self.nodes[i].node.revocation().map_or(0, |r| r.epoch) >= epoch
             })
             .count())
@@ -350,7 +350,7 @@ impl Sim {
         let Some(l) = self.links.get(link) else {
             return false;
         };
-        if !l.up || !l.ends.contains(&from) || !self.nodes[from].alive {
+        if !l.up || !l.ends.contains(&from) || !self.alive[from] {
             return false;
         }
         self.transmit(from, link, bytes, true);

@@ -173,7 +173,6 @@ struct SimLink {
 
 struct SimNode {
     node: Node,
-    alive: bool,
     timer_at: Option<Time>,
     control_bytes: u64,
 }
@@ -249,6 +248,10 @@ pub struct Sim {
     now: Time,
     rng: ChaCha8Rng,
     nodes: Vec<SimNode>,
+    /// Whether each node is alive, apart from the nodes themselves: the
+    /// loop check reads it at every hop of a chain, and a `SimNode` is
+    /// hundreds of bytes (a cache miss per hop).
+    alive: Vec<bool>,
     ids: Vec<NodeId>,
     links: Vec<SimLink>,
     queue: Queue,
@@ -335,7 +338,6 @@ impl Sim {
             )?;
             nodes.push(SimNode {
                 node,
-                alive: true,
                 timer_at: None,
                 control_bytes: 0,
             });
@@ -346,6 +348,7 @@ impl Sim {
             now: Time::ZERO,
             rng,
             nodes,
+            alive: vec![true; n],
             ids,
             links: Vec::new(),
             queue: Queue::default(),
@@ -385,7 +388,7 @@ impl Sim {
 
     /// Whether node `i` is alive.
     pub fn is_alive(&self, i: usize) -> bool {
-        self.nodes[i].alive
+        self.alive[i]
     }
 
     /// Everything recorded so far, except route events (see [`Sim::trace_hash`]).
@@ -450,7 +453,7 @@ impl Sim {
     /// Kills node `i`: it stops sending and receiving, and nothing tells
     /// its neighbours; they must notice.
     pub fn kill(&mut self, i: usize) {
-        self.nodes[i].alive = false;
+        self.alive[i] = false;
         self.nodes[i].timer_at = None;
     }
 
@@ -587,7 +590,7 @@ impl Sim {
     fn chain_loops(&self, src: usize, dst: usize) -> bool {
         let mut at = src;
         let mut hops = 0;
-        while at != dst && self.nodes[at].alive {
+        while at != dst && self.alive[at] {
             // A chain longer than the node count must revisit a node.
             if hops > self.nodes.len() {
                 return true;
@@ -628,12 +631,12 @@ impl Sim {
         let mut stamp = 0u32;
         for dst in 0..n {
             for src in 0..n {
-                if src == dst || !self.nodes[src].alive {
+                if src == dst || !self.alive[src] {
                     continue;
                 }
                 stamp = stamp.wrapping_add(1);
                 let mut at = src;
-                while at != dst && self.nodes[at].alive {
+                while at != dst && self.alive[at] {
                     if seen[at] == stamp {
                         loops.push((src, dst));
                         break;
@@ -659,7 +662,7 @@ impl Sim {
             self.events += 1;
             match action {
                 Action::Timer(i) => {
-                    if self.nodes[i].timer_at != Some(at) || !self.nodes[i].alive {
+                    if self.nodes[i].timer_at != Some(at) || !self.alive[i] {
                         continue;
                     }
                     self.nodes[i].timer_at = None;
@@ -682,7 +685,7 @@ impl Sim {
                     reliable,
                 } => {
                     self.in_flight = self.in_flight.saturating_sub(bytes.len() as u64);
-                    if !self.nodes[to].alive || !self.links[link].up {
+                    if !self.alive[to] || !self.links[link].up {
                         continue;
                     }
                     let l = LinkId(link as u64);
@@ -733,7 +736,7 @@ impl Sim {
 
     /// Runs `f` on node `i` (if alive) and carries out its outputs.
     fn input(&mut self, i: usize, f: impl FnOnce(&mut Node)) {
-        if !self.nodes[i].alive {
+        if !self.alive[i] {
             return;
         }
         f(&mut self.nodes[i].node);
