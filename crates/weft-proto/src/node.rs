@@ -382,9 +382,11 @@ const MAX_RX_BUFFER: usize = 4 * crate::wire::MAX_BODY_LEN;
 /// Per-destination state lives in arrays indexed by the destination's
 /// [`NodeIndex`] in the roster (see [`crate::roster`]), links in a small
 /// array indexed by [`LinkSlot`]: with the default
-/// [`NodeConfig::routes_kept`] a node keeps about 50 bytes per
-/// destination plus two bits per destination per link (about 520 KB in a
-/// 10 000-node mesh at degree 8).
+/// [`NodeConfig::routes_kept`] a node keeps 33 bytes of routes per
+/// destination, 8 for the announcement held and 4 for a fetch in flight,
+/// plus two bits per destination per link (about 470 KB in a 10 000-node
+/// mesh at degree 8), and short-lived request records while destinations
+/// are being repaired.
 pub struct Node {
     id: NodeId,
     me: NodeIndex,
