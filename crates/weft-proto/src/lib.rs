@@ -9,6 +9,7 @@
 //! - [`liveness`]: hellos, the loss-adaptive dead-neighbour detector, link cost.
 //! - [`node`]: one mesh node, tying the pieces together.
 //! - [`origin`]: signed route origins: acceptance rules, cache, refusal counters.
+//! - `pending`: the route entries waiting for a link's send window.
 //! - `requests`: recent seqno and route requests per destination.
 //! - [`roster`]: the enrolled nodes under dense local indices.
 //! - [`route`]: the route table with Babel's feasibility condition.
@@ -18,6 +19,7 @@ pub mod chain;
 pub mod liveness;
 pub mod node;
 pub mod origin;
+mod pending;
 mod requests;
 pub mod roster;
 pub mod route;

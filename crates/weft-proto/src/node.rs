@@ -20,6 +20,7 @@ use crate::liveness::{HelloTimer, LinkHealth, LinkLiveness, LivenessConfig};
 use crate::origin::{
     Accepted, Arrival, OriginPolicy, OriginStore, OwnOrigin, ProofOutcome, Refusal, SignatureCheck,
 };
+use crate::pending::Pending;
 use crate::requests::Requests;
 use crate::roster::{NodeIndex, Roster};
 use crate::route::{Change, LinkSlot, RouteTable};
@@ -335,7 +336,7 @@ struct Link {
     /// requests), one bit each: a burst of changes costs the link no more
     /// than a bit per destination, however slow the peer, and a route
     /// that changes again before it goes out is sent once, as it stands.
-    pending: FixedBitSet,
+    pending: Pending,
     /// Of the pending destinations, those whose entry carries a seqno newer
     /// than this node advertised before: their proof goes ahead of them.
     proofs: FixedBitSet,
@@ -370,6 +371,12 @@ const RELAYED_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(
 const ROUTE_REQUEST_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often starving destinations are looked for.
 const STARVATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often old request records are forgotten, and how long a sent
+/// request is remembered: its spacing, the only use of the record.
+const REQUEST_EXPIRY_INTERVAL: std::time::Duration = {
+    assert!(SEQNO_REQUEST_SPACING.as_nanos() == ROUTE_REQUEST_SPACING.as_nanos());
+    SEQNO_REQUEST_SPACING
+};
 
 /// Output queue capacity a node keeps between inputs.
 const OUT_KEPT_CAPACITY: usize = 64;
@@ -425,6 +432,8 @@ pub struct Node {
     route_retry: Vec<NodeIndex>,
     /// When to look for starving destinations next.
     next_starvation_check: Time,
+    /// When to forget old request records next.
+    next_request_expiry: Time,
 }
 
 impl std::fmt::Debug for Node {
@@ -492,6 +501,7 @@ impl Node {
             now: Time::ZERO,
             route_retry: Vec::new(),
             next_starvation_check: Time::ZERO,
+            next_request_expiry: Time::ZERO,
             // Jitter seeded by the node id: reproducible, and different per node.
             hellos: HelloTimer::new(
                 Time::ZERO,
@@ -772,7 +782,7 @@ impl Node {
             dump: Some(0),
             answers: VecDeque::new(),
             unacked: 0,
-            pending: FixedBitSet::new(),
+            pending: Pending::default(),
             proofs: FixedBitSet::new(),
             tx: Vec::new(),
         });
@@ -1176,7 +1186,7 @@ impl Node {
     /// allows.
     fn advertise_on(&mut self, slot: LinkSlot, d: NodeIndex) {
         if let Some(l) = self.link_mut(slot) {
-            l.pending.grow_and_insert(d.get());
+            l.pending.insert(d.get());
         }
     }
 
@@ -1462,12 +1472,19 @@ impl Node {
 
     /// Resends seqno requests for destinations still starving.
     fn check_starving(&mut self) {
+        if self.now >= self.next_request_expiry {
+            // Sent requests matter only for their spacing: forgetting them
+            // as soon as it has passed keeps the records of a mass failure
+            // (a request for every dead origin at every node) to a
+            // quarter of a second's worth.
+            self.next_request_expiry = self.now + REQUEST_EXPIRY_INTERVAL;
+            self.requests
+                .expire(self.now, REQUEST_EXPIRY_INTERVAL, RELAYED_REQUEST_TTL);
+        }
         if self.now < self.next_starvation_check {
             return;
         }
         self.next_starvation_check = self.now + STARVATION_CHECK_INTERVAL;
-        self.requests
-            .expire(self.now, STARVATION_CHECK_INTERVAL, RELAYED_REQUEST_TTL);
         for d in std::mem::take(&mut self.route_retry) {
             if let Some(origin) = self.roster().id(d) {
                 self.request_route(d, origin);
@@ -1562,7 +1579,7 @@ impl Node {
             l.pending.grow(n);
             l.proofs.grow(n);
             for &(d, new_seqno) in &queued {
-                l.pending.grow_and_insert(d);
+                l.pending.insert(d);
                 if new_seqno {
                     l.proofs.grow_and_insert(d);
                 }
@@ -1578,12 +1595,11 @@ impl Node {
         };
         let due: Vec<(usize, bool)> = l
             .pending
-            .ones()
-            .take(most)
+            .take_lowest(most)
+            .into_iter()
             .map(|d| (d, l.proofs.contains(d)))
             .collect();
         for &(d, proof) in &due {
-            l.pending.set(d, false);
             if proof {
                 l.proofs.set(d, false);
             }
@@ -1629,7 +1645,7 @@ impl Node {
             }
             let room = window - used;
             let most = (room / crate::wire::ROUTE_ENTRY_LEN + 1).min(MAX_UPDATE_ENTRIES);
-            if !l.pending.is_clear() {
+            if !l.pending.is_empty() {
                 self.send_pending(slot, most);
                 continue;
             }
