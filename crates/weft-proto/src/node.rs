@@ -371,12 +371,6 @@ const RELAYED_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(
 const ROUTE_REQUEST_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often starving destinations are looked for.
 const STARVATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// How often old request records are forgotten, and how long a sent
-/// request is remembered: its spacing, the only use of the record.
-const REQUEST_EXPIRY_INTERVAL: std::time::Duration = {
-    assert!(SEQNO_REQUEST_SPACING.as_nanos() == ROUTE_REQUEST_SPACING.as_nanos());
-    SEQNO_REQUEST_SPACING
-};
 
 /// Output queue capacity a node keeps between inputs.
 const OUT_KEPT_CAPACITY: usize = 64;
@@ -432,8 +426,6 @@ pub struct Node {
     route_retry: Vec<NodeIndex>,
     /// When to look for starving destinations next.
     next_starvation_check: Time,
-    /// When to forget old request records next.
-    next_request_expiry: Time,
 }
 
 impl std::fmt::Debug for Node {
@@ -501,7 +493,6 @@ impl Node {
             now: Time::ZERO,
             route_retry: Vec::new(),
             next_starvation_check: Time::ZERO,
-            next_request_expiry: Time::ZERO,
             // Jitter seeded by the node id: reproducible, and different per node.
             hellos: HelloTimer::new(
                 Time::ZERO,
@@ -1472,19 +1463,12 @@ impl Node {
 
     /// Resends seqno requests for destinations still starving.
     fn check_starving(&mut self) {
-        if self.now >= self.next_request_expiry {
-            // Sent requests matter only for their spacing: forgetting them
-            // as soon as it has passed keeps the records of a mass failure
-            // (a request for every dead origin at every node) to a
-            // quarter of a second's worth.
-            self.next_request_expiry = self.now + REQUEST_EXPIRY_INTERVAL;
-            self.requests
-                .expire(self.now, REQUEST_EXPIRY_INTERVAL, RELAYED_REQUEST_TTL);
-        }
         if self.now < self.next_starvation_check {
             return;
         }
         self.next_starvation_check = self.now + STARVATION_CHECK_INTERVAL;
+        self.requests
+            .expire(self.now, STARVATION_CHECK_INTERVAL, RELAYED_REQUEST_TTL);
         for d in std::mem::take(&mut self.route_retry) {
             if let Some(origin) = self.roster().id(d) {
                 self.request_route(d, origin);
