@@ -376,8 +376,17 @@ impl EmbeddedBus {
     /// published).
     async fn publish_internal(&self, msg: OutgoingMessage) -> Result<PublishAck, BusError> {
         let stream = self.stream_for(&msg.subject)?;
+        self.publish_to(&stream, msg).await
+    }
+
+    /// Publishes to `stream`, the one that captures the message's subject.
+    async fn publish_to(
+        &self,
+        stream: &Arc<Stream>,
+        msg: OutgoingMessage,
+    ) -> Result<PublishAck, BusError> {
         let (sequence, duplicate) = stream.publish(msg, self.now()).await?;
-        let c = self.inner.counters.of(&stream);
+        let c = self.inner.counters.of(stream);
         add(
             if duplicate {
                 &c.duplicates
@@ -415,7 +424,8 @@ impl EmbeddedBus {
         {
             return Err(BusError::MessageTooLarge { size, limit });
         }
-        self.publish_internal(msg).await
+        // The stream found above: one lookup per publish.
+        self.publish_to(&stream, msg).await
     }
 
     /// Moves one message to the dead-letter stream, then lets the consumer
