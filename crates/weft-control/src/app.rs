@@ -31,8 +31,8 @@ use weft_bus::events::EventBus;
 use weft_bus::subject::Subject;
 use weft_crypto::NodeId;
 use weft_store::{
-    AnyStore, ApiToken, AuditResult, Network, NetworkId, NewAuditRecord, Node, NodeStatus, Role,
-    Store, StoreError,
+    AnyStore, ApiToken, ApiTokenId, AuditResult, Network, NetworkId, NewAuditRecord, Node,
+    NodeStatus, Role, Store, StoreError,
 };
 
 use crate::api::{AuditView, RevocationListView};
@@ -268,8 +268,9 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<CertificateDer<'static>>>,
     /// What the client certificate says, read once per connection.
     pub client_svid: Option<Arc<PeerSvid>>,
-    /// The key exchange group negotiated.
-    pub kx_group: String,
+    /// The key exchange group negotiated (shared: the connection's
+    /// information is copied into every request).
+    pub kx_group: Arc<str>,
 }
 
 /// The parts of a client's SVID the guard checks on every request, read
@@ -280,6 +281,9 @@ pub struct PeerSvid {
     pub not_after: Result<i64, String>,
     /// Its SPIFFE ID, or why it is refused.
     pub spiffe_id: Result<weft_crypto::SpiffeId, String>,
+    /// The node it names, when the SPIFFE ID is a node's
+    /// (`spiffe://TD/node/<node id>`).
+    pub node_id: Option<NodeId>,
 }
 
 impl PeerSvid {
@@ -290,9 +294,11 @@ impl PeerSvid {
             .map_err(|e| format!("the client certificate does not parse: {e}"));
         let spiffe_id = weft_crypto::svid::spiffe_id_from_der(cert)
             .map_err(|e| format!("the client certificate is refused: {e}"));
+        let node_id = spiffe_id.as_ref().ok().and_then(NodeId::from_spiffe_id);
         Self {
             not_after,
             spiffe_id,
+            node_id,
         }
     }
 }
@@ -309,7 +315,7 @@ impl PeerSvid {
 /// connections.
 #[derive(Debug)]
 pub struct NodeCache {
-    map: Mutex<HashMap<NodeId, (Node, Instant)>>,
+    map: Mutex<HashMap<NodeId, (Arc<Node>, Instant)>>,
     lookups: tokio::sync::mpsc::Sender<NodeLookup>,
 }
 
@@ -360,8 +366,9 @@ impl NodeCache {
     }
 
     /// The node, from the cache or else from the store (batched with
-    /// other misses).
-    async fn load(&self, store: &AnyStore, id: &NodeId) -> Result<Node, StoreError> {
+    /// other misses). Shared, not copied: the guard hands it to the
+    /// handler with every request.
+    async fn load(&self, store: &AnyStore, id: &NodeId) -> Result<Arc<Node>, StoreError> {
         if let Some(node) = self.get(id) {
             return Ok(node);
         }
@@ -380,11 +387,12 @@ impl NodeCache {
             }
             None => store.get_node(id).await?,
         };
+        let node = Arc::new(node);
         self.put(node.clone());
         Ok(node)
     }
 
-    fn get(&self, id: &NodeId) -> Option<Node> {
+    fn get(&self, id: &NodeId) -> Option<Arc<Node>> {
         // Each node's entry lives between half the TTL and the TTL, by its
         // id: agents whose entries were read at the same moment (all of
         // them, after a restart) are then read again at different ones,
@@ -396,7 +404,7 @@ impl NodeCache {
             .map(|(n, _)| n.clone())
     }
 
-    fn put(&self, node: Node) {
+    fn put(&self, node: Arc<Node>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= NODE_CACHE_MAX {
             map.clear();
@@ -428,8 +436,8 @@ pub enum Identity {
     },
     /// An approved node (mTLS).
     Agent {
-        /// The node.
-        node: Box<Node>,
+        /// The node (as the guard's cache holds it).
+        node: Arc<Node>,
     },
 }
 
@@ -443,11 +451,11 @@ impl Identity {
         }
     }
 
-    fn limit_key(&self) -> String {
+    fn limit_key(&self) -> LimitKey {
         match self {
-            Identity::Anonymous { addr } => format!("ip:{addr}"),
-            Identity::Operator { token } => format!("token:{}", token.id),
-            Identity::Agent { node } => format!("node:{}", node.node_id),
+            Identity::Anonymous { addr } => LimitKey::Address(*addr),
+            Identity::Operator { token } => LimitKey::Token(token.id),
+            Identity::Agent { node } => LimitKey::Node(node.node_id),
         }
     }
 }
@@ -469,12 +477,21 @@ pub struct AuditNote {
 #[derive(Debug, Clone)]
 struct RouteLabel(&'static str);
 
+/// Whom the per-identity rate limit counts: a value, not a formatted
+/// string, so a request costs no allocation to find its bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LimitKey {
+    Address(IpAddr),
+    Token(ApiTokenId),
+    Node(NodeId),
+}
+
 /// Rate limiters. governor's keyed limiters (GCRA, lock-free) are used
 /// directly rather than through tower_governor because the key is the
 /// authenticated identity, known only inside the guard.
 pub struct Limiters {
     by_ip: DefaultKeyedRateLimiter<IpAddr>,
-    by_identity: DefaultKeyedRateLimiter<String>,
+    by_identity: DefaultKeyedRateLimiter<LimitKey>,
     auth_failures: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -706,7 +723,9 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Problem {
 /// body limit, timeouts) into problem details.
 async fn problem_fallback(req: Request, next: Next, max_body: usize) -> Response {
     let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(256).collect();
+    // The URI is shared, not copied; its path is written out only for a
+    // refusal.
+    let uri = req.uri().clone();
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
@@ -714,6 +733,7 @@ async fn problem_fallback(req: Request, next: Next, max_body: usize) -> Response
     {
         return response;
     }
+    let path: String = uri.path().chars().take(256).collect();
     let headers = response.headers().clone();
     let mut problem = match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
@@ -786,7 +806,12 @@ async fn guard(
             .into_response();
     };
     let label = RouteLabel(spec.path);
-    let path: String = req.uri().path().chars().take(512).collect();
+    // Only audited routes need the path after the request is handed on.
+    let path: String = if spec.action.is_some() {
+        req.uri().path().chars().take(512).collect()
+    } else {
+        String::new()
+    };
 
     if state.limiters.by_ip.check_key(&addr).is_err() {
         state.metrics.rate_limited("address");
@@ -965,12 +990,15 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
             "the client certificate expired at Unix time {not_after}; enroll again or renew before expiry"
         )));
     }
-    let spiffe_id = svid.spiffe_id.clone().map_err(Problem::unauthorized)?;
-    let verified = VerifiedPeer { spiffe_id };
-    let node_id = NodeId::from_spiffe_id(&verified.spiffe_id).ok_or_else(|| {
+    // The SPIFFE ID and the node it names were read once, when the
+    // connection was made.
+    let spiffe_id = svid
+        .spiffe_id
+        .as_ref()
+        .map_err(|e| Problem::unauthorized(e.clone()))?;
+    let node_id = svid.node_id.ok_or_else(|| {
         Problem::forbidden(format!(
-            "{} is not a node's SPIFFE ID (spiffe://{}/node/<node id>)",
-            verified.spiffe_id,
+            "{spiffe_id} is not a node's SPIFFE ID (spiffe://{}/node/<node id>)",
             state.pki.trust_domain()
         ))
     })?;
@@ -983,16 +1011,14 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
         }
         Err(e) => return Err(e.into()),
     };
-    if node.spiffe_id != verified.spiffe_id || node.network_id != state.network.id {
+    if node.spiffe_id != *spiffe_id || node.network_id != state.network.id {
         return Err(Problem::forbidden(format!(
-            "the certificate names {} but node {node_id} is {} in another network",
-            verified.spiffe_id, node.spiffe_id
+            "the certificate names {spiffe_id} but node {node_id} is {} in another network",
+            node.spiffe_id
         )));
     }
     match node.status {
-        NodeStatus::Approved => Ok(Identity::Agent {
-            node: Box::new(node),
-        }),
+        NodeStatus::Approved => Ok(Identity::Agent { node }),
         NodeStatus::Revoked => Err(Problem::forbidden(format!(
             "node {node_id} was revoked; it cannot use its SVID any more and must enroll again with a new identity"
         ))),
@@ -1000,11 +1026,6 @@ async fn agent(state: &AppState, conn: Option<&ConnInfo>) -> Result<Identity, Pr
             "node {node_id} is pending approval; an operator must approve it first"
         ))),
     }
-}
-
-/// The SPIFFE ID of a client certificate verified at the handshake.
-struct VerifiedPeer {
-    spiffe_id: weft_crypto::SpiffeId,
 }
 
 /// Records an audited request in the store and on the bus.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -422,7 +422,7 @@ impl ControlClient {
         let mut builder = Request::builder()
             .method(method)
             .uri(&url)
-            .header(header::ACCEPT, "application/json");
+            .header(header::ACCEPT, HeaderValue::from_static("application/json"));
         for (name, value) in extra_headers {
             builder = builder.header(name, value);
         }
@@ -431,7 +431,10 @@ impl ControlClient {
         }
         let body = match body {
             Some(b) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                builder = builder.header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 Full::new(Bytes::from(b))
             }
             None => Full::new(Bytes::new()),
@@ -451,19 +454,17 @@ impl ControlClient {
                 url: url.clone(),
                 reason: causes(&e),
             })?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let collected = tokio::time::timeout(
-            self.timeout,
-            Limited::new(response.into_body(), max_body).collect(),
-        )
-        .await
-        .map_err(|_| timeout(&url))?
-        .map_err(|e| ClientError::Unexpected {
-            status: status.as_u16(),
-            url: url.clone(),
-            reason: format!("the body could not be read: {e}"),
-        })?;
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        let headers = parts.headers;
+        let collected = tokio::time::timeout(self.timeout, Limited::new(body, max_body).collect())
+            .await
+            .map_err(|_| timeout(&url))?
+            .map_err(|e| ClientError::Unexpected {
+                status: status.as_u16(),
+                url: url.clone(),
+                reason: format!("the body could not be read: {e}"),
+            })?;
         Ok((status, headers, collected.to_bytes()))
     }
 
@@ -474,15 +475,21 @@ impl ControlClient {
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
         let body = body
-            .map(serde_json::to_vec)
+            .map(|b| {
+                // Most requests are small documents: one allocation, not
+                // a series of doublings from serde_json's 128 bytes.
+                let mut out = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut out, b).map(|()| out)
+            })
             .transpose()
             .map_err(|e| ClientError::Tls(format!("cannot encode the request: {e}")))?;
         let (status, content_type, bytes) = self.raw(method, path, body).await?;
-        let url = format!("{}{path}", self.base);
+        // Written out only for an error.
+        let url = || format!("{}{path}", self.base);
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
                 status: status.as_u16(),
-                url,
+                url: url(),
                 reason: format!("the body is not the expected JSON: {e}"),
             });
         }
@@ -495,7 +502,7 @@ impl ControlClient {
             }
             _ => Err(ClientError::Unexpected {
                 status: status.as_u16(),
-                url,
+                url: url(),
                 reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
             }),
         }

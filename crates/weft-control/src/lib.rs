@@ -481,7 +481,7 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
     let (written_tx, mut written_rx) = tokio::sync::mpsc::channel(64);
     let (heartbeats, batcher) = telemetry::Batcher::start(
         store.clone(),
-        Duration::from_millis(2),
+        telemetry::HEARTBEAT_LINGER,
         metrics.clone(),
         written_tx,
         stop.subscribe(),

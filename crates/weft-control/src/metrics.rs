@@ -12,6 +12,7 @@
 //! | `weft_control_audit_failures_total` | `sink` (`store`, `bus`) |
 //! | `weft_control_open_connections` | |
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,9 +27,9 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// Route template.
-    pub route: String,
+    pub route: Cow<'static, str>,
     /// Status code.
     pub status: u16,
 }
@@ -37,9 +38,9 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// Route template.
-    pub route: String,
+    pub route: Cow<'static, str>,
 }
 
 /// Labels of a handshake.
@@ -200,21 +201,33 @@ impl Metrics {
         }))
     }
 
-    /// Counts a request and its latency.
-    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// Counts a request and its latency. The labels borrow the route
+    /// template and the method's name (known methods), so finding the
+    /// series costs no allocation per request.
+    pub fn request(&self, method: &str, route: &'static str, status: u16, seconds: f64) {
+        let method = match method {
+            "GET" => Cow::Borrowed("GET"),
+            "POST" => Cow::Borrowed("POST"),
+            "PUT" => Cow::Borrowed("PUT"),
+            "DELETE" => Cow::Borrowed("DELETE"),
+            "HEAD" => Cow::Borrowed("HEAD"),
+            "OPTIONS" => Cow::Borrowed("OPTIONS"),
+            "PATCH" => Cow::Borrowed("PATCH"),
+            other => Cow::Owned(other.to_owned()),
+        };
         self.0
             .requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method: method.clone(),
+                route: Cow::Borrowed(route),
                 status,
             })
             .inc();
         self.0
             .latency
             .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route: Cow::Borrowed(route),
             })
             .observe(seconds);
     }

@@ -152,7 +152,7 @@ async fn serve_connection(
             .as_deref()
             .map(|c| Arc::new(crate::app::PeerSvid::of(c))),
         client_cert,
-        kx_group: group_label,
+        kx_group: group_label.into(),
     };
     let service = app.map_request(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(info.clone());

@@ -29,6 +29,13 @@ pub const MAX_VERSIONS: usize = 16;
 /// How often agents are expected to send heartbeats; a node is `stale`
 /// after three missed ones and `down` after twelve.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the writer waits for more heartbeats after the first of a
+/// batch (unless the batch is full already). Heartbeats are answered
+/// before they are written, so this delays only the history, not the
+/// agents; longer batches write each page of the latest states once for
+/// many nodes instead of once or twice per heartbeat, and publish fewer,
+/// larger telemetry events.
+pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(50);
 /// Most heartbeats waiting for the store before new ones are refused.
 const QUEUE: usize = 20_000;
 /// Tries at writing one batch before it is dropped.
@@ -262,12 +269,19 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                if !stopping && !linger.is_zero() && flushes.is_empty() {
-                    let deadline = tokio::time::Instant::now() + linger;
+                if !stopping
+                    && !linger.is_zero()
+                    && flushes.is_empty()
+                    && batch.len() < limits::MAX_HEARTBEAT_BATCH
+                {
+                    // One wait for the whole linger, then take what came:
+                    // waking for each heartbeat that arrives in it cost a
+                    // task wake-up and a timer per heartbeat.
+                    tokio::time::sleep(linger).await;
                     while batch.len() < limits::MAX_HEARTBEAT_BATCH && flushes.is_empty() {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(Some(job)) => take(job, &mut batch, &mut flushes),
-                            Ok(None) | Err(_) => break,
+                        match rx.try_recv() {
+                            Ok(job) => take(job, &mut batch, &mut flushes),
+                            Err(_) => break,
                         }
                     }
                 }
