@@ -336,8 +336,7 @@ impl Sim {
         }
         Ok((0..self.nodes.len())
             .filter(|&i| {
-                self.alive[i]
-                    && self.nodes[i].node.revocation().map_or(0, |r| r.epoch) >= epoch
+                self.alive[i] && self.nodes[i].node.revocation().map_or(0, |r| r.epoch) >= epoch
             })
             .count())
     }
