@@ -18,15 +18,6 @@ use weft_crypto::ca::{self, CertificateAuthority, SvidAlgorithm, Validity};
 use weft_crypto::svid::RevokedSerials;
 use weft_crypto::{NodeIdentity, SpiffeId, TrustDomain, bench, sign};
 
-/// mimalloc instead of the C library's allocator: the control plane and
-/// the agent allocate and free many small, short-lived buffers per
-/// request (HTTP/2 frames, headers, JSON values) from several threads,
-/// and glibc's malloc spent about 15 % of the control bench's CPU on it
-/// (free-list walks and consolidation); mimalloc's per-thread free
-/// lists make those a few instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// weft: a self-healing, post-quantum mesh platform.
 ///
 /// Node agents form an encrypted overlay; a control plane enrolls and
