@@ -106,7 +106,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 let most = (x >> 8) as usize % 40;
                 let want: Vec<usize> = model.iter().copied().take(most).collect();
                 for d in &want {
