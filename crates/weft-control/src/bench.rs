@@ -34,7 +34,7 @@ use weft_crypto::ca::{CertKey, SvidAlgorithm};
 use weft_crypto::tls::SvidCredentials;
 
 use crate::api::CreateJoinToken;
-use crate::client::{ClientError, ControlClient, Trust};
+use crate::client::{ClientError, Connection, ControlClient, Trust};
 use crate::telemetry::{HeartbeatRequest, LinkReport};
 use crate::{ControlConfig, Running};
 
@@ -172,8 +172,10 @@ pub struct BenchReport {
     pub backends: BTreeMap<String, BackendReport>,
 }
 
+/// An enrolled agent: its own keep-alive mTLS connection (not a pooled
+/// client: see [`ControlClient::connect`]).
 struct Agent {
-    client: ControlClient,
+    connection: Connection,
     node_id: String,
 }
 
@@ -230,18 +232,21 @@ enum Load {
     Paced(Duration),
 }
 
-async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase {
+/// Runs one phase with every agent; gives the agents back with the
+/// phase's figures.
+async fn drive(agents: Vec<Agent>, load: Load, length: Duration) -> (Vec<Agent>, Phase) {
     let start = Instant::now();
     let end = start + length;
+    let count = agents.len();
+    let ids: Arc<Vec<String>> = Arc::new(agents.iter().map(|a| a.node_id.clone()).collect());
     let mut tasks = JoinSet::new();
-    for i in 0..agents.len() {
-        let agents = agents.clone();
+    for (i, mut me) in agents.into_iter().enumerate() {
+        let ids = ids.clone();
         tasks.spawn(async move {
-            let me = &agents[i];
             // Eight neighbours, as a degree-8 mesh would have.
             let links: Vec<LinkReport> = (1..=8)
                 .map(|k| LinkReport {
-                    peer: agents[(i + k) % agents.len()].node_id.clone(),
+                    peer: ids[(i + k) % ids.len()].clone(),
                     up: true,
                     rtt_ms: 0.8 + k as f64 / 10.0,
                     loss: 0.0,
@@ -253,7 +258,7 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
                 cpu_percent: Some(2.0),
                 memory_bytes: Some(48 << 20),
                 uptime_seconds: Some(60),
-                routes: Some(agents.len() as u32),
+                routes: Some(ids.len() as u32),
                 links,
                 versions: BTreeMap::from([(
                     "agent".to_owned(),
@@ -266,9 +271,7 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
             let mut first_error = None;
             // Spread the paced agents over one interval.
             let mut next = match load {
-                Load::Paced(every) => {
-                    Instant::now() + every.mul_f64(i as f64 / agents.len() as f64)
-                }
+                Load::Paced(every) => Instant::now() + every.mul_f64(i as f64 / ids.len() as f64),
                 _ => Instant::now(),
             };
             let mut missed = 0u64;
@@ -296,8 +299,8 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
                 };
                 report.seq += 1;
                 let result = match load {
-                    Load::Health => me.client.health().await.map(drop),
-                    _ => me.client.heartbeat(&report).await.map(drop),
+                    Load::Health => me.connection.health().await.map(drop),
+                    _ => me.connection.heartbeat(&report).await.map(drop),
                 };
                 match result {
                     Ok(()) => latencies.push(micros(scheduled.elapsed())),
@@ -309,15 +312,17 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
                     }
                 }
             }
-            (latencies, errors, missed, first_error)
+            (me, latencies, errors, missed, first_error)
         });
     }
+    let mut agents = Vec::with_capacity(count);
     let mut all = Vec::new();
     let mut errors = 0;
     let mut missed = 0;
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
-        if let Ok((l, e, m, f)) = done {
+        if let Ok((agent, l, e, m, f)) = done {
+            agents.push(agent);
             all.extend(l);
             errors += e;
             missed += m;
@@ -326,13 +331,14 @@ async fn drive(agents: &Arc<Vec<Agent>>, load: Load, length: Duration) -> Phase 
             }
         }
     }
-    phase(
+    let phase = phase(
         all,
         errors,
         missed,
         first_error,
         start.elapsed().as_secs_f64(),
-    )
+    );
+    (agents, phase)
 }
 
 fn setup_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> BenchError {
@@ -400,12 +406,13 @@ async fn enroll_agents(running: &Running, config: &BenchConfig) -> Result<Vec<Ag
                 let client = ControlClient::new(&url, Trust::Bundle(bundle), Some(creds), None)
                     .map_err(setup_error("agent client"))?;
                 // Open the connection (the mTLS handshake) now, not in a phase.
-                client
+                let mut connection = client.connect().await.map_err(setup_error("connect"))?;
+                connection
                     .health()
                     .await
                     .map_err(setup_error("first request"))?;
                 Ok(Agent {
-                    client,
+                    connection,
                     node_id: answer.settings.node_id,
                 })
             });
@@ -441,11 +448,12 @@ async fn run_backend(
     let running = crate::start(control).await?;
     let result = async {
         let setup = Instant::now();
-        let agents = Arc::new(enroll_agents(&running, config).await?);
+        let agents = enroll_agents(&running, config).await?;
         let setup_seconds = setup.elapsed().as_secs_f64();
         let length = Duration::from_secs_f64(config.seconds);
         let cpu = crate::sync::process_cpu_ns();
-        let baseline = with_cpu(drive(&agents, Load::Health, length).await, cpu);
+        let (agents, baseline) = drive(agents, Load::Health, length).await;
+        let baseline = with_cpu(baseline, cpu);
         // Heartbeats are answered once queued (write-behind): the phase
         // ends when the store has written all it acknowledged, so the
         // figure is what the store sustains, not what the queue absorbs.
@@ -454,7 +462,7 @@ async fn run_backend(
         let refused_before = metrics.heartbeats_refused("queue_full");
         let started = Instant::now();
         let cpu = crate::sync::process_cpu_ns();
-        let saturated = drive(&agents, Load::Heartbeats, length).await;
+        let (agents, saturated) = drive(agents, Load::Heartbeats, length).await;
         running.flush_heartbeats().await;
         let saturated = with_cpu(saturated, cpu);
         let written = metrics.heartbeats_written_total() - written_before;
@@ -462,11 +470,13 @@ async fn run_backend(
         let refused = metrics.heartbeats_refused("queue_full") - refused_before;
         let heartbeats_per_sec = saturated.per_sec.min(written_per_sec);
         let every = Duration::from_secs_f64(agents.len() as f64 / f64::from(config.target_rate));
+        let agents_count = agents.len();
         let cpu = crate::sync::process_cpu_ns();
-        let paced = with_cpu(drive(&agents, Load::Paced(every), length).await, cpu);
+        let (_, paced) = drive(agents, Load::Paced(every), length).await;
+        let paced = with_cpu(paced, cpu);
         Ok::<_, BenchError>(BackendReport {
             backend: name.to_owned(),
-            agents: agents.len(),
+            agents: agents_count,
             setup_seconds,
             heartbeats_per_sec,
             heartbeat_p99_ms: paced.p99_ms,

@@ -485,7 +485,12 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
         metrics.clone(),
         written_tx,
         stop.subscribe(),
-    );
+    )
+    .map_err(|error| ControlError::Io {
+        action: "start",
+        what: "the heartbeat writer thread".into(),
+        error,
+    })?;
     let nodes = app::NodeCache::new(store.clone());
     let state = Arc::new(AppState {
         heartbeats,

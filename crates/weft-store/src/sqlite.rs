@@ -52,7 +52,7 @@ const WAL_BACKSTOP_PAGES: u32 = 16384;
 /// and reads pages back from the file.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Least time between two background checkpoints.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
 /// The background checkpoint's connection and whether one is running.
 #[derive(Debug)]
