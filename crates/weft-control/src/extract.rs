@@ -22,6 +22,32 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        JsonWithText::from_request(req, state)
+            .await
+            .map(|body| JsonBody(body.value))
+    }
+}
+
+/// A JSON body and, when it came as plain `application/json`, its text:
+/// for a handler that keeps what the client sent (once checked) rather
+/// than encoding the value again.
+#[derive(Debug)]
+pub struct JsonWithText<T> {
+    /// The value.
+    pub value: T,
+    /// The body as received, valid JSON for `value`; `None` for other
+    /// JSON media types (`+json`, parameters), which axum reads.
+    pub text: Option<Bytes>,
+}
+
+impl<S, T> FromRequest<S> for JsonWithText<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
         let plain_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -31,7 +57,7 @@ where
             // and refused exactly as axum's extractor does.
             return Json::<T>::from_request(req, state)
                 .await
-                .map(|Json(v)| JsonBody(v))
+                .map(|Json(value)| JsonWithText { value, text: None })
                 .map_err(Problem::from);
         }
         let bytes = Bytes::from_request(req, state)
@@ -43,9 +69,15 @@ where
         // needs. A body that fails is read again the tracked way, so the
         // refusal still names the field.
         match serde_json::from_slice(&bytes) {
-            Ok(value) => Ok(JsonBody(value)),
+            Ok(value) => Ok(JsonWithText {
+                value,
+                text: Some(bytes),
+            }),
             Err(_) => Json::<T>::from_bytes(&bytes)
-                .map(|Json(v)| JsonBody(v))
+                .map(|Json(value)| JsonWithText {
+                    value,
+                    text: Some(bytes),
+                })
                 .map_err(Problem::from),
         }
     }
@@ -157,5 +189,32 @@ mod tests {
         assert_eq!(bad.status, 415);
         let bad = extract(None, r#"{"links":[]}"#).await.unwrap_err();
         assert_eq!(bad.status, 415);
+    }
+
+    #[tokio::test]
+    async fn plain_json_bodies_keep_their_text() {
+        let with_text = |content_type: &'static str, body: &'static str| async move {
+            let req = axum::http::Request::builder()
+                .method("POST")
+                .uri("/")
+                .header(header::CONTENT_TYPE, content_type)
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            JsonWithText::<Report>::from_request(req, &()).await
+        };
+        let body = r#"{ "links": [ {"up": true} ] }"#;
+        let got = with_text("application/json", body).await.unwrap();
+        assert!(got.value.links[0].up);
+        assert_eq!(got.text.as_deref(), Some(body.as_bytes()));
+        // axum reads the other media types; their text is not kept.
+        let got = with_text("application/json; charset=utf-8", body)
+            .await
+            .unwrap();
+        assert!(got.value.links[0].up);
+        assert!(got.text.is_none());
+        let bad = with_text("application/json", r#"{"links":[{"up":1}]}"#)
+            .await
+            .unwrap_err();
+        assert!(bad.detail.contains("links[0].up"), "{}", bad.detail);
     }
 }

@@ -29,7 +29,7 @@ use crate::api::{
     RevokeRequest, RevokeResponse, rfc3339,
 };
 use crate::app::{AUDIT_STREAM, AuditNote, ConnInfo, Identity, REVOCATION_EVENT, Shared, respond};
-use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::extract::{JsonBody, JsonWithText, PathParams, QueryParams};
 use crate::policy::{PolicyDocument, PolicyPage, PolicySummaryView, PolicyView, PutPolicy};
 use crate::problem::{Problem, ProblemBody};
 use crate::proof;
@@ -1252,16 +1252,29 @@ pub struct HeartbeatAck {
 pub async fn heartbeat(
     State(state): State<Shared>,
     Extension(identity): Extension<Identity>,
-    JsonBody(req): JsonBody<HeartbeatRequest>,
+    body: JsonWithText<HeartbeatRequest>,
 ) -> Result<axum::Json<HeartbeatAck>, Problem> {
     let Identity::Agent { node } = identity else {
         return Err(Problem::unauthorized(
             "heartbeats come from nodes: present the node's SVID as TLS client certificate",
         ));
     };
-    req.check()?;
-    let payload = serde_json::to_string(&req)
-        .map_err(|e| Problem::internal(format!("cannot encode the heartbeat: {e}")))?;
+    body.value.check()?;
+    // The report is stored as the agent sent it, once checked: the text
+    // is JSON that reads back as this very report, and encoding it again
+    // cost a tenth of a heartbeat's handling. A text the store would
+    // refuse as too long (a body limit raised, lavish whitespace) is
+    // encoded compactly instead, which always fits.
+    let text = body
+        .text
+        .as_deref()
+        .filter(|t| t.len() <= limits::MAX_HEARTBEAT_LEN)
+        .map(std::str::from_utf8);
+    let payload = match text {
+        Some(Ok(text)) => text.to_owned(),
+        _ => serde_json::to_string(&body.value)
+            .map_err(|e| Problem::internal(format!("cannot encode the heartbeat: {e}")))?,
+    };
     state.heartbeats.record(weft_store::Heartbeat {
         node_id: node.node_id,
         at: now(),
