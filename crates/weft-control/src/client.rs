@@ -191,18 +191,29 @@ fn decode<T: DeserializeOwned>(
             reason: format!("the body is not the expected JSON: {e}"),
         });
     }
+    Err(refusal(status, content_type, bytes, url))
+}
+
+/// The error for an answer that is not a success: the server's problem
+/// details, else the start of what it sent.
+fn refusal(
+    status: StatusCode,
+    content_type: &str,
+    bytes: &[u8],
+    url: impl Fn() -> String,
+) -> ClientError {
     match serde_json::from_slice::<ProblemBody>(bytes) {
         Ok(problem) if content_type.starts_with(crate::problem::PROBLEM_JSON) => {
-            Err(ClientError::Problem {
+            ClientError::Problem {
                 status: status.as_u16(),
                 problem,
-            })
+            }
         }
-        _ => Err(ClientError::Unexpected {
+        _ => ClientError::Unexpected {
             status: status.as_u16(),
             url: url(),
             reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-        }),
+        },
     }
 }
 
@@ -871,19 +882,9 @@ impl ControlClient {
         if status.is_success() {
             return Ok(());
         }
-        match serde_json::from_slice::<ProblemBody>(bytes) {
-            Ok(problem) if content_type.starts_with(crate::problem::PROBLEM_JSON) => {
-                Err(ClientError::Problem {
-                    status: status.as_u16(),
-                    problem,
-                })
-            }
-            _ => Err(ClientError::Unexpected {
-                status: status.as_u16(),
-                url: format!("{}{path}", self.base),
-                reason: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-            }),
-        }
+        Err(refusal(status, content_type, bytes, || {
+            format!("{}{path}", self.base)
+        }))
     }
 
     /// `GET /v1/audit` with filters (`actor`, `action`, `target`,
