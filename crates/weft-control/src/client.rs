@@ -219,7 +219,9 @@ fn refusal(
 
 /// One keep-alive HTTP/1.1 connection to the control plane, from
 /// [`ControlClient::connect`]: requests go out one at a time, in order.
-/// It does not reconnect; once it fails, every call fails.
+/// It presents the client's certificate (an agent's SVID) but sends no
+/// API token: it serves the agents' routes. It does not reconnect; once
+/// it fails, every call fails.
 pub struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     base: String,
