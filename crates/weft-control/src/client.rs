@@ -516,19 +516,22 @@ impl ControlClient {
             None => builder.with_no_client_auth(),
         };
         config.resumption = rustls::client::Resumption::disabled();
-        // HTTP/1.1 only: a weft client sends one request at a time per
-        // connection, so HTTP/2's multiplexing buys nothing, and through
-        // hyper each HTTP/2 request cost both ends about 40 % more CPU
-        // (a task per stream on the server, flow-control frames, HPACK):
-        // with 1000 agents on two cores, GET /health took 180 µs of CPU
-        // per request over HTTP/2 and 103 µs over HTTP/1.1. The server
-        // still speaks both, for other clients.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config.clone())
             .https_only()
             .enable_http1()
+            .enable_http2()
             .build();
-        // hyper-rustls sets ALPN on its copy; this one is for `connect`.
+        // `connect` speaks HTTP/1.1: its caller sends one request at a
+        // time, so HTTP/2's multiplexing buys nothing, and through hyper
+        // each HTTP/2 request cost both ends about 40 % more CPU (a task
+        // per stream on the server, flow-control frames, HPACK): with
+        // 1000 agents on two cores, GET /health took 180 µs of CPU per
+        // request over HTTP/2 and 103 µs over HTTP/1.1. The pooled
+        // client keeps HTTP/2 as well: over HTTP/1.1
+        // a server refusing an oversized body closes the connection
+        // while the body is still being written, and the caller saw a
+        // broken pipe instead of the 413 that says why.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = Client::builder(TokioExecutor::new()).build(connector);
         if let Some(t) = &api_token
