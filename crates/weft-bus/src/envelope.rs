@@ -258,6 +258,17 @@ impl Envelope {
     /// Encodes to the CloudEvents JSON format; refused when the result is
     /// over `max_bytes` or an attribute was set to an invalid value.
     pub fn to_json(&self, max_bytes: usize) -> Result<Vec<u8>, EnvelopeError> {
+        self.to_json_with_data(&self.data, max_bytes)
+    }
+
+    /// As [`Envelope::to_json`], with `data` encoded in place of the
+    /// envelope's own `data`, straight from its `Serialize` form: large
+    /// typed data is written without first being built as a JSON tree.
+    pub fn to_json_with_data<D: serde::Serialize + ?Sized>(
+        &self,
+        data: &D,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         self.check_attributes()?;
         let time = self
             .time
@@ -266,8 +277,8 @@ impl Envelope {
         // The attributes in name order (as a JSON object map would write
         // them); `data` is written from the envelope, not copied.
         #[derive(serde::Serialize)]
-        struct Wire<'a> {
-            data: &'a Value,
+        struct Wire<'a, D: ?Sized> {
+            data: &'a D,
             datacontenttype: &'static str,
             #[serde(skip_serializing_if = "Option::is_none")]
             dataschema: Option<&'a str>,
@@ -284,7 +295,7 @@ impl Envelope {
             event_type: &'a str,
         }
         let wire = Wire {
-            data: &self.data,
+            data,
             datacontenttype: CONTENT_TYPE_JSON,
             dataschema: self.dataschema.as_deref(),
             dataversion: self.dataversion,

@@ -262,6 +262,11 @@ impl SchemaRegistry {
             })
     }
 
+    /// Refused unless (type, version) is registered.
+    pub fn require(&self, event_type: &EventType, version: u32) -> Result<(), SchemaError> {
+        self.entry_version(event_type, version).map(drop)
+    }
+
     /// Validates `data` against the schema of (type, version).
     pub fn validate(
         &self,

@@ -587,15 +587,54 @@ impl AppState {
     /// holds the authoritative record).
     pub async fn publish(&self, subject: &str, event_type: &str, data: serde_json::Value) -> bool {
         let result = async {
-            let subject = Subject::new(subject).map_err(|e| e.to_string())?;
-            let ty = EventType::new(event_type).map_err(|e| e.to_string())?;
-            let envelope = Envelope::new(ty, self.pki.control_id().clone(), 1, data);
+            let (subject, mut envelope) = self.envelope(subject, event_type)?;
+            envelope.data = data;
             self.events
                 .publish(subject, &envelope)
                 .await
                 .map_err(|e| e.to_string())
         }
         .await;
+        self.published(subject, result)
+    }
+
+    /// Publishes an event whose data is typed and encoded straight from
+    /// its `Serialize` form, unchecked against its schema (see
+    /// [`weft_bus::events::EventBus::publish_typed`]: the caller's types
+    /// vouch for the shape, and a test checks it); a failure is logged
+    /// and counted.
+    pub async fn publish_typed<D: serde::Serialize + ?Sized>(
+        &self,
+        subject: &str,
+        event_type: &str,
+        data: &D,
+    ) -> bool {
+        let result = async {
+            let (subject, envelope) = self.envelope(subject, event_type)?;
+            self.events
+                .publish_typed(subject, &envelope, data)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        self.published(subject, result)
+    }
+
+    /// A new envelope (version 1, from the control plane, no data yet)
+    /// for `subject`.
+    fn envelope(&self, subject: &str, event_type: &str) -> Result<(Subject, Envelope), String> {
+        let subject = Subject::new(subject).map_err(|e| e.to_string())?;
+        let ty = EventType::new(event_type).map_err(|e| e.to_string())?;
+        let envelope = Envelope::new(
+            ty,
+            self.pki.control_id().clone(),
+            1,
+            serde_json::Value::Null,
+        );
+        Ok((subject, envelope))
+    }
+
+    fn published<T>(&self, subject: &str, result: Result<T, String>) -> bool {
         match result {
             Ok(_) => true,
             Err(error) => {

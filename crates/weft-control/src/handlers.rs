@@ -1264,11 +1264,13 @@ pub async fn heartbeat(
     // is JSON that reads back as this very report, and encoding it again
     // cost a tenth of a heartbeat's handling. A text the store would
     // refuse as too long (a body limit raised, lavish whitespace) is
-    // encoded compactly instead, which always fits.
+    // encoded compactly instead, which always fits; so is a report sent
+    // as a JSON array (serde reads a struct from one too), since the
+    // telemetry stream's schema wants an object.
     let text = body
         .text
         .as_deref()
-        .filter(|t| t.len() <= limits::MAX_HEARTBEAT_LEN)
+        .filter(|t| t.len() <= limits::MAX_HEARTBEAT_LEN && t.trim_ascii_start().starts_with(b"{"))
         .map(std::str::from_utf8);
     let payload = match text {
         Some(Ok(text)) => text.to_owned(),
