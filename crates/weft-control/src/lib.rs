@@ -540,11 +540,16 @@ pub async fn start(config: ControlConfig) -> Result<Running, ControlError> {
     });
     let app = app::router(state.clone());
     let publisher_state = state.clone();
-    let publisher = tokio::spawn(async move {
+    let publisher = telemetry::on_own_thread("weft-telemetry", async move {
         while let Some(batch) = written_rx.recv().await {
             publish_heartbeats(&publisher_state, batch).await;
         }
-    });
+    })
+    .map_err(|error| ControlError::Io {
+        action: "start",
+        what: "the telemetry publisher thread".into(),
+        error,
+    })?;
     let maintenance = tokio::spawn(maintain(
         state.clone(),
         resolver,
@@ -639,7 +644,9 @@ mod tests {
         let registry = schemas().expect("schemas");
         let beats = [
             heartbeat(r#"{"seq":1,"links":[]}"#),
-            heartbeat(r#" {"seq":2,"links":[{"peer":"x","up":true,"rtt_ms":1.5,"loss":0.0,"cost":96}],"versions":{"agent":"0.1.0"}}"#),
+            heartbeat(
+                r#" {"seq":2,"links":[{"peer":"x","up":true,"rtt_ms":1.5,"loss":0.0,"cost":96}],"versions":{"agent":"0.1.0"}}"#,
+            ),
         ];
         let items: Vec<TelemetryItem> = beats.iter().filter_map(TelemetryItem::of).collect();
         assert_eq!(items.len(), 2);

@@ -217,6 +217,33 @@ async fn write_batch(
     None
 }
 
+/// Runs `work` on a new thread of its own, named `name`, with a
+/// single-threaded runtime; the returned task ends when `work` has.
+///
+/// For background work that comes in bursts of CPU (a batch written, a
+/// batch published): among the request tasks it would hold a worker for
+/// the whole burst, and the requests queued behind it would wait that
+/// long; on a thread of its own the kernel shares the cores between it
+/// and the workers in slices of a few milliseconds.
+pub(crate) fn on_own_thread(
+    name: &str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (finished, wait) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            runtime.block_on(work);
+            let _ = finished.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = wait.await;
+    }))
+}
+
 impl Batcher {
     /// Starts the writer: it waits for a heartbeat, takes what else is
     /// queued, collects more for up to `linger` while the batch is not
@@ -329,19 +356,7 @@ impl Batcher {
                 }
             }
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (finished, wait) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("weft-heartbeats".into())
-            .spawn(move || {
-                runtime.block_on(writer);
-                let _ = finished.send(());
-            })?;
-        let task = tokio::spawn(async move {
-            let _ = wait.await;
-        });
+        let task = on_own_thread("weft-heartbeats", writer)?;
         Ok((
             Self {
                 tx,

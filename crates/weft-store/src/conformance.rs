@@ -1773,3 +1773,49 @@ where
         "incident kind breaking the rules",
     );
 }
+
+/// History rows written before schema 4 have no `node_key`: the store
+/// writes it when it opens, and the history reads as before. `exec` runs
+/// SQL on the database behind the store's back; `open` opens it again.
+pub async fn history_before_schema_4_is_keyed_at_open<S, F, Fut, E, EFut>(open: F, exec: E)
+where
+    S: Store,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+    E: Fn(String) -> EFut,
+    EFut: Future<Output = ()>,
+{
+    let store = open().await;
+    let net = network(&store, "rekey").await;
+    let (_, secret) = join_token(&store, &net, 2, true).await;
+    let (a, b) = (node_id(8, 1), node_id(8, 2));
+    for id in [a, b] {
+        store
+            .enroll_node(secret.expose(), new_node(&net, id), T0)
+            .await
+            .expect("enroll");
+    }
+    for n in 0..3 {
+        for id in [a, b] {
+            store
+                .record_heartbeat(heartbeat(id, 10 + n, n as u32))
+                .await
+                .expect("heartbeat");
+        }
+    }
+    store.close().await;
+    exec("UPDATE heartbeat_history SET node_key = NULL".into()).await;
+    let store = open().await;
+    for id in [a, b] {
+        let history = store.heartbeat_history(&id, 10).await.expect("history");
+        assert_eq!(
+            history
+                .iter()
+                .map(|h| h.payload.clone())
+                .collect::<Vec<_>>(),
+            ["{\"n\":2}", "{\"n\":1}", "{\"n\":0}"],
+            "{id}"
+        );
+    }
+    store.close().await;
+}

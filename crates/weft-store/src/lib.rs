@@ -45,11 +45,17 @@ pub use store::Store;
 
 /// The schema version this build creates and expects: the newest migration
 /// in `migrations/sqlite` and `migrations/postgres` (kept equal).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Heartbeat history rows written per node since its history was last
 /// pruned, in this process: history is pruned in bulk, a node at a time
 /// once it has a quarter of its bound (at least one row) in excess.
+///
+/// A node's first count starts at an offset drawn from its id, so that
+/// nodes sending at the same rate fall due in different batches: counted
+/// from zero, a thousand agents started together all fell due in the same
+/// batch every few seconds, and that batch's pruning held a core for a
+/// few hundred milliseconds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Unpruned(
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<weft_crypto::NodeId, u32>>>,
@@ -67,14 +73,15 @@ impl Unpruned {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut due = Vec::new();
         for id in added {
-            let n = map.entry(id).or_insert(0);
+            let n = map.entry(id).or_insert_with(|| {
+                // Node ids are SHA-256 digests: their bytes are uniform.
+                u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) % slack
+            });
             *n += 1;
-            if *n == slack {
+            if *n >= slack {
+                *n = 0;
                 due.push(id);
             }
-        }
-        for id in &due {
-            map.remove(id);
         }
         due
     }
@@ -149,4 +156,47 @@ pub(crate) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
         other => format!("{other}; check the database and its permissions"),
     };
     StoreError::Migration { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unpruned;
+    use weft_crypto::NodeId;
+
+    fn node(i: u32) -> NodeId {
+        // Spread like digests: the offset is read from the first bytes.
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+        id[4..8].copy_from_slice(&i.to_le_bytes());
+        NodeId(id)
+    }
+
+    #[test]
+    fn nodes_at_the_same_rate_fall_due_in_different_batches() {
+        let unpruned = Unpruned::default();
+        let nodes: Vec<NodeId> = (0..1000).map(node).collect();
+        // keep 120: a node is due every 30 rows; one row per node per batch.
+        let mut due_per_batch = Vec::new();
+        let mut times_due = std::collections::HashMap::new();
+        for _ in 0..60 {
+            let due = unpruned.add(nodes.iter().copied(), 120);
+            for id in &due {
+                *times_due.entry(*id).or_insert(0) += 1;
+            }
+            due_per_batch.push(due.len());
+        }
+        // Every node is pruned every 30 rows, once its first (shorter)
+        // round is over.
+        assert!(times_due.values().all(|&n| n == 2), "{times_due:?}");
+        // Spread: no batch prunes many more than the 33 of an even spread.
+        let most = due_per_batch.iter().max().copied().unwrap_or(0);
+        assert!(most <= 80, "{due_per_batch:?}");
+    }
+
+    #[test]
+    fn a_small_bound_prunes_at_every_row() {
+        let unpruned = Unpruned::default();
+        assert_eq!(unpruned.add([node(1), node(2)], 3), vec![node(1), node(2)]);
+        assert_eq!(unpruned.add([node(1)], 3), vec![node(1)]);
+    }
 }

@@ -55,6 +55,7 @@ impl PgStore {
             .await
             .map_err(StoreError::db("connect to PostgreSQL"))?;
         MIGRATOR.run(&pool).await.map_err(migrate_error)?;
+        shared::key_history(&pool).await?;
         tracing::debug!("opened the PostgreSQL store");
         Ok(Self {
             pool,

@@ -56,6 +56,43 @@ const FIRST_ADMIN_EVENT: &str = "first_admin_token";
 /// An API token's use is recorded at most this often.
 const LAST_USED_GRANULARITY_US: i64 = 60_000_000;
 
+/// A node's key in `heartbeat_history` (schema 4): the four 8-byte words
+/// of its id XORed together, as a signed integer. Every byte counts, so
+/// ids that differ anywhere (not only digests, which are uniform) get
+/// different keys but for chance.
+fn history_key(id: &NodeId) -> i64 {
+    id.0.chunks_exact(8).fold(0i64, |key, word| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        key ^ i64::from_le_bytes(bytes)
+    })
+}
+
+/// Writes the history key of the rows written before schema 4, a node at
+/// a time; nothing to do once done.
+pub(super) async fn key_history(pool: &sqlx::Pool<Db>) -> Result<()> {
+    const DO: &str = "key the heartbeat history";
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT node_id FROM heartbeat_history WHERE node_key IS NULL")
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::db(DO))?;
+    for text in ids {
+        let id: NodeId = text
+            .parse()
+            .map_err(|e| StoreError::corrupt("heartbeat", &text, format!("node id: {e}")))?;
+        sqlx::query(
+            "UPDATE heartbeat_history SET node_key = $1 WHERE node_id = $2 AND node_key IS NULL",
+        )
+        .bind(history_key(&id))
+        .bind(&text)
+        .execute(pool)
+        .await
+        .map_err(StoreError::db(DO))?;
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------ row decoding
 
 /// Reads column `col` of a `what` record `id`; a missing column or a value
@@ -1537,10 +1574,12 @@ impl Store for Backend {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db(DO))?;
-        let mut q =
-            QueryBuilder::<Db>::new("INSERT INTO heartbeat_history (node_id, at, payload) ");
+        let mut q = QueryBuilder::<Db>::new(
+            "INSERT INTO heartbeat_history (node_id, node_key, at, payload) ",
+        );
         q.push_values(&accepted, |mut row, &i| {
             row.push_bind(ids[i].as_str())
+                .push_bind(history_key(&batch[i].node_id))
                 .push_bind(to_micros(batch[i].at))
                 .push_bind(batch[i].payload.as_str());
         });
@@ -1551,23 +1590,21 @@ impl Store for Backend {
         let due = self
             .unpruned()
             .add(accepted.iter().map(|&i| batch[i].node_id), keep);
-        if !due.is_empty() {
-            let mut q = QueryBuilder::<Db>::new(
-                "DELETE FROM heartbeat_history WHERE seq IN (SELECT seq FROM \
-                 (SELECT seq, ROW_NUMBER() OVER (PARTITION BY node_id ORDER BY seq DESC) AS rn \
-                 FROM heartbeat_history WHERE node_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in &due {
-                list.push_bind(id.to_string());
-            }
-            q.push(")) ranked WHERE rn > ")
-                .push_bind(i64::from(keep))
-                .push(")");
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::db("prune heartbeat history"))?;
+        // Each due node's rows older than its newest `keep`: the cutoff and
+        // the rows below it are both found on the (node_key, seq) index. A
+        // window function over all of the due nodes' rows (the first way
+        // this was written) numbered every row to delete a fifth of them.
+        for id in &due {
+            sqlx::query(
+                "DELETE FROM heartbeat_history WHERE node_key = $1 AND seq < \
+                 (SELECT seq FROM heartbeat_history WHERE node_key = $1 \
+                 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(history_key(id))
+            .bind(i64::from(keep) - 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("prune heartbeat history"))?;
         }
         tx.commit().await.map_err(StoreError::db(DO))?;
         self.wrote_heartbeats();
@@ -1627,9 +1664,10 @@ impl Store for Backend {
         // bound may be stored for a while; the newest `keep` are the history.
         let limit = check_limit(limit)?.min(i64::from(self.config().heartbeat_history));
         let rows = sqlx::query(
-            "SELECT node_id, at, payload FROM heartbeat_history WHERE node_id = $1 \
-             ORDER BY seq DESC LIMIT $2",
+            "SELECT node_id, at, payload FROM heartbeat_history \
+             WHERE node_key = $1 AND node_id = $2 ORDER BY seq DESC LIMIT $3",
         )
+        .bind(history_key(node_id))
         .bind(node_id.to_string())
         .bind(limit)
         .fetch_all(self.reader())

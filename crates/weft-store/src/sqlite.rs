@@ -123,6 +123,7 @@ impl SqliteStore {
             .await
             .map_err(StoreError::db("open the SQLite database"))?;
         MIGRATOR.run(&writer).await.map_err(migrate_error)?;
+        shared::key_history(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)

@@ -96,6 +96,25 @@ macro_rules! suite {
                 let path = dir.path().join("weft.db");
                 c::migrations_idempotent(|| sqlite_at(path.clone())).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn history_before_schema_4_is_keyed_at_open() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("weft.db");
+                c::history_before_schema_4_is_keyed_at_open(
+                    || sqlite_at(path.clone()),
+                    |sql| {
+                        let path = path.clone();
+                        async move {
+                            let url = format!("sqlite://{}", path.display());
+                            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                            sqlx::query(&sql).execute(&mut conn).await.unwrap();
+                            conn.close().await.unwrap();
+                        }
+                    },
+                )
+                .await;
+            }
         }
         /// The same checks through `AnyStore`, opened from a location.
         mod any_sqlite {
