@@ -158,6 +158,50 @@ async fn heartbeats_and_topology(h: &Harness) {
     );
 }
 
+/// A node revoked by another process sharing the database (here: the
+/// store, behind the control plane's back) is refused once the guard's
+/// cache has read it again: its entry is still used past its TTL, and
+/// read again meanwhile, so the refusal comes within about the TTL.
+async fn revoked_elsewhere(h: &Harness) {
+    let admin = h.admin();
+    let made = admin
+        .create_join_token("default", &common::auto_approve_token(1, vec![], ""))
+        .await
+        .unwrap();
+    let (d, as_d) = enroll(h, &made.token, "d").await;
+    as_d.heartbeat(&report(1, vec![])).await.unwrap();
+    let id = d.settings.node_id.parse().unwrap();
+    h.store()
+        .revoke_node(
+            &id,
+            "revoked by another control plane",
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    // Generous for a loaded machine: it comes after about the TTL.
+    let deadline = std::time::Instant::now()
+        + weft_control::app::NODE_CACHE_TTL
+        + std::time::Duration::from_secs(10);
+    let mut seq = 2;
+    loop {
+        match as_d.heartbeat(&report(seq, vec![])).await {
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a node revoked in the store was still accepted"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                seq += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.status(), Some(403), "{e}");
+                break;
+            }
+        }
+    }
+}
+
 fn allow_web_to_db() -> PolicyDocument {
     PolicyDocument {
         default: Action::Deny,
@@ -276,4 +320,4 @@ macro_rules! on_both {
     };
 }
 
-on_both!(heartbeats_and_topology, policies);
+on_both!(heartbeats_and_topology, policies, revoked_elsewhere);
