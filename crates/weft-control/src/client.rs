@@ -220,6 +220,8 @@ fn refusal(
 
 /// The TLS stream under a [`Connection`].
 type TlsIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+/// The hyper connection a [`Connection`] drives.
+type Driver = Pin<Box<hyper::client::conn::http1::Connection<TlsIo, Full<Bytes>>>>;
 
 /// One keep-alive HTTP/1.1 connection to the control plane, from
 /// [`ControlClient::connect`]: requests go out one at a time, in order.
@@ -235,7 +237,7 @@ pub struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     /// Polled only while a call is in flight; once an exchange has
     /// failed (the server closed the connection, a timeout), why.
-    driver: Result<Pin<Box<hyper::client::conn::http1::Connection<TlsIo, Full<Bytes>>>>, String>,
+    driver: Result<Driver, String>,
     base: String,
     host: HeaderValue,
     timeout: Duration,
