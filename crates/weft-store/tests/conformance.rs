@@ -27,6 +27,14 @@ async fn sqlite_at(path: PathBuf) -> SqliteStore {
     SqliteStore::open(&path, config()).await.unwrap()
 }
 
+/// Runs `sql` on the SQLite database at `path`, behind its store's back.
+async fn sqlite_exec(path: PathBuf, sql: String) {
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn pg_url(db: &str) -> String {
@@ -77,16 +85,7 @@ macro_rules! suite {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("weft.db");
                 let store = sqlite_at(path.clone()).await;
-                c::corrupt_rows_are_errors(&store, |sql| {
-                    let path = path.clone();
-                    async move {
-                        let url = format!("sqlite://{}", path.display());
-                        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                        sqlx::query(&sql).execute(&mut conn).await.unwrap();
-                        conn.close().await.unwrap();
-                    }
-                })
-                .await;
+                c::corrupt_rows_are_errors(&store, |sql| sqlite_exec(path.clone(), sql)).await;
                 weft_store::Store::close(&store).await;
             }
 
@@ -103,15 +102,7 @@ macro_rules! suite {
                 let path = dir.path().join("weft.db");
                 c::history_before_schema_4_is_keyed_at_open(
                     || sqlite_at(path.clone()),
-                    |sql| {
-                        let path = path.clone();
-                        async move {
-                            let url = format!("sqlite://{}", path.display());
-                            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                            sqlx::query(&sql).execute(&mut conn).await.unwrap();
-                            conn.close().await.unwrap();
-                        }
-                    },
+                    |sql| sqlite_exec(path.clone(), sql),
                 )
                 .await;
             }
