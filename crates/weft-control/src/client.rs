@@ -230,9 +230,8 @@ type Driver = Pin<Box<hyper::client::conn::http1::Connection<TlsIo, Full<Bytes>>
 /// it fails, every call fails.
 ///
 /// The connection's I/O is driven by the caller's task during each call
-/// rather than by a task of its own: a request then costs one task
-/// wake-up instead of a hand-off between two tasks at each step, which
-/// was a tenth of the CPU of a client sending heartbeats back to back.
+/// rather than by a task of its own: a request then wakes one task, not
+/// two handing the request and the answer to each other.
 pub struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     /// Polled only while a call is in flight; once an exchange has
