@@ -201,7 +201,7 @@ async fn write_batch(
 ) -> Option<Vec<Result<(), StoreError>>> {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=STORE_ATTEMPTS {
-        match store.record_heartbeats(batch.to_vec()).await {
+        match store.record_heartbeats(batch).await {
             Ok(outcomes) => return Some(outcomes),
             Err(error) if attempt < STORE_ATTEMPTS => {
                 tracing::warn!(%error, attempt, "cannot record heartbeats; retrying");

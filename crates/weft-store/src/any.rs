@@ -177,7 +177,7 @@ delegate! {
     fn list_audit(&self, filter: AuditFilter, page: PageRequest) -> Result<Page<AuditRecord>>;
     fn prune_audit(&self, before: OffsetDateTime) -> Result<u64>;
     fn record_heartbeat(&self, heartbeat: Heartbeat) -> Result<()>;
-    fn record_heartbeats(&self, batch: Vec<Heartbeat>) -> Result<Vec<Result<()>>>;
+    fn record_heartbeats(&self, batch: &[Heartbeat]) -> Result<Vec<Result<()>>>;
     fn latest_heartbeat(&self, node_id: &NodeId) -> Result<Option<Heartbeat>>;
     fn latest_heartbeats(&self, network_id: NetworkId, page: PageRequest) -> Result<Page<Heartbeat>>;
     fn heartbeat_history(&self, node_id: &NodeId, limit: u32) -> Result<Vec<Heartbeat>>;

@@ -1213,7 +1213,7 @@ pub async fn heartbeat_history<S: Store>(store: &S, history: u32) {
 
     // A batch: refused heartbeats are reported and skipped, the rest kept.
     let outcomes = store
-        .record_heartbeats(vec![
+        .record_heartbeats(&[
             heartbeat(b, 100, 1),
             heartbeat(node_id(6, 99), 100, 0),
             Heartbeat {
@@ -1236,7 +1236,7 @@ pub async fn heartbeat_history<S: Store>(store: &S, history: u32) {
     assert_eq!(store.heartbeat_history(&b, 10).await.expect("b").len(), 3);
     let too_many = vec![heartbeat(b, 1, 0); crate::limits::MAX_HEARTBEAT_BATCH + 1];
     assert!(matches!(
-        store.record_heartbeats(too_many).await,
+        store.record_heartbeats(&too_many).await,
         Err(StoreError::InvalidInput { .. })
     ));
 

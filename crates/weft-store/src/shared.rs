@@ -1475,13 +1475,13 @@ impl Store for Backend {
     // ----------------------------------------------------------- telemetry
 
     async fn record_heartbeat(&self, hb: Heartbeat) -> Result<()> {
-        self.record_heartbeats(vec![hb])
+        self.record_heartbeats(std::slice::from_ref(&hb))
             .await?
             .pop()
             .unwrap_or(Ok(()))
     }
 
-    async fn record_heartbeats(&self, batch: Vec<Heartbeat>) -> Result<Vec<Result<()>>> {
+    async fn record_heartbeats(&self, batch: &[Heartbeat]) -> Result<Vec<Result<()>>> {
         if batch.len() > MAX_HEARTBEAT_BATCH {
             return Err(StoreError::invalid(
                 "heartbeat batch",
@@ -1508,8 +1508,9 @@ impl Store for Backend {
         }
         let mut tx = self.begin().await?;
         // One statement per step for the whole batch: the nodes' status,
-        // the latest states (which `last_seen` is read from), the history
-        // rows, and pruning of the nodes whose history is due.
+        // the latest states (which `last_seen` is read from) and the
+        // history rows; then one per node whose history is due for
+        // pruning.
         let mut q = QueryBuilder::<Db>::new("SELECT node_id, status FROM nodes WHERE node_id IN (");
         let mut list = q.separated(", ");
         for id in &distinct {

@@ -264,7 +264,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// records none and is the error of the whole call.
     fn record_heartbeats(
         &self,
-        batch: Vec<Heartbeat>,
+        batch: &[Heartbeat],
     ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
 
     /// A node's latest heartbeat, if it sent one.
