@@ -28,6 +28,14 @@ mod shared;
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The heartbeat batches' own connection, made by its first user.
+    /// A connection's socket belongs to the runtime of the task that
+    /// opened it: the control plane writes heartbeats from a thread of
+    /// its own, and a connection opened there but shared through `pool`
+    /// had the request handlers' reads waiting on that thread's runtime
+    /// (and the batches' writes on the handlers' one, when the handlers
+    /// had opened it).
+    heartbeats: PgPool,
     config: StoreConfig,
     unpruned: crate::Unpruned,
 }
@@ -48,6 +56,10 @@ impl PgStore {
     /// database lacks.
     pub async fn connect_with(options: PgConnectOptions, config: StoreConfig) -> Result<Self> {
         config.check()?;
+        let heartbeats = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
@@ -59,6 +71,7 @@ impl PgStore {
         tracing::debug!("opened the PostgreSQL store");
         Ok(Self {
             pool,
+            heartbeats,
             config,
             unpruned: crate::Unpruned::default(),
         })
@@ -85,13 +98,23 @@ impl PgStore {
     /// its own).
     fn wrote_heartbeats(&self) {}
 
-    async fn close_background(&self) {}
+    async fn close_background(&self) {
+        self.heartbeats.close().await;
+    }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>> {
         self.pool
             .begin()
             .await
             .map_err(StoreError::db("begin a transaction"))
+    }
+
+    /// A transaction for a heartbeat batch, on the batches' own connection.
+    async fn begin_heartbeats(&self) -> Result<sqlx::Transaction<'static, Db>> {
+        self.heartbeats
+            .begin()
+            .await
+            .map_err(StoreError::db("begin a heartbeat transaction"))
     }
 }
 

@@ -3,7 +3,8 @@
 //! This file is compiled twice, as a child module of `sqlite` and of
 //! `postgres`: each parent names its sqlx database as `Db` and its store
 //! as `Backend`, which provides `reader()` (a pool for reads), `writer()`
-//! (a pool for writes) and `begin()` (a write transaction). The SQL is the
+//! (a pool for writes), `begin()` (a write transaction) and
+//! `begin_heartbeats()` (a heartbeat batch's transaction). The SQL is the
 //! same on both: `$n` placeholders (SQLite reads them by number),
 //! `RETURNING`, `ON CONFLICT`, row-value comparisons, integers as 64-bit,
 //! ids as UUIDs (a blob in SQLite), times as microseconds.
@@ -1506,7 +1507,7 @@ impl Store for Backend {
         if distinct.is_empty() {
             return Ok(outcomes);
         }
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_heartbeats().await?;
         // One statement per step for the whole batch: the nodes' status,
         // the latest states (which `last_seen` is read from) and the
         // history rows; then one per node whose history is due for

@@ -207,6 +207,13 @@ impl SqliteStore {
             .await
             .map_err(StoreError::db("begin a write transaction"))
     }
+
+    /// A heartbeat batch's transaction: on the one writer, as every write
+    /// (SQLite has one writer at a time; its connection's I/O runs on a
+    /// thread of sqlx's, not on a runtime).
+    async fn begin_heartbeats(&self) -> Result<sqlx::Transaction<'static, Db>> {
+        self.begin().await
+    }
 }
 
 /// Creates `path` with mode 0600 if it does not exist: the database holds
