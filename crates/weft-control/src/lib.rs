@@ -366,30 +366,27 @@ impl<'a> TelemetryItem<'a> {
 /// a batch's worth held a request worker for tens of milliseconds.
 async fn publish_heartbeats(state: &AppState, batch: Vec<weft_store::Heartbeat>) {
     let subject = format!("weft.telemetry.{}", state.network.name);
-    let network = state.network.name.as_str();
-    let mut chunk = Vec::new();
+    // Split first, then publish each event once.
+    let mut events: Vec<Vec<TelemetryItem>> = Vec::new();
     let mut size = 0;
     for hb in &batch {
         let Some(item) = TelemetryItem::of(hb) else {
             tracing::warn!(node = %hb.node_id, "a stored heartbeat is not a JSON object; not published");
             continue;
         };
-        if size + hb.payload.len() > MAX_TELEMETRY_EVENT && !chunk.is_empty() {
-            let event = TelemetryEvent {
-                network,
-                heartbeats: &chunk,
-            };
-            state.publish_typed(&subject, TELEMETRY_EVENT, &event).await;
-            chunk.clear();
-            size = 0;
+        match events.last_mut() {
+            Some(event) if size + hb.payload.len() <= MAX_TELEMETRY_EVENT => event.push(item),
+            _ => {
+                events.push(vec![item]);
+                size = 0;
+            }
         }
         size += hb.payload.len();
-        chunk.push(item);
     }
-    if !chunk.is_empty() {
+    for heartbeats in &events {
         let event = TelemetryEvent {
-            network,
-            heartbeats: &chunk,
+            network: state.network.name.as_str(),
+            heartbeats,
         };
         state.publish_typed(&subject, TELEMETRY_EVENT, &event).await;
     }
